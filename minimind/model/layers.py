@@ -1,0 +1,124 @@
+"""The dense building blocks of a MiniMind layer: RMSNorm, attention and the SwiGLU MLP.
+
+RMSNorm and RoPE go through the ``kernels`` package (the seam that swaps PyTorch for the
+fused Triton kernels); everything else is plain PyTorch.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+
+import kernels
+from minimind.model.config import MiniMindConfig
+
+
+class RMSNorm(nn.Module):
+    """MiniMind RMSNorm: ``weight * (x.float() * rsqrt(mean(x^2) + eps)).type_as(x)``."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, kernel_impl: str = "auto"):
+        super().__init__()
+        self.eps = eps
+        self.kernel_impl = kernel_impl
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, self.eps, impl=self.kernel_impl)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Repeat K/V heads for grouped-query attention: (b, s, kv, d) -> (b, s, kv * n_rep, d)."""
+    if n_rep == 1:
+        return x
+    batch, seq, kv_heads, head_dim = x.shape
+    return x[:, :, :, None, :].expand(batch, seq, kv_heads, n_rep, head_dim).reshape(batch, seq, kv_heads * n_rep, head_dim)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention with rotate-half RoPE and an optional KV cache."""
+
+    def __init__(self, config: MiniMindConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.n_rep = self.n_heads // self.n_kv_heads
+        self.head_dim = config.head_dim
+        self.kernel_impl = config.kernel_impl
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.use_sdpa = config.flash_attn
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (batch, seq, hidden)
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: (positions, head_dim)
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,  # (batch, past + seq), 1 = attend
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        past = cache.get_seq_length(self.layer_idx) if cache is not None else 0
+        cos, sin = rope
+        q, k = kernels.apply_rotary(q, k, cos, sin, position_offset=past, impl=self.kernel_impl)
+        if cache is not None:
+            k, v = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+        q = q.transpose(1, 2)  # (batch, heads, seq, head_dim)
+        k = repeat_kv(k, self.n_rep).transpose(1, 2)  # (batch, heads, past + seq, head_dim)
+        v = repeat_kv(v, self.n_rep).transpose(1, 2)
+        if self.use_sdpa:
+            out = self._sdpa(q, k, v, past, attention_mask)
+        else:
+            out = self._eager(q, k, v, past, attention_mask)
+        out = out.transpose(1, 2).reshape(batch, seq, -1)
+        return self.resid_dropout(self.o_proj(out))
+
+    def _sdpa(self, q, k, v, past: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        dropout = self.dropout if self.training else 0.0
+        if past == 0 and (attention_mask is None or bool(attention_mask.all())):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=q.shape[2] > 1)
+        allowed = causal_allowed(q.shape[2], past, q.device)[None, None]  # (1, 1, seq, past + seq)
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, None, :].bool()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+
+    def _eager(self, q, k, v, past: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        scores = scores.masked_fill(~causal_allowed(q.shape[2], past, q.device), float("-inf"))
+        if attention_mask is not None:
+            scores = scores + (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * -1e9
+        probs = F.softmax(scores.float(), dim=-1).type_as(q)
+        return self.attn_dropout(probs) @ v
+
+
+def causal_allowed(seq: int, past: int, device: torch.device) -> torch.Tensor:
+    """(seq, past + seq) boolean mask: query i may attend keys 0 .. past + i."""
+    query_pos = torch.arange(seq, device=device)[:, None] + past
+    key_pos = torch.arange(past + seq, device=device)[None, :]
+    return key_pos <= query_pos
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, config: MiniMindConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))

@@ -1,0 +1,59 @@
+"""MiniMind's ``.pth`` weights format: a plain state dict of half-precision tensors.
+
+MiniMind's own tools save ``{key: tensor.half()}`` under the spec's keys (both
+``model.embed_tokens.weight`` and the tied ``lm_head.weight``) and load it with strict
+key matching; these two functions do the same, safely.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file whose keys or shapes do not fit the model."""
+
+
+def save_minimind_pth(model: nn.Module, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the model's state dict as MiniMind does (``dtype`` tensors), atomically."""
+    path = Path(path)
+    state = {key: tensor.detach().to("cpu", dtype) for key, tensor in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_minimind_pth(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a MiniMind ``.pth`` into ``model`` with strict keys and shapes; returns the model.
+
+    The file is read with ``weights_only=True`` (no code runs). Tensors are cast to the
+    model's parameter dtype. A mismatch raises ``WeightsMismatchError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsMismatchError(f"{path}: no such weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refuses anything but tensors and containers
+        raise WeightsMismatchError(f"{path}: not a tensor state dict ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise WeightsMismatchError(f"{path}: expected a state dict, found {type(state).__name__}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsMismatchError(
+            f"{path}: keys do not match the model (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise WeightsMismatchError(
+                f"{path}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    return model
