@@ -33,7 +33,8 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
         return "the triton package is not installed"
     if device.type == "cuda" or triton_interpreted():
         return None
-    return f"Triton kernels need a CUDA device (got {device.type}); set TRITON_INTERPRET=1 to interpret them on CPU"
+    hint = "set TRITON_INTERPRET=1 to interpret them on CPU"
+    return f"Triton kernels need a CUDA device (got {device.type}); {hint}"
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:

@@ -16,6 +16,14 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     return weight * normed.type_as(x)
 
 
+def rms_norm_residual_torch(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm_torch(x + residual), x + residual)``; x, residual: (..., hidden)."""
+    summed = x + residual
+    return rms_norm_torch(summed, weight, eps), summed
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """``cat(-x[..., d/2:], x[..., :d/2])`` over the last dimension."""
     half = x.shape[-1] // 2

@@ -34,7 +34,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     if n_rep == 1:
         return x
     batch, seq, kv_heads, head_dim = x.shape
-    return x[:, :, :, None, :].expand(batch, seq, kv_heads, n_rep, head_dim).reshape(batch, seq, kv_heads * n_rep, head_dim)
+    expanded = x[:, :, :, None, :].expand(batch, seq, kv_heads, n_rep, head_dim)
+    return expanded.reshape(batch, seq, kv_heads * n_rep, head_dim)
 
 
 class Attention(nn.Module):
