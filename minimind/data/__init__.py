@@ -1,0 +1,31 @@
+"""Pretraining data: the default corpus, JSON Lines reading, the token cache, samples and their dealing.
+
+The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a JSON Lines file once;
+``PackedWindows`` (or ``PaddedDocuments``) turns the cache into samples;
+``RankInvariantSampler`` deals them to ranks; ``make_data_loader`` batches them.
+"""
+
+from minimind.data.cache_root import cache_root
+from minimind.data.default_corpus import build_corpus, default_corpus_path
+from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts, validate_jsonl
+from minimind.data.loader import make_data_loader
+from minimind.data.sampler import RankInvariantSampler
+from minimind.data.token_cache import TokenCache, build_or_load_token_cache
+from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments
+
+__all__ = [
+    "DataError",
+    "IGNORE_INDEX",
+    "JsonlTextReader",
+    "PackedWindows",
+    "PaddedDocuments",
+    "RankInvariantSampler",
+    "ReadCounts",
+    "TokenCache",
+    "build_corpus",
+    "build_or_load_token_cache",
+    "cache_root",
+    "default_corpus_path",
+    "make_data_loader",
+    "validate_jsonl",
+]

@@ -1,0 +1,133 @@
+"""Streaming reader for pretraining data in JSON Lines: one ``{"text": "..."}`` object per line.
+
+Memory use is bounded by the longest line (``max_line_bytes``), never by the file size. Every
+problem with the input raises :class:`DataError` with a one-line message that names the file
+and, where there is one, the line: ``data/x.jsonl:17: not valid JSON (...)``.
+"""
+
+import codecs
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_LINE_BYTES = 64 * 2**20
+
+
+class DataError(ValueError):
+    """Unusable training data; ``path`` and ``line`` (1-based, or None) say where."""
+
+    def __init__(self, path: str | Path, line: int | None, reason: str):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class ReadCounts:
+    """What one pass over a file found; ``bytes_read`` grows during the pass (for progress bars)."""
+
+    texts: int = 0
+    blank: int = 0
+    bad_lines: int = 0
+    bytes_read: int = 0
+
+
+class JsonlTextReader:
+    """Iterable over the texts of a JSON Lines file, validating every line as it streams.
+
+    Blank texts (empty or whitespace-only, and blank lines) are skipped and counted. A bad line
+    (not UTF-8, not JSON, not an object with a ``"text"`` string, longer than ``max_line_bytes``)
+    raises :class:`DataError`, or is skipped and counted when ``skip_bad_lines``. A file with
+    no texts at all raises :class:`DataError` at the end of the pass. ``counts`` describes the
+    pass in progress or the last one; each iteration starts a fresh pass.
+    """
+
+    def __init__(self, path: str | Path, *, skip_bad_lines: bool = False,
+                 max_line_bytes: int = MAX_LINE_BYTES):
+        self.path = Path(path)
+        self.skip_bad_lines = skip_bad_lines
+        self.max_line_bytes = max_line_bytes
+        self.counts = ReadCounts()
+
+    def __iter__(self) -> Iterator[str]:
+        self.counts = ReadCounts()
+        try:
+            handle = open(self.path, "rb")
+        except OSError as error:
+            raise DataError(self.path, None, f"cannot open ({error.strerror or error})") from None
+        with handle:
+            line_number = 0
+            while raw := handle.readline(self.max_line_bytes + 1):
+                line_number += 1
+                self.counts.bytes_read += len(raw)
+                try:
+                    if len(raw) > self.max_line_bytes and not raw.endswith(b"\n"):
+                        self.counts.bytes_read += _skip_rest_of_line(handle)
+                        raise DataError(self.path, line_number, f"line longer than {self.max_line_bytes} bytes")
+                    text = self._parse(raw, line_number)
+                except DataError:
+                    if not self.skip_bad_lines:
+                        raise
+                    self.counts.bad_lines += 1
+                    continue
+                if text is None or not text.strip():
+                    self.counts.blank += 1
+                    continue
+                self.counts.texts += 1
+                yield text
+        if self.counts.texts == 0:
+            raise DataError(self.path, None, f"no texts ({line_number} lines, {self.counts.blank} blank, "
+                                             f"{self.counts.bad_lines} bad)")
+
+    def _parse(self, raw: bytes, line_number: int) -> str | None:
+        """Return the line's text, None for a blank line; raise DataError for a bad one."""
+        if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        if not raw.strip():
+            return None
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(self.path, line_number, f"invalid UTF-8 at byte {error.start} of the line") from None
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise DataError(self.path, line_number, f"not valid JSON ({error})") from None
+        except RecursionError:
+            raise DataError(self.path, line_number, "not valid JSON (nested too deeply)") from None
+        if not isinstance(record, dict):
+            raise DataError(self.path, line_number, f'expected an object with a "text" string, '
+                                                    f"got {type(record).__name__}")
+        text = record.get("text")
+        if not isinstance(text, str):
+            found = "no" if text is None else type(text).__name__
+            raise DataError(self.path, line_number, f'expected a "text" string, found {found}')
+        if "\\u" in line:
+            # Only a \u escape can smuggle a lone surrogate in, which no tokenizer can encode.
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(self.path, line_number, '"text" holds a lone surrogate escape') from None
+        return text
+
+
+def _skip_rest_of_line(handle) -> int:
+    """Read past the end of the current line; return the number of bytes skipped."""
+    skipped = 0
+    while chunk := handle.readline(2**20):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
+
+
+def validate_jsonl(path: str | Path, *, skip_bad_lines: bool = False,
+                   max_line_bytes: int = MAX_LINE_BYTES) -> ReadCounts:
+    """Read the whole file once, without tokenizing; raise DataError on the first problem."""
+    reader = JsonlTextReader(path, skip_bad_lines=skip_bad_lines, max_line_bytes=max_line_bytes)
+    for _ in reader:
+        pass
+    return reader.counts

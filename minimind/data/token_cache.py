@@ -1,0 +1,193 @@
+"""Tokenize a JSON Lines corpus once, on all CPU cores, into a memory-mapped cache on disk.
+
+A cache lives in ``<cache_dir>/<file stem>-<key>/``, where the key hashes the source file's
+identity (absolute path, size, mtime_ns, blake2b of its content), the tokenizer fingerprint and
+the settings, so a changed file, tokenizer or setting gets a new cache and an unchanged one is
+reused. It holds:
+
+    tokens.bin   uint16 little-endian, (num_tokens,): every document as [bos] + text tokens + [eos]
+    offsets.npy  int64, (num_documents + 1,): document d is tokens[offsets[d]:offsets[d + 1]]
+    meta.json    the key's inputs and the counts, written last
+
+It is built in a temporary folder renamed into place at the end, so a crashed or failed build
+(bad input raises DataError during the pass) is never taken for a finished cache. The function
+knows nothing of torch.distributed: with several ranks, call it on local rank 0, then on the
+other ranks after a barrier, where it finds and loads the cache rank 0 built.
+"""
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from minimind.data.cache_root import cache_root
+from minimind.data.jsonl_reader import DataError, JsonlTextReader
+from minimind.tokenizer import tokenizer_fingerprint
+
+CACHE_FORMAT = 1  # bump when the layout or the tokenization rules change
+TOKEN_DTYPE = np.dtype("<u2")
+BATCH_TEXTS = 1000
+_HASH_CHUNK_BYTES = 8 * 2**20
+_FALSE_VALUES = frozenset({"", "0", "f", "false", "n", "no", "off"})
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """A loaded token cache; ``reused`` is False when this call built it."""
+
+    path: Path
+    tokens: np.ndarray  # (num_tokens,) uint16, memory-mapped read-only
+    offsets: np.ndarray  # (num_documents + 1,) int64
+    blank_texts: int
+    bad_lines: int
+    reused: bool
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def describe(self) -> str:
+        """One line: where the cache is, whether it was reused, and its counts."""
+        action = "reused" if self.reused else "built"
+        return (f"token cache {action}: {self.path} ({self.num_documents} documents, {self.num_tokens} tokens; "
+                f"skipped {self.blank_texts} blank texts, {self.bad_lines} bad lines)")
+
+
+def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
+                              cache_dir: str | Path | None = None, skip_bad_lines: bool = False,
+                              batch_texts: int = BATCH_TEXTS, show_progress: bool = True,
+                              log: Callable[[str], None] = print) -> TokenCache:
+    """Return the token cache of ``data_path`` under ``tokenizer``, building it if there is none.
+
+    ``cache_dir`` holds one folder per cache (default ``cache_root() / "tokens"``). Bad input
+    raises DataError (or is skipped and counted with ``skip_bad_lines``); ``log`` receives a
+    line saying whether the cache was built or reused, and its counts.
+    """
+    data_path = Path(data_path).resolve()
+    bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos_id is None or eos_id is None:
+        raise ValueError(f"{tokenizer.name_or_path}: tokenizer needs bos and eos tokens")
+    if len(tokenizer) > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise ValueError(f"{tokenizer.name_or_path}: {len(tokenizer)} tokens do not fit in uint16")
+    key_inputs = {
+        "format": CACHE_FORMAT,
+        "source": source_identity(data_path),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "settings": {"bos_id": bos_id, "eos_id": eos_id, "skip_bad_lines": skip_bad_lines},
+    }
+    key = hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
+    parent = Path(cache_dir) if cache_dir is not None else cache_root() / "tokens"
+    folder = parent / f"{data_path.stem}-{key}"
+    reused = (folder / "meta.json").is_file()
+    if not reused:
+        _build(folder, data_path, tokenizer, key_inputs, batch_texts=batch_texts, show_progress=show_progress,
+               log=log)
+    cache = _load(folder, reused=reused)
+    log(cache.describe())
+    return cache
+
+
+def source_identity(path: Path) -> dict:
+    """Return what identifies a file's content: absolute path, size, mtime_ns and a blake2b digest.
+
+    The digest streams the file, so a same-size edit with a restored mtime is still noticed.
+    """
+    try:
+        stat = path.stat()
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK_BYTES):
+                digest.update(chunk)
+    except OSError as error:
+        raise DataError(path, None, f"cannot read ({error.strerror or error})") from None
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "blake2b": digest.hexdigest()}
+
+
+def _build(folder: Path, data_path: Path, tokenizer: PreTrainedTokenizerFast, key_inputs: dict, *,
+           batch_texts: int, show_progress: bool, log: Callable[[str], None]) -> None:
+    """Tokenize ``data_path`` into a temporary folder, then rename it to ``folder``."""
+    log(f"token cache: tokenizing {data_path} into {folder}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        reader = JsonlTextReader(data_path, skip_bad_lines=key_inputs["settings"]["skip_bad_lines"])
+        bos_id, eos_id = key_inputs["settings"]["bos_id"], key_inputs["settings"]["eos_id"]
+        offsets = [np.zeros(1, np.int64)]
+        num_tokens = 0
+        progress = tqdm(total=key_inputs["source"]["size"], unit="B", unit_scale=True, desc="tokenizing",
+                        disable=not show_progress)
+        with open(staging / "tokens.bin", "wb") as out, progress, _parallel_tokenization(log):
+            for texts in _batches(reader, batch_texts):
+                encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+                text_ids = [encoding.ids for encoding in encodings]
+                lengths = np.array([len(ids) + 2 for ids in text_ids], np.int64)
+                documents = itertools.chain.from_iterable((bos_id, *ids, eos_id) for ids in text_ids)
+                np.fromiter(documents, TOKEN_DTYPE, int(lengths.sum())).tofile(out)
+                offsets.append(num_tokens + np.cumsum(lengths))
+                num_tokens += int(lengths.sum())
+                progress.update(reader.counts.bytes_read - progress.n)
+        np.save(staging / "offsets.npy", np.concatenate(offsets))
+        meta = {**key_inputs, "documents": reader.counts.texts, "tokens": num_tokens,
+                "blank_texts": reader.counts.blank, "bad_lines": reader.counts.bad_lines}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():  # not another rank or node that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load(folder: Path, *, reused: bool) -> TokenCache:
+    """Open a finished cache folder; raise DataError if its files disagree with meta.json."""
+    meta = json.loads((folder / "meta.json").read_text())
+    tokens_path = folder / "tokens.bin"
+    offsets = np.load(folder / "offsets.npy")
+    expected_bytes = meta["tokens"] * TOKEN_DTYPE.itemsize
+    if (not tokens_path.is_file() or tokens_path.stat().st_size != expected_bytes
+            or len(offsets) != meta["documents"] + 1 or int(offsets[-1]) != meta["tokens"]):
+        raise DataError(folder, None, "token cache is inconsistent with its meta.json; delete the folder")
+    tokens = np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r", shape=(meta["tokens"],))
+    return TokenCache(path=folder, tokens=tokens, offsets=offsets, blank_texts=meta["blank_texts"],
+                      bad_lines=meta["bad_lines"], reused=reused)
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(texts)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+@contextlib.contextmanager
+def _parallel_tokenization(log: Callable[[str], None]) -> Iterator[None]:
+    """Let the tokenizers library use all cores here even if TOKENIZERS_PARALLELISM disables it.
+
+    Many training scripts set it to false to silence a fork warning; that would make this pass
+    single-threaded. The previous value is restored afterwards.
+    """
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    if previous is None or previous.strip().lower() not in _FALSE_VALUES:
+        yield
+        return
+    log(f"token cache: TOKENIZERS_PARALLELISM={previous!r} lifted while tokenizing, to use all cores")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        os.environ["TOKENIZERS_PARALLELISM"] = previous

@@ -1,0 +1,95 @@
+"""Training samples cut from a token cache: packed windows (the default) or one padded document per row.
+
+Every sample is ``{"input_ids": LongTensor(L), "labels": LongTensor(L)}`` with L = max_seq_len.
+Labels are already shifted (``labels[t]`` is the target for ``input_ids[t]``) and
+``IGNORE_INDEX`` marks positions left out of the loss. Both datasets read straight from the
+cache arrays (``TokenCache.tokens`` / ``.offsets``), so nothing is copied at construction.
+"""
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from minimind.tokenizer import PAD_ID
+
+IGNORE_INDEX = -100
+
+
+class PackedWindows(Dataset):
+    """The whole token stream cut into consecutive, non-overlapping windows of max_seq_len + 1 tokens.
+
+    Window i is ``tokens[i * (L + 1) : (i + 1) * (L + 1)]``; ``input_ids = w[:-1]`` and
+    ``labels = w[1:]``. Documents keep their ``[bos] ... [eos]`` framing and follow each other
+    inside a window (attention is not cut at document boundaries, as in GPT-style pretraining).
+    The last, partial window is padded with ``pad_id`` and its padding masked out of the labels,
+    so every token of the corpus lies in exactly one window and no compute goes to padding
+    elsewhere.
+    """
+
+    def __init__(self, tokens: np.ndarray, max_seq_len: int, *, pad_id: int = PAD_ID):
+        """``tokens``: (num_tokens,) integer array, e.g. ``TokenCache.tokens``."""
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be positive, got {max_seq_len}")
+        self.tokens = tokens
+        self.max_seq_len = max_seq_len
+        self.pad_id = pad_id
+        self._window = max_seq_len + 1
+        self._len = -(-len(tokens) // self._window)
+        # A window holding n real tokens gives n - 1 targets.
+        self.num_label_tokens = len(tokens) - self._len
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self._len:
+            raise IndexError(f"window {index} out of range for {self._len} windows")
+        start = index * self._window
+        return shifted_sample(self.tokens[start:start + self._window], self.max_seq_len, self.pad_id)
+
+
+class PaddedDocuments(Dataset):
+    """One document per row, as MiniMind's own PretrainDataset: truncated, padded, padding masked.
+
+    A document longer than max_seq_len + 1 tokens keeps ``[bos]``, its first max_seq_len - 1
+    text tokens and ``[eos]``; a shorter one is padded with ``pad_id`` to max_seq_len + 1. Then
+    ``input_ids = ids[:-1]``, ``labels = ids[1:]`` with padding positions masked. Short
+    documents waste most of each row on padding; ``PackedWindows`` avoids that.
+    """
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, max_seq_len: int, *, pad_id: int = PAD_ID):
+        """``tokens``: (num_tokens,) integers; ``offsets``: (num_documents + 1,) document starts."""
+        if max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be at least 2 (bos and eos), got {max_seq_len}")
+        self.tokens = tokens
+        self.offsets = offsets
+        self.max_seq_len = max_seq_len
+        self.pad_id = pad_id
+        kept_lengths = np.minimum(np.diff(offsets), max_seq_len + 1)
+        self.num_label_tokens = int(kept_lengths.sum()) - len(kept_lengths)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"document {index} out of range for {len(self)} documents")
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        document = self.tokens[start:end]
+        if len(document) > self.max_seq_len + 1:
+            document = np.concatenate([document[:self.max_seq_len], document[-1:]])
+        return shifted_sample(document, self.max_seq_len, self.pad_id)
+
+
+def shifted_sample(ids: np.ndarray, max_seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Turn n <= max_seq_len + 1 real tokens into a padded, shifted sample.
+
+    The ids are padded with ``pad_id`` to L + 1 (L = max_seq_len); returns ``input_ids`` (L,) =
+    padded[:-1] and ``labels`` (L,) = padded[1:] with the padding replaced by IGNORE_INDEX, int64.
+    """
+    ids = torch.from_numpy(np.array(ids, dtype=np.int64))
+    input_ids = torch.full((max_seq_len,), pad_id, dtype=torch.long)
+    labels = torch.full((max_seq_len,), IGNORE_INDEX, dtype=torch.long)
+    input_ids[:min(len(ids), max_seq_len)] = ids[:max_seq_len]
+    labels[:len(ids) - 1] = ids[1:]
+    return {"input_ids": input_ids, "labels": labels}
