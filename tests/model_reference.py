@@ -92,7 +92,8 @@ def causal_lm_ref(model, input_ids):
     h = model.model.embed_tokens.weight.double()[input_ids]
     aux_total = torch.zeros((), dtype=torch.float64)
     for layer in model.model.layers:
-        h = h + attention_ref(rms_norm_ref(h, layer.input_layernorm.weight, cfg.rms_norm_eps), layer.self_attn, cos, sin)
+        normed = rms_norm_ref(h, layer.input_layernorm.weight, cfg.rms_norm_eps)
+        h = h + attention_ref(normed, layer.self_attn, cos, sin)
         normed = rms_norm_ref(h, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
         if cfg.use_moe:
             out, aux = moe_ref(

@@ -1,0 +1,1 @@
+"""The training side: arguments, DeepSpeed config, schedule, loop, checkpoints and logging."""

@@ -1,0 +1,114 @@
+"""Command-line flags of ``pretrain_ds.py``: MiniMind's names and meanings, plus this project's.
+
+Size and batch flags default to None so that the run can tell "not given" from "given":
+unset batch flags fall back to the DeepSpeed JSON, unset size flags to MiniMind's
+defaults (or, on a CPU-only machine, to the short demonstration in ``CPU_DEMO``).
+"""
+
+import argparse
+from pathlib import Path
+
+import deepspeed
+
+from kernels import IMPLEMENTATIONS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
+
+MINIMIND_DEFAULTS = {
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "max_seq_len": 340,
+    "log_interval": 100,
+    "save_interval": 1000,
+}
+
+# What a flag-less run trains on a machine without an accelerator: a model small enough
+# for the loss to fall visibly within a few minutes on two cores.
+CPU_DEMO = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "max_seq_len": 128,
+    "batch_size": 8,
+    "accumulation_steps": 1,
+    "learning_rate": 2e-3,
+    "max_steps": 200,
+    "log_interval": 20,
+    "save_interval": 100,
+}
+CPU_DEMO_TRIGGERS = ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
+                     "learning_rate", "max_steps")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with DeepSpeed's ``--deepspeed_config`` added."""
+    parser = argparse.ArgumentParser(
+        description="Pretrain a MiniMind model with DeepSpeed (ZeRO, mixed precision, MoE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--hidden_size", type=int, default=None, help="model width (MiniMind: 512)")
+    model.add_argument("--num_hidden_layers", type=int, default=None, help="number of blocks (MiniMind: 8)")
+    model.add_argument("--use_moe", type=int, choices=(0, 1), default=0, help="1: MoE MLPs")
+    model.add_argument("--kernels", choices=IMPLEMENTATIONS, default="auto", help="RMSNorm/RoPE implementation")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_path", default=None, help="JSON Lines pretraining file (default: bundled corpus)")
+    data.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the shipped one)")
+    data.add_argument("--max_seq_len", type=int, default=None, help="tokens per sample (MiniMind: 340)")
+    data.add_argument("--packing", type=int, choices=(0, 1), default=1, help="1: pack documents; 0: pad each")
+    data.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSON lines, counted")
+
+    optim = parser.add_argument_group("optimisation (unset: taken from the DeepSpeed JSON)")
+    optim.add_argument("--batch_size", type=int, default=None, help="micro-batch per rank")
+    optim.add_argument("--accumulation_steps", type=int, default=None, help="micro-steps per optimizer step")
+    optim.add_argument("--grad_clip", type=float, default=None, help="gradient-norm clipping")
+    optim.add_argument("--learning_rate", type=float, default=None, help="peak learning rate (MiniMind: 5e-4)")
+    optim.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up before the cosine")
+    optim.add_argument("--epochs", type=int, default=1)
+    optim.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    optim.add_argument("--seed", type=int, default=42)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--save_dir", default="out", help="checkpoints, weights and metrics go here")
+    run.add_argument("--log_interval", type=int, default=None, help="optimizer steps between logs (100)")
+    run.add_argument("--save_interval", type=int, default=None, help="optimizer steps between saves (1000)")
+    run.add_argument("--keep_checkpoints", type=int, default=3, help="recent checkpoints kept")
+    run.add_argument("--from_resume", type=int, choices=(0, 1), default=0, help="1: resume from save_dir")
+    run.add_argument("--resume_from", default=None, help="checkpoint folder or tag to resume from")
+    run.add_argument("--use_wandb", action="store_true")
+    run.add_argument("--wandb_project", default="MiniMind-Pretrain")
+    run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    deepspeed.add_config_arguments(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; the DeepSpeed JSON defaults to ``ds_configs/zero2_bf16.json``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.deepspeed_config is None:
+        args.deepspeed_config = str(DEFAULT_DS_CONFIG)
+    for flag in ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
+                 "max_steps", "epochs", "log_interval", "save_interval", "keep_checkpoints"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be at least 1, got {value}")
+    return args
+
+
+def apply_size_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
+    """Fill unset size and interval flags in place; returns True when the CPU demo was applied.
+
+    The demo applies on a CPU-only machine when none of its model, batch or schedule flags
+    was given; any flag given by the user keeps its value. Otherwise MiniMind's defaults fill in.
+    """
+    demo = cpu_only and all(getattr(args, name) is None for name in CPU_DEMO_TRIGGERS)
+    if demo:
+        for name, value in CPU_DEMO.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    for name, value in MINIMIND_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return demo

@@ -1,0 +1,117 @@
+"""Saving and resuming training state with DeepSpeed's sharded checkpoints.
+
+``engine.save_checkpoint`` writes model, optimizer (sharded per rank), scheduler and the
+client state; this module decides what goes in the client state (position, RNG of every
+rank, resolved config, tokenizer identity, wandb id), prunes old tags and writes MiniMind's
+``.pth`` weights beside them.
+"""
+
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from minimind.model.pth_weights import save_minimind_pth
+from minimind.training.rank_print import global_rank
+
+TAG_PREFIX = "step_"
+
+
+@dataclass
+class TrainingPosition:
+    """Where training stands: the optimizer step done and the next sample of the epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    sample_in_epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def rng_state() -> dict:
+    """This rank's Python, NumPy and torch RNG states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put back what ``rng_state`` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_rng_states() -> list[dict]:
+    """Every rank's RNG state, gathered to all ranks (saved in the client state)."""
+    mine = rng_state()
+    if not dist.is_initialized():
+        return [mine]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def save_training_state(engine, checkpoint_dir: Path, position: TrainingPosition, client_extra: dict,
+                        keep: int) -> str:
+    """Write checkpoint ``step_{step}`` with the client state, then prune to the ``keep`` newest tags."""
+    tag = f"{TAG_PREFIX}{position.step}"
+    client_state = {"position": asdict(position), "rng_states": all_rng_states(), **client_extra}
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state)
+    if global_rank() == 0:
+        prune_checkpoints(checkpoint_dir, keep)
+    if dist.is_initialized():
+        dist.barrier()
+    return tag
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest ``step_*`` tags (never the one ``latest`` names)."""
+    latest_file = checkpoint_dir / "latest"
+    latest = latest_file.read_text().strip() if latest_file.is_file() else None
+    tags = sorted(
+        (p for p in checkpoint_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and p.name[len(TAG_PREFIX):].isdigit()),
+        key=lambda p: int(p.name[len(TAG_PREFIX):]),
+    )
+    for old in tags[:-keep] if keep > 0 else []:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_resume_target(path: str | Path) -> tuple[Path, str | None]:
+    """Split a resume path into (checkpoint folder, tag): a folder with ``latest`` or one tag folder."""
+    path = Path(path)
+    if (path / "latest").is_file():
+        return path, None
+    if path.is_dir() and path.parent.is_dir() and any(path.glob("*model_states.pt")):
+        return path.parent, path.name
+    raise FileNotFoundError(f"{path}: not a checkpoint folder (no 'latest' file) nor a checkpoint tag")
+
+
+def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:
+    """Load engine, optimizer and scheduler state; restore this rank's RNG; return the client state."""
+    load_path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    if load_path is None:
+        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint could be loaded (tag {tag or 'latest'})")
+    states = client_state["rng_states"]
+    if len(states) == dist.get_world_size() if dist.is_initialized() else len(states) == 1:
+        restore_rng_state(states[global_rank()])
+    return client_state
+
+
+def write_minimind_weights(engine, save_dir: Path, hidden_size: int, use_moe: bool) -> Path | None:
+    """Rank 0 writes ``{save_dir}/pretrain_{hidden}[_moe].pth`` (half precision, MiniMind keys)."""
+    if global_rank() != 0:
+        return None
+    return save_minimind_pth(engine.module, save_dir / minimind_weights_name(hidden_size, use_moe))
+
+
+def minimind_weights_name(hidden_size: int, use_moe: bool) -> str:
+    """MiniMind's weights file name: ``pretrain_{hidden}[_moe].pth``."""
+    return f"pretrain_{hidden_size}{'_moe' if use_moe else ''}.pth"

@@ -1,0 +1,156 @@
+"""The optimizer-step loop: DeepSpeed's ``engine(x)``, ``engine.backward(loss)``, ``engine.step()``.
+
+Accumulation boundaries, clipping, loss scaling and overflow skipping are the engine's.
+What this loop adds is the loss normalisation: every micro-batch's summed token loss is
+divided by the number of target tokens in the whole optimizer step (all ranks, all
+micro-steps), so the step's loss is exactly what one process holding the global batch
+would compute, however the batch is split.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from minimind.data import IGNORE_INDEX
+from minimind.training.checkpointing import TrainingPosition
+from minimind.training.metrics import MetricsLogger, StepMetrics
+
+
+@dataclass
+class StepResult:
+    """The global numbers of one optimizer step."""
+
+    loss: float
+    aux_loss: float
+    target_tokens: int
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum ``values`` over all ranks (float64, one collective)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_step(engine, micro_batches: list[dict], device: torch.device) -> StepResult:
+    """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``labels`` (batch, seq))."""
+    accumulation = len(micro_batches)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    local_targets = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
+    (global_targets,) = all_reduce_sum([local_targets], device)
+    # engine.backward divides by accumulation and gradients are averaged over ranks:
+    # scaling by accumulation * world / global_targets leaves sum(token losses) / global_targets.
+    scale = accumulation * world / max(global_targets, 1.0)
+    loss_sum = aux_sum = 0.0
+    for batch in micro_batches:
+        input_ids = batch["input_ids"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        output = engine(input_ids=input_ids)
+        token_loss = F.cross_entropy(
+            output.logits.float().reshape(-1, output.logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        engine.backward(token_loss * scale + output.aux_loss)
+        engine.step()
+        loss_sum += token_loss.item()
+        aux_sum += float(output.aux_loss)
+    total_loss, total_aux = all_reduce_sum([loss_sum, aux_sum], device)
+    return StepResult(total_loss / max(global_targets, 1.0), total_aux / (accumulation * world), int(global_targets))
+
+
+def take(iterator: Iterator[dict], count: int) -> list[dict]:
+    """Up to ``count`` items from ``iterator``."""
+    items = []
+    for item in iterator:
+        items.append(item)
+        if len(items) == count:
+            break
+    return items
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs to know besides the engine and the data."""
+
+    epochs: int
+    total_steps: int
+    accumulation: int
+    global_batch: int
+    log_interval: int
+    save_interval: int
+    flops_per_token: float
+    peak_flops_total: float
+
+
+def run_training(
+    engine,
+    micro_batches_for_epoch: Callable[[int, int], Iterator[dict]],
+    position: TrainingPosition,
+    settings: LoopSettings,
+    logger: MetricsLogger,
+    save: Callable[[TrainingPosition], None],
+    device: torch.device,
+) -> TrainingPosition:
+    """Train from ``position`` to ``settings.total_steps``; returns the final position.
+
+    ``micro_batches_for_epoch(epoch, start_sample)`` yields this rank's micro-batches of an
+    epoch from a global sample index; ``save(position)`` writes a checkpoint.
+    """
+    engine.train()
+    started = time.perf_counter()
+    window_start, window_tokens, steps_at_start = time.perf_counter(), 0, position.step
+    saved_at = position.step
+    for epoch in range(position.epoch, settings.epochs):
+        if epoch != position.epoch:
+            position.epoch, position.sample_in_epoch = epoch, 0
+        batches = micro_batches_for_epoch(epoch, position.sample_in_epoch)
+        while position.step < settings.total_steps:
+            micro_batches = take(batches, settings.accumulation)
+            if len(micro_batches) < settings.accumulation:
+                break  # the epoch's tail smaller than one global batch is dropped
+            lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
+            result = train_step(engine, micro_batches, device)
+            position.step += 1
+            position.sample_in_epoch += settings.global_batch
+            window_tokens += result.target_tokens
+            if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
+                now = time.perf_counter()
+                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                per_step = (now - started) / max(position.step - steps_at_start, 1)
+                logger.log(step_metrics(engine, position, settings, result, lr, tokens_per_s, per_step))
+                window_start, window_tokens = now, 0
+            if position.step % settings.save_interval == 0:
+                save(position)
+                saved_at = position.step
+        if position.step >= settings.total_steps:
+            break
+    if saved_at != position.step:
+        save(position)
+    return position
+
+
+def step_metrics(engine, position, settings, result, lr, tokens_per_s, seconds_per_step) -> StepMetrics:
+    """Collect one step's numbers from the engine and the step result."""
+    grad_norm = engine.get_global_grad_norm()
+    scaler = getattr(engine.optimizer, "cur_scale", None) if engine.fp16_enabled() else None
+    return StepMetrics(
+        step=position.step,
+        total_steps=settings.total_steps,
+        epoch=position.epoch,
+        loss=result.loss,
+        aux_loss=result.aux_loss,
+        lr=lr,
+        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+        tokens_per_s=tokens_per_s,
+        mfu=settings.flops_per_token * tokens_per_s / settings.peak_flops_total,
+        loss_scale=float(scaler) if scaler is not None else None,
+        skipped_steps=int(engine.skipped_steps),
+        eta_s=seconds_per_step * (settings.total_steps - position.step),
+    )

@@ -1,0 +1,90 @@
+"""Training metrics: the log line, ``metrics.jsonl`` and, when asked, Weights & Biases.
+
+Everything here runs on global rank 0 only; other ranks get a logger that does nothing.
+"""
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from minimind.training.rank_print import global_rank, print0
+
+
+@dataclass
+class StepMetrics:
+    """What one logged optimizer step reports."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    aux_loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    mfu: float
+    loss_scale: float | None
+    skipped_steps: int
+    eta_s: float
+
+
+class MetricsLogger:
+    """Prints the log line and appends one JSON object per logged step to ``{save_dir}/metrics.jsonl``."""
+
+    def __init__(self, save_dir: Path, use_wandb: bool, wandb_project: str, wandb_run_id: str | None, run_config: dict):
+        self.enabled = global_rank() == 0
+        self.path = Path(save_dir) / "metrics.jsonl"
+        self.wandb_run = None
+        self.wandb_run_id = wandb_run_id
+        if self.enabled and use_wandb:
+            self.wandb_run = start_wandb(wandb_project, wandb_run_id, run_config)
+            self.wandb_run_id = self.wandb_run.id
+
+    def log(self, metrics: StepMetrics) -> None:
+        """Report one optimizer step."""
+        if not self.enabled:
+            return
+        scale = f" scale {metrics.loss_scale:g}" if metrics.loss_scale is not None else ""
+        skipped = f" skipped {metrics.skipped_steps}" if metrics.skipped_steps else ""
+        print0(
+            f"epoch {metrics.epoch} step {metrics.step}/{metrics.total_steps} loss {metrics.loss:.4f} "
+            f"aux {metrics.aux_loss:.4f} lr {metrics.lr:.3e} grad_norm {metrics.grad_norm:.3f}{scale}{skipped} "
+            f"tokens/s {metrics.tokens_per_s:,.0f} mfu {metrics.mfu:.1%} eta {format_seconds(metrics.eta_s)}"
+        )
+        record = asdict(metrics)
+        record["time"] = time.time()
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if v is not None}, step=metrics.step)
+
+    def close(self) -> None:
+        """Finish the wandb run, if any."""
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def start_wandb(project: str, run_id: str | None, run_config: dict):
+    """Start (or resume, by id) a wandb run; offline when no login is configured."""
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError("--use_wandb needs the wandb package: pip install wandb") from None
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"
+    return wandb.init(project=project, id=run_id, resume="allow", config=run_config)
+
+
+def format_seconds(seconds: float) -> str:
+    """``1h02m03s`` style."""
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def model_flops_per_token(n_params_active: int, n_layers: int, hidden: int, seq_len: int) -> float:
+    """Training FLOPs per token: ``6 * active params`` plus attention's ``12 * layers * hidden * seq``."""
+    return 6.0 * n_params_active + 12.0 * n_layers * hidden * seq_len

@@ -1,0 +1,211 @@
+"""Builds the pieces of a pretraining run from parsed flags and runs it.
+
+Order matters: every check that can fail on user input (flags, DeepSpeed JSON, save
+folder, tokenizer, data file) runs before the process group, the token cache or the
+model exist, so bad input costs a second and one line, never a DeepSpeed traceback.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+import kernels
+from minimind.data import (
+    DataError,
+    PackedWindows,
+    PaddedDocuments,
+    RankInvariantSampler,
+    build_or_load_token_cache,
+    default_corpus_path,
+    make_data_loader,
+    validate_jsonl,
+)
+from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.pth_weights import WeightsMismatchError
+from minimind.tokenizer.loader import TokenizerLayoutError, load_tokenizer, tokenizer_fingerprint
+from minimind.training.arguments import CPU_DEMO, apply_size_defaults
+from minimind.training.checkpointing import (
+    TrainingPosition,
+    load_training_state,
+    minimind_weights_name,
+    resolve_resume_target,
+    save_training_state,
+    write_minimind_weights,
+)
+from minimind.training.ds_config import ConfigError, precision_of, resolve_ds_config
+from minimind.training.loop import LoopSettings, run_training
+from minimind.training.lr_schedule import minimind_scheduler
+from minimind.training.metrics import MetricsLogger, model_flops_per_token
+from minimind.training.peak_flops import peak_flops
+from minimind.training.rank_print import print0, world_size
+from minimind.training.save_dir import check_writable
+
+USER_INPUT_ERRORS = (
+    ConfigError,
+    DataError,
+    TokenizerLayoutError,
+    WeightsMismatchError,
+    kernels.KernelUnavailableError,
+    FileNotFoundError,
+    PermissionError,
+)
+
+
+def pretrain(args: argparse.Namespace) -> TrainingPosition:
+    """Run the whole job described by ``args``; returns where training stopped."""
+    accelerator = get_accelerator()
+    cpu_only = accelerator.device_name() == "cpu"
+    demo = apply_size_defaults(args, cpu_only)
+    ds_config, batch = resolve_ds_config(
+        args.deepspeed_config,
+        data_parallel=world_size(),
+        fp16_supported=accelerator.is_fp16_supported(),
+        micro_batch=args.batch_size,
+        accumulation=args.accumulation_steps,
+        grad_clip=args.grad_clip,
+        learning_rate=args.learning_rate,
+    )
+    save_dir = Path(args.save_dir).resolve()
+    check_writable(save_dir)
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    model_config = MiniMindConfig(
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        use_moe=bool(args.use_moe),
+        vocab_size=max(len(tokenizer), 6400),
+        kernel_impl=args.kernels,
+    )
+    kernels.resolve_impl(args.kernels, torch.device(accelerator.device_name()))
+    data_path = Path(args.data_path) if args.data_path else None
+    if data_path is not None:
+        validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
+    resume = resume_target(args, save_dir)
+
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    device = torch.device(accelerator.current_device_name())
+    deepspeed.runtime.utils.set_random_seed(args.seed)
+    if demo:
+        print0(
+            f"CPU-only machine: short demonstration run ({', '.join(f'--{k} {v}' for k, v in CPU_DEMO.items())}); "
+            "pass --hidden_size 512 --num_hidden_layers 8 --max_seq_len 340 --batch_size 32 "
+            "--accumulation_steps 8 --learning_rate 5e-4 for MiniMind's full run"
+        )
+    print0(
+        f"batch: micro {batch.micro_batch} x accumulation {batch.accumulation} x data-parallel "
+        f"{batch.data_parallel} = {batch.global_batch} samples of {args.max_seq_len} tokens per step; "
+        f"grad_clip {batch.grad_clip:g}; precision {precision_of(ds_config)}; "
+        f"ZeRO stage {ds_config.get('zero_optimization', {}).get('stage', 0)}; config {args.deepspeed_config}"
+    )
+
+    token_cache = build_on_local_rank_zero_first(
+        lambda: build_or_load_token_cache(
+            data_path or default_corpus_path(), tokenizer, skip_bad_lines=args.skip_bad_lines, log=print0
+        )
+    )
+    if args.packing:
+        dataset = PackedWindows(token_cache.tokens, args.max_seq_len, pad_id=tokenizer.pad_token_id)
+    else:
+        dataset = PaddedDocuments(token_cache.tokens, token_cache.offsets, args.max_seq_len,
+                                  pad_id=tokenizer.pad_token_id)
+    if len(dataset) < batch.global_batch:
+        raise ConfigError(
+            f"{data_path or 'the bundled corpus'}: {len(dataset)} samples do not fill one global batch "
+            f"of {batch.global_batch}"
+        )
+    sampler = RankInvariantSampler(
+        len(dataset), micro_batch_size=batch.micro_batch, accumulation_steps=batch.accumulation,
+        world_size=dist.get_world_size(), rank=dist.get_rank(), seed=args.seed,
+    )
+    loader = make_data_loader(dataset, sampler, pin_memory=not cpu_only)
+    print0(f"data: {len(dataset)} {'packed windows' if args.packing else 'padded documents'}, "
+           f"{sampler.steps_per_epoch} optimizer steps per epoch")
+    total_steps = sampler.steps_per_epoch * args.epochs
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+
+    model = MiniMindForCausalLM(model_config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print0(f"model: {n_params / 1e6:.2f}M parameters, hidden {args.hidden_size} x {args.num_hidden_layers} layers"
+           f"{' (MoE)' if args.use_moe else ''}, kernels {args.kernels}")
+    scheduler = None if "scheduler" in ds_config else (
+        lambda optimizer: minimind_scheduler(optimizer, total_steps, args.warmup_steps)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=ds_config, lr_scheduler=scheduler
+    )
+
+    position = TrainingPosition()
+    wandb_run_id = None
+    if resume is not None:
+        client_state = load_training_state(engine, *resume)
+        position = TrainingPosition(**client_state["position"])
+        wandb_run_id = client_state.get("wandb_run_id")
+        print0(f"resumed from {resume[0]} ({resume[1] or 'latest'}) at step {position.step}, epoch {position.epoch}")
+    logger = MetricsLogger(save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args))
+    checkpoint_dir = save_dir / "checkpoints"
+    client_extra = {
+        "resolved_ds_config": ds_config,
+        "model_config": model_config.to_dict(),
+        "args": vars(args),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "wandb_run_id": logger.wandb_run_id,
+    }
+
+    def save(at: TrainingPosition) -> None:
+        tag = save_training_state(engine, checkpoint_dir, at, client_extra, args.keep_checkpoints)
+        weights = write_minimind_weights(engine, save_dir, args.hidden_size, bool(args.use_moe))
+        print0(f"step {at.step}: checkpoint {checkpoint_dir / tag}, weights {weights}")
+
+    settings = LoopSettings(
+        epochs=args.epochs,
+        total_steps=total_steps,
+        accumulation=batch.accumulation,
+        global_batch=batch.global_batch,
+        log_interval=args.log_interval,
+        save_interval=args.save_interval,
+        flops_per_token=model_flops_per_token(n_params, args.num_hidden_layers, args.hidden_size, args.max_seq_len),
+        peak_flops_total=peak_flops(device, model_dtype(ds_config)) * batch.data_parallel,
+    )
+
+    def micro_batches_for_epoch(epoch: int, start_sample: int):
+        sampler.set_epoch(epoch, start_sample)
+        return iter(loader)
+
+    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, save, device)
+    logger.close()
+    print0(
+        f"done at step {position.step}: checkpoints in {checkpoint_dir} (resume with --from_resume 1), "
+        f"MiniMind weights in {save_dir / minimind_weights_name(args.hidden_size, bool(args.use_moe))}, "
+        f"metrics in {save_dir / 'metrics.jsonl'}"
+    )
+    return position
+
+
+def resume_target(args: argparse.Namespace, save_dir: Path) -> tuple[Path, str | None] | None:
+    """The (checkpoint folder, tag) to resume from, or None for a fresh run."""
+    if args.resume_from:
+        return resolve_resume_target(args.resume_from)
+    if args.from_resume:
+        return resolve_resume_target(save_dir / "checkpoints")
+    return None
+
+
+def build_on_local_rank_zero_first(build):
+    """Run ``build`` on each node's local rank 0, then on the others (which then reuse its cache)."""
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if first:
+        result = build()
+    dist.barrier()
+    if not first:
+        result = build()
+    return result
+
+
+def model_dtype(ds_config: dict) -> torch.dtype:
+    """The dtype DeepSpeed trains the module in."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision_of(ds_config)]

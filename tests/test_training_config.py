@@ -1,0 +1,147 @@
+"""DeepSpeed config checks, batch arithmetic, flags and the learning-rate schedule (no processes launched)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import pretrain_ds
+from minimind.training.arguments import CPU_DEMO, apply_size_defaults, parse_args
+from minimind.training.ds_config import ConfigError, precision_of, read_ds_config, resolve_ds_config
+from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
+SHIPPED = sorted(CONFIG_DIR.glob("*.json"))
+
+
+def write_config(tmp_path: Path, config: dict, name: str = "ds.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_configs_are_valid(path):
+    config, plan = resolve_ds_config(path, data_parallel=4, fp16_supported=True)
+    assert config["train_batch_size"] == plan.micro_batch * plan.accumulation * 4
+    assert plan.grad_clip == 1.0
+
+
+def test_required_configs_exist_with_their_precision():
+    expected = {
+        "zero2_bf16.json": ("bf16", 2), "zero2_fp16.json": ("fp16", 2), "zero2_fp32.json": ("fp32", 2),
+        "zero1_bf16.json": ("bf16", 1), "zero3_bf16.json": ("bf16", 3), "zero2_offload_bf16.json": ("bf16", 2),
+    }
+    for name, (precision, stage) in expected.items():
+        config = read_ds_config(CONFIG_DIR / name)
+        assert precision_of(config) == precision and config["zero_optimization"]["stage"] == stage, name
+    fp16 = read_ds_config(CONFIG_DIR / "zero2_fp16.json")["fp16"]
+    assert {"initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale"} <= set(fp16)
+    offload = read_ds_config(CONFIG_DIR / "zero2_offload_bf16.json")["zero_optimization"]
+    assert offload["offload_optimizer"]["device"] == "cpu"
+
+
+def test_flags_override_the_json_and_the_global_batch_follows(tmp_path):
+    path = write_config(tmp_path, {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4,
+                                   "train_batch_size": 64, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}})
+    config, plan = resolve_ds_config(path, data_parallel=3, fp16_supported=False, micro_batch=5,
+                                     accumulation=2, grad_clip=0.5, learning_rate=2e-4)
+    assert (plan.micro_batch, plan.accumulation, plan.data_parallel, plan.global_batch) == (5, 2, 3, 30)
+    assert config["train_batch_size"] == 30 and config["gradient_clipping"] == 0.5
+    assert config["optimizer"]["params"]["lr"] == 2e-4
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "train_batch_size": 10,
+          "optimizer": {"type": "AdamW"}},
+         r"ds\.json: train_batch_size 10 != micro-batch 4 x accumulation 2 x data-parallel size 2 = 16"),
+        ({"train_micro_batch_size_per_gpu": 4, "zero_optimisation": {}, "optimizer": {"type": "AdamW"}},
+         r"ds\.json: unknown key 'zero_optimisation' \(did you mean 'zero_optimization'\?\)"),
+        ({"train_micro_batch_size_per_gpu": 4, "fp16": {"enabled": True}, "optimizer": {"type": "AdamW"}},
+         r"ds\.json: fp16 is enabled but this accelerator does not support it"),
+        ({"gradient_accumulation_steps": 2, "optimizer": {"type": "AdamW"}},
+         r"ds\.json: set train_micro_batch_size_per_gpu"),
+        ({"train_micro_batch_size_per_gpu": 0, "optimizer": {"type": "AdamW"}},
+         r"ds\.json: train_micro_batch_size_per_gpu must be a positive integer"),
+        ({"train_micro_batch_size_per_gpu": 2}, r"ds\.json: needs an \"optimizer\" section"),
+    ],
+)
+def test_inconsistent_configs_are_one_line_errors(tmp_path, config, message):
+    path = write_config(tmp_path, config)
+    with pytest.raises(ConfigError, match=message) as caught:
+        resolve_ds_config(path, data_parallel=2, fp16_supported=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.json: DeepSpeed config file not found"):
+        resolve_ds_config(tmp_path / "nope.json", data_parallel=1, fp16_supported=True)
+    (tmp_path / "bad.json").write_text("{\"train_micro_batch_size_per_gpu\": 4,,}")
+    with pytest.raises(ConfigError, match=r"bad\.json: not valid JSON"):
+        resolve_ds_config(tmp_path / "bad.json", data_parallel=1, fp16_supported=True)
+
+
+def run_main(argv, capsys) -> tuple[int, str]:
+    status = pretrain_ds.main(argv)
+    return status, capsys.readouterr().err.strip()
+
+
+def test_entry_point_reports_config_errors_in_one_line_before_building_anything(tmp_path, capsys):
+    status, err = run_main(["--deepspeed_config", str(tmp_path / "missing.json"), "--save_dir", str(tmp_path)], capsys)
+    assert status == 2 and err.count("\n") == 0
+    assert err.startswith("pretrain_ds.py: error: ") and "missing.json: DeepSpeed config file not found" in err
+    status, err = run_main(["--deepspeed_config", str(CONFIG_DIR / "zero2_fp16.json"), "--save_dir", str(tmp_path)],
+                           capsys)
+    assert status == 2 and "fp16 is enabled but this accelerator does not support it" in err
+
+
+def test_entry_point_rejects_an_unwritable_save_dir(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    status, err = run_main(["--save_dir", str(blocker / "out")], capsys)
+    assert status == 2 and "--save_dir" in err and "not writable" in err and err.count("\n") == 0
+
+
+def test_entry_point_rejects_a_missing_data_file_and_tokenizer(tmp_path, capsys):
+    status, err = run_main(["--save_dir", str(tmp_path), "--data_path", str(tmp_path / "none.jsonl")], capsys)
+    assert status == 2 and "none.jsonl" in err
+    status, err = run_main(["--save_dir", str(tmp_path), "--tokenizer_path", str(tmp_path / "no-tok")], capsys)
+    assert status == 2 and "no-tok" in err
+
+
+def test_cpu_demo_applies_only_without_size_flags():
+    args = parse_args([])
+    assert apply_size_defaults(args, cpu_only=True)
+    assert all(getattr(args, name) == value for name, value in CPU_DEMO.items())
+    args = parse_args(["--hidden_size", "64"])
+    assert not apply_size_defaults(args, cpu_only=True)
+    assert (args.hidden_size, args.num_hidden_layers, args.max_seq_len, args.batch_size) == (64, 8, 340, None)
+    args = parse_args([])
+    assert not apply_size_defaults(args, cpu_only=False) and args.max_steps is None
+
+
+def test_minimind_cosine_schedule():
+    total = 37
+    for step in range(total + 1):
+        expected = 0.1 + 0.45 * (1 + math.cos(math.pi * step / total))  # MiniMind's get_lr / lr_max
+        assert minimind_lr_factor(step, total) == pytest.approx(expected, rel=1e-12)
+    assert minimind_lr_factor(0, total) == pytest.approx(1.0) and minimind_lr_factor(total, total) == pytest.approx(0.1)
+    assert minimind_lr_factor(0, total, warmup_steps=4) == pytest.approx(minimind_lr_factor(0, total) / 4)
+    assert minimind_lr_factor(4, total, warmup_steps=4) == minimind_lr_factor(4, total)
+
+
+def test_scheduler_drives_the_optimizer_and_round_trips_its_state():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=5e-4)
+    scheduler = minimind_scheduler(optimizer, total_steps=10)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * minimind_lr_factor(3, 10))
+    restored = minimind_scheduler(torch.optim.AdamW([param], lr=5e-4), total_steps=10)
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.last_epoch == 3
