@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from minimind.model.config import MiniMindConfig
@@ -17,8 +18,12 @@ from minimind.model.rope import rope_tables
 IGNORE_INDEX = -100
 
 
-class MiniMindBlock(nn.Module):
-    """Pre-norm transformer layer: ``h += attn(norm(h)); h += mlp(norm(h))``."""
+class MiniMindBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer layer: ``h += attn(norm(h)); h += mlp(norm(h))``.
+
+    ``model.activation_checkpointing_enable()`` recomputes each block in the backward instead of
+    keeping its activations (``transformers``' per-layer activation checkpointing).
+    """
 
     def __init__(self, layer_idx: int, config: MiniMindConfig):
         super().__init__()
