@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pretrain_ds
-from minimind.training.arguments import CPU_DEMO, apply_size_defaults, parse_args
+from minimind.training.arguments import CPU_DEMO, apply_defaults, parse_args
 from minimind.training.ds_config import ConfigError, precision_of, read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
 
@@ -115,13 +115,17 @@ def test_entry_point_rejects_a_missing_data_file_and_tokenizer(tmp_path, capsys)
 
 def test_cpu_demo_applies_only_without_size_flags():
     args = parse_args([])
-    assert apply_size_defaults(args, cpu_only=True)
+    assert apply_defaults(args, cpu_only=True)
     assert all(getattr(args, name) == value for name, value in CPU_DEMO.items())
+    assert args.deepspeed_config.endswith("zero2_fp32.json")
     args = parse_args(["--hidden_size", "64"])
-    assert not apply_size_defaults(args, cpu_only=True)
+    assert not apply_defaults(args, cpu_only=True)
     assert (args.hidden_size, args.num_hidden_layers, args.max_seq_len, args.batch_size) == (64, 8, 340, None)
+    assert args.deepspeed_config.endswith("zero2_bf16.json")
+    args = parse_args(["--deepspeed_config", "mine.json"])
+    assert apply_defaults(args, cpu_only=True) and args.deepspeed_config == "mine.json"
     args = parse_args([])
-    assert not apply_size_defaults(args, cpu_only=False) and args.max_steps is None
+    assert not apply_defaults(args, cpu_only=False) and args.max_steps is None
 
 
 def test_minimind_cosine_schedule():
@@ -145,3 +149,10 @@ def test_scheduler_drives_the_optimizer_and_round_trips_its_state():
     restored = minimind_scheduler(torch.optim.AdamW([param], lr=5e-4), total_steps=10)
     restored.load_state_dict(scheduler.state_dict())
     assert restored.last_epoch == 3
+
+
+def test_entry_point_says_why_triton_kernels_cannot_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    status, err = run_main(["--save_dir", str(tmp_path), "--kernels", "triton"], capsys)
+    assert status == 2 and err.count("\n") == 0
+    assert "--kernels triton cannot run: Triton kernels need a CUDA device (got cpu)" in err

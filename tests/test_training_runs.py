@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
@@ -99,6 +100,13 @@ def test_loss_falls_on_a_learnable_corpus(workdir, corpus, env):
     losses = [m["loss"] for m in read_metrics(save_dir)]
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
+    # bf16 training: the .pth holds the fp32 master weights (rounded to fp16), as DeepSpeed's own
+    # zero_to_fp32 reconstruction of the checkpoint gives them, not the bf16 module copy
+    master = get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints"))
+    weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
+    assert set(weights) == set(master) | {"lm_head.weight"}
+    for key, tensor in master.items():
+        assert torch.equal(weights[key], tensor.half()), key
 
 
 def test_fp16_loss_scaler_skips_an_infinite_loss_on_both_ranks(workdir, corpus, env):

@@ -18,8 +18,13 @@ class WeightsMismatchError(ValueError):
 
 def save_minimind_pth(model: nn.Module, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write the model's state dict as MiniMind does (``dtype`` tensors), atomically."""
+    return save_minimind_state(model.state_dict(), path, dtype)
+
+
+def save_minimind_state(state: dict[str, torch.Tensor], path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a state dict as MiniMind's ``.pth`` (``dtype`` tensors on CPU), atomically."""
     path = Path(path)
-    state = {key: tensor.detach().to("cpu", dtype) for key, tensor in model.state_dict().items()}
+    state = {key: tensor.detach().to("cpu", dtype) for key, tensor in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)

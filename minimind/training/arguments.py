@@ -14,6 +14,7 @@ from kernels import IMPLEMENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
+CPU_DEMO_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"  # bf16 matmuls are slow on most CPUs
 
 MINIMIND_DEFAULTS = {
     "hidden_size": 512,
@@ -26,12 +27,12 @@ MINIMIND_DEFAULTS = {
 # What a flag-less run trains on a machine without an accelerator: a model small enough
 # for the loss to fall visibly within a few minutes on two cores.
 CPU_DEMO = {
-    "hidden_size": 256,
+    "hidden_size": 128,
     "num_hidden_layers": 4,
     "max_seq_len": 128,
     "batch_size": 8,
     "accumulation_steps": 1,
-    "learning_rate": 2e-3,
+    "learning_rate": 3e-3,
     "max_steps": 200,
     "log_interval": 20,
     "save_interval": 100,
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hidden_size", type=int, default=None, help="model width (MiniMind: 512)")
     model.add_argument("--num_hidden_layers", type=int, default=None, help="number of blocks (MiniMind: 8)")
     model.add_argument("--use_moe", type=int, choices=(0, 1), default=0, help="1: MoE MLPs")
+    model.add_argument("--ep_size", type=int, default=None,
+                       help="MoE expert-parallel size (DeepSpeed AutoEP); overrides the JSON's expert_parallel")
     model.add_argument("--kernels", choices=IMPLEMENTATIONS, default="auto", help="RMSNorm/RoPE implementation")
 
     data = parser.add_argument_group("data")
@@ -84,11 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; the DeepSpeed JSON defaults to ``ds_configs/zero2_bf16.json``."""
+    """Parse and range-check flags (defaults that depend on the machine come from ``apply_defaults``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.deepspeed_config is None:
-        args.deepspeed_config = str(DEFAULT_DS_CONFIG)
     for flag in ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
                  "max_steps", "epochs", "log_interval", "save_interval", "keep_checkpoints"):
         value = getattr(args, flag)
@@ -97,17 +98,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def apply_size_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
-    """Fill unset size and interval flags in place; returns True when the CPU demo was applied.
+def apply_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
+    """Fill unset size, interval and config flags in place; returns True when the CPU demo applies.
 
     The demo applies on a CPU-only machine when none of its model, batch or schedule flags
-    was given; any flag given by the user keeps its value. Otherwise MiniMind's defaults fill in.
+    was given; any flag given by the user keeps its value (the demo trains in fp32 unless
+    ``--deepspeed_config`` says otherwise). Otherwise MiniMind's defaults and
+    ``ds_configs/zero2_bf16.json`` fill in.
     """
     demo = cpu_only and all(getattr(args, name) is None for name in CPU_DEMO_TRIGGERS)
     if demo:
         for name, value in CPU_DEMO.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+        if args.deepspeed_config is None:
+            args.deepspeed_config = str(CPU_DEMO_DS_CONFIG)
+    if args.deepspeed_config is None:
+        args.deepspeed_config = str(DEFAULT_DS_CONFIG)
     for name, value in MINIMIND_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.utils import safe_get_full_fp32_param
 
-from minimind.model.pth_weights import save_minimind_pth
+from minimind.model.pth_weights import save_minimind_state
 from minimind.training.rank_print import global_rank
 
 TAG_PREFIX = "step_"
@@ -106,10 +107,33 @@ def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:
 
 
 def write_minimind_weights(engine, save_dir: Path, hidden_size: int, use_moe: bool) -> Path | None:
-    """Rank 0 writes ``{save_dir}/pretrain_{hidden}[_moe].pth`` (half precision, MiniMind keys)."""
+    """Rank 0 writes ``{save_dir}/pretrain_{hidden}[_moe].pth`` (half precision, MiniMind keys).
+
+    The weights come from the optimizer's fp32 master copy, not the bf16/fp16 module, so
+    updates smaller than the module dtype's rounding are kept. Collective: call on every rank.
+    """
+    state = master_weights_state_dict(engine)
     if global_rank() != 0:
         return None
-    return save_minimind_pth(engine.module, save_dir / minimind_weights_name(hidden_size, use_moe))
+    return save_minimind_state(state, save_dir / minimind_weights_name(hidden_size, use_moe))
+
+
+def master_weights_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The module's state dict with every parameter replaced by its full fp32 master value.
+
+    Uses DeepSpeed's ``safe_get_full_fp32_param`` (gathers across ranks under ZeRO 1-3);
+    tied keys (``lm_head.weight``) take their source parameter's value. Collective.
+    """
+    names_by_id = {}
+    state = {}
+    for name, param in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        state[name] = (full if full is not None else param.detach()).float().cpu()
+        names_by_id[id(param)] = name
+    for key, value in engine.module.state_dict(keep_vars=True).items():
+        if key not in state:
+            state[key] = state[names_by_id[id(value)]] if id(value) in names_by_id else value.detach().float().cpu()
+    return state
 
 
 def minimind_weights_name(hidden_size: int, use_moe: bool) -> str:

@@ -60,7 +60,7 @@ def train_step(engine, micro_batches: list[dict], device: torch.device) -> StepR
         engine.backward(token_loss * scale + output.aux_loss)
         engine.step()
         loss_sum += token_loss.item()
-        aux_sum += float(output.aux_loss)
+        aux_sum += output.aux_loss.item()
     total_loss, total_aux = all_reduce_sum([loss_sum, aux_sum], device)
     return StepResult(total_loss / max(global_targets, 1.0), total_aux / (accumulation * world), int(global_targets))
 
@@ -104,6 +104,7 @@ def run_training(
     epoch from a global sample index; ``save(position)`` writes a checkpoint.
     """
     engine.train()
+    logger.start_progress(settings.total_steps, position.step)
     started = time.perf_counter()
     window_start, window_tokens, steps_at_start = time.perf_counter(), 0, position.step
     saved_at = position.step
@@ -120,6 +121,7 @@ def run_training(
             position.step += 1
             position.sample_in_epoch += settings.global_batch
             window_tokens += result.target_tokens
+            logger.advance()
             if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)

@@ -5,9 +5,12 @@ Everything here runs on global rank 0 only; other ranks get a logger that does n
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from minimind.training.rank_print import global_rank, print0
 
@@ -31,16 +34,33 @@ class StepMetrics:
 
 
 class MetricsLogger:
-    """Prints the log line and appends one JSON object per logged step to ``{save_dir}/metrics.jsonl``."""
+    """Prints the log line and appends one JSON object per logged step to ``{save_dir}/metrics.jsonl``.
 
-    def __init__(self, save_dir: Path, use_wandb: bool, wandb_project: str, wandb_run_id: str | None, run_config: dict):
+    Attached to a terminal, rank 0 also shows a progress bar over the optimizer steps.
+    """
+
+    def __init__(self, save_dir: Path, use_wandb: bool, wandb_project: str, wandb_run_id: str | None,
+                 run_config: dict, monitor=None):
+        """``monitor``: the engine's DeepSpeed ``MonitorMaster`` (TensorBoard/CSV/... from the JSON)."""
         self.enabled = global_rank() == 0
+        self.monitor = monitor if monitor is not None and monitor.enabled else None
         self.path = Path(save_dir) / "metrics.jsonl"
         self.wandb_run = None
         self.wandb_run_id = wandb_run_id
+        self.progress = None
         if self.enabled and use_wandb:
             self.wandb_run = start_wandb(wandb_project, wandb_run_id, run_config)
             self.wandb_run_id = self.wandb_run.id
+
+    def start_progress(self, total_steps: int, steps_done: int) -> None:
+        """Show a progress bar over the optimizer steps when rank 0's stdout is a terminal."""
+        if self.enabled and sys.stdout.isatty():
+            self.progress = tqdm(total=total_steps, initial=steps_done, unit="step", dynamic_ncols=True)
+
+    def advance(self) -> None:
+        """One optimizer step done."""
+        if self.progress is not None:
+            self.progress.update()
 
     def log(self, metrics: StepMetrics) -> None:
         """Report one optimizer step."""
@@ -48,7 +68,7 @@ class MetricsLogger:
             return
         scale = f" scale {metrics.loss_scale:g}" if metrics.loss_scale is not None else ""
         skipped = f" skipped {metrics.skipped_steps}" if metrics.skipped_steps else ""
-        print0(
+        (self.progress.write if self.progress is not None else print0)(
             f"epoch {metrics.epoch} step {metrics.step}/{metrics.total_steps} loss {metrics.loss:.4f} "
             f"aux {metrics.aux_loss:.4f} lr {metrics.lr:.3e} grad_norm {metrics.grad_norm:.3f}{scale}{skipped} "
             f"tokens/s {metrics.tokens_per_s:,.0f} mfu {metrics.mfu:.1%} eta {format_seconds(metrics.eta_s)}"
@@ -57,11 +77,16 @@ class MetricsLogger:
         record["time"] = time.time()
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if v is not None and k not in ("step", "total_steps", "time")}
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in record.items() if v is not None}, step=metrics.step)
+            self.wandb_run.log(numbers, step=metrics.step)
+        if self.monitor is not None:
+            self.monitor.write_events([(f"Train/{name}", value, metrics.step) for name, value in numbers.items()])
 
     def close(self) -> None:
-        """Finish the wandb run, if any."""
+        """Close the progress bar and finish the wandb run, if any."""
+        if self.progress is not None:
+            self.progress.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
 

@@ -28,7 +28,7 @@ from minimind.data import (
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import WeightsMismatchError
 from minimind.tokenizer.loader import TokenizerLayoutError, load_tokenizer, tokenizer_fingerprint
-from minimind.training.arguments import CPU_DEMO, apply_size_defaults
+from minimind.training.arguments import CPU_DEMO, apply_defaults
 from minimind.training.checkpointing import (
     TrainingPosition,
     load_training_state,
@@ -38,6 +38,12 @@ from minimind.training.checkpointing import (
     write_minimind_weights,
 )
 from minimind.training.ds_config import ConfigError, precision_of, resolve_ds_config
+from minimind.training.expert_parallel import (
+    check_resume_expert_parallel,
+    install_aux_loss,
+    resolve_expert_parallel,
+    write_expert_parallel_weights,
+)
 from minimind.training.loop import LoopSettings, run_training
 from minimind.training.lr_schedule import minimind_scheduler
 from minimind.training.metrics import MetricsLogger, model_flops_per_token
@@ -60,7 +66,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     """Run the whole job described by ``args``; returns where training stopped."""
     accelerator = get_accelerator()
     cpu_only = accelerator.device_name() == "cpu"
-    demo = apply_size_defaults(args, cpu_only)
+    demo = apply_defaults(args, cpu_only)
     ds_config, batch = resolve_ds_config(
         args.deepspeed_config,
         data_parallel=world_size(),
@@ -85,6 +91,9 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     if data_path is not None:
         validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
     resume = resume_target(args, save_dir)
+    ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
+    if resume is not None:
+        check_resume_expert_parallel(*resume, ep_size, ds_config)
 
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
     device = torch.device(accelerator.current_device_name())
@@ -138,6 +147,10 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=ds_config, lr_scheduler=scheduler
     )
+    if ep_size is not None:
+        install_aux_loss(engine, model_config)
+        print0(f"expert parallelism: AutoEP size {ep_size}, "
+               f"{model_config.n_routed_experts // ep_size} routed experts per rank")
 
     position = TrainingPosition()
     wandb_run_id = None
@@ -146,7 +159,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         position = TrainingPosition(**client_state["position"])
         wandb_run_id = client_state.get("wandb_run_id")
         print0(f"resumed from {resume[0]} ({resume[1] or 'latest'}) at step {position.step}, epoch {position.epoch}")
-    logger = MetricsLogger(save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args))
+    logger = MetricsLogger(save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args), engine.monitor)
     checkpoint_dir = save_dir / "checkpoints"
     client_extra = {
         "resolved_ds_config": ds_config,
@@ -158,7 +171,10 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
 
     def save(at: TrainingPosition) -> None:
         tag = save_training_state(engine, checkpoint_dir, at, client_extra, args.keep_checkpoints)
-        weights = write_minimind_weights(engine, save_dir, args.hidden_size, bool(args.use_moe))
+        if ep_size is None:
+            weights = write_minimind_weights(engine, save_dir, args.hidden_size, bool(args.use_moe))
+        else:
+            weights = write_expert_parallel_weights(engine, save_dir / minimind_weights_name(args.hidden_size, True))
         print0(f"step {at.step}: checkpoint {checkpoint_dir / tag}, weights {weights}")
 
     settings = LoopSettings(
