@@ -16,17 +16,22 @@ machine). ``--help`` lists every flag; MiniMind's flag names keep their meaning.
 import sys
 
 from minimind.training.arguments import parse_args
+from minimind.training.loop import NonFiniteStepsError
 from minimind.training.pretrain import USER_INPUT_ERRORS, pretrain
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, train, and turn bad input into one line on stderr (exit status 2)."""
+    """Parse flags and train. Bad input is one line on stderr and exit status 2; a run stopped
+    for non-finite losses is one line and status 3."""
     args = parse_args(argv)
     try:
         pretrain(args)
     except USER_INPUT_ERRORS as error:
         print(f"pretrain_ds.py: error: {error}", file=sys.stderr, flush=True)
         return 2
+    except NonFiniteStepsError as error:
+        print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

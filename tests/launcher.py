@@ -31,14 +31,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") -> list[str]:
+    """The ``deepspeed --num_gpus ranks script args`` command line, on a free port."""
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+            "--master_port", str(free_port()), script, *args]
+
+
+def launch_env(env: dict | None = None) -> dict:
+    """The environment launched runs get: this one, the repository importable, plus ``env``."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+
+
 def launch(ranks: int, args: list[str], script: str = "pretrain_ds.py", env: dict | None = None,
-           timeout: int = 400) -> subprocess.CompletedProcess:
-    """``deepspeed --num_gpus ranks script args`` from the repository root; output captured."""
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), script, *args]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
+           timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``launch_command`` from the repository root, output captured; fails the test on a
+    non-zero exit unless ``check`` is False."""
+    result = subprocess.run(launch_command(ranks, args, script), cwd=REPO_ROOT, env=launch_env(env),
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
         raise AssertionError(f"launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pretrain_ds
-from minimind.training.arguments import CPU_DEMO, apply_defaults, parse_args
+from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs, parse_args
 from minimind.training.ds_config import ConfigError, precision_of, read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
 
@@ -156,3 +156,23 @@ def test_entry_point_says_why_triton_kernels_cannot_run(tmp_path, capsys, monkey
     status, err = run_main(["--save_dir", str(tmp_path), "--kernels", "triton"], capsys)
     assert status == 2 and err.count("\n") == 0
     assert "--kernels triton cannot run: Triton kernels need a CUDA device (got cpu)" in err
+
+
+def test_presets_fill_the_model_and_size_flags_override_them():
+    args = parse_args(["--preset", "1b"])
+    assert not apply_defaults(args, cpu_only=True)  # a preset is a size choice: no CPU demo
+    kwargs = model_config_kwargs(args)
+    assert (kwargs["hidden_size"], kwargs["num_hidden_layers"], kwargs["num_attention_heads"]) == (2048, 22, 32)
+    args = parse_args(["--preset", "145m-moe", "--num_hidden_layers", "2"])
+    apply_defaults(args, cpu_only=False)
+    kwargs = model_config_kwargs(args)
+    assert (kwargs["hidden_size"], kwargs["num_hidden_layers"], kwargs["use_moe"]) == (640, 2, True)
+    args = parse_args(["--preset", "145m-moe", "--use_moe", "0"])
+    apply_defaults(args, cpu_only=False)
+    assert model_config_kwargs(args)["use_moe"] is False
+
+
+def test_entry_point_rejects_an_unbuildable_model_in_one_line(tmp_path, capsys):
+    status, err = run_main(["--save_dir", str(tmp_path), "--hidden_size", "100"], capsys)
+    assert status == 2 and err.count("\n") == 0
+    assert "hidden_size 100 is not divisible by num_attention_heads 8" in err

@@ -118,7 +118,7 @@ def test_fp16_loss_scaler_skips_an_infinite_loss_on_both_ranks(workdir, corpus, 
     launch(2, [*TINY_MODEL, "--deepspeed_config", str(config_path), "--data_path", str(corpus), "--save_dir",
                str(save_dir), "--batch_size", "2", "--accumulation_steps", "1", "--max_steps", "6",
                "--save_interval", "1", "--keep_checkpoints", "10"],
-           script="tests/fp16_on_cpu_entry.py", env={**env, "INJECT_INF_AT_MICRO_STEP": "3"})
+           script="tests/fault_injection_entry.py", env={**env, "ALLOW_FP16_ON_CPU": "1", "INJECT_NONFINITE_AT": "3"})
     metrics = read_metrics(save_dir)
     scales = [m["loss_scale"] for m in metrics]
     skipped = [m["skipped_steps"] for m in metrics]

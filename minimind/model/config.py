@@ -13,6 +13,10 @@ YARN_SCALING = {
 }
 
 
+class ModelConfigError(ValueError):
+    """A model configuration the architecture cannot build, described in one line."""
+
+
 def default_intermediate_size(hidden_size: int) -> int:
     """MiniMind's SwiGLU width: ``64 * ceil(int(hidden_size * 8 / 3) / 64)`` (1408 at 512)."""
     return 64 * ((int(hidden_size * 8 / 3) + 63) // 64)
@@ -101,22 +105,22 @@ class MiniMindConfig(PretrainedConfig):
     def validate_shapes(self) -> None:
         """Reject head counts, expert counts and options the architecture cannot build."""
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ModelConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
             )
         if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even for rotate-half RoPE")
+            raise ModelConfigError(f"head_dim {self.head_dim} must be even for rotate-half RoPE")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise ModelConfigError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
         if self.use_moe and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
-            raise ValueError(
+            raise ModelConfigError(
                 f"num_experts_per_tok {self.num_experts_per_tok} must be between 1 and "
                 f"n_routed_experts {self.n_routed_experts}"
             )
         if self.scoring_func != "softmax":
-            raise ValueError(f"scoring_func {self.scoring_func!r} is not supported (MiniMind uses 'softmax')")
+            raise ModelConfigError(f"scoring_func {self.scoring_func!r} is not supported (MiniMind uses 'softmax')")
         if self.kernel_impl not in IMPLEMENTATIONS:
-            raise ValueError(f"kernel_impl must be one of {', '.join(IMPLEMENTATIONS)}, got {self.kernel_impl!r}")
+            raise ModelConfigError(f"kernel_impl must be one of {', '.join(IMPLEMENTATIONS)}, got {self.kernel_impl!r}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import deepspeed
 
 from kernels import IMPLEMENTATIONS
+from minimind.model.presets import PRESETS, preset_config_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
@@ -37,7 +38,7 @@ CPU_DEMO = {
     "log_interval": 20,
     "save_interval": 100,
 }
-CPU_DEMO_TRIGGERS = ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
+CPU_DEMO_TRIGGERS = ("preset", "hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
                      "learning_rate", "max_steps")
 
 
@@ -48,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=list(PRESETS), default=None,
+                       help="named model size (see minimind/model/presets.py); size flags still override it")
     model.add_argument("--hidden_size", type=int, default=None, help="model width (MiniMind: 512)")
     model.add_argument("--num_hidden_layers", type=int, default=None, help="number of blocks (MiniMind: 8)")
-    model.add_argument("--use_moe", type=int, choices=(0, 1), default=0, help="1: MoE MLPs")
+    model.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="1: MoE MLPs (default 0)")
+    model.add_argument("--activation_checkpointing", action="store_true",
+                       help="recompute each block in the backward instead of storing its activations")
     model.add_argument("--ep_size", type=int, default=None,
                        help="MoE expert-parallel size (DeepSpeed AutoEP); overrides the JSON's expert_parallel")
     model.add_argument("--kernels", choices=IMPLEMENTATIONS, default="auto", help="RMSNorm/RoPE implementation")
@@ -79,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep_checkpoints", type=int, default=3, help="recent checkpoints kept")
     run.add_argument("--from_resume", type=int, choices=(0, 1), default=0, help="1: resume from save_dir")
     run.add_argument("--resume_from", default=None, help="checkpoint folder or tag to resume from")
+    run.add_argument("--collective_timeout", type=int, default=600,
+                     help="seconds a collective may wait for a dead or stuck rank before the job fails")
+    run.add_argument("--max_nonfinite_steps", type=int, default=20,
+                     help="stop (with a checkpoint of the last good state) after this many consecutive "
+                          "optimizer steps skipped for non-finite gradients")
     run.add_argument("--use_wandb", action="store_true")
     run.add_argument("--wandb_project", default="MiniMind-Pretrain")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
@@ -91,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     for flag in ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
-                 "max_steps", "epochs", "log_interval", "save_interval", "keep_checkpoints"):
+                 "max_steps", "epochs", "log_interval", "save_interval", "keep_checkpoints", "collective_timeout",
+                 "max_nonfinite_steps"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1, got {value}")
@@ -115,7 +126,20 @@ def apply_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
             args.deepspeed_config = str(CPU_DEMO_DS_CONFIG)
     if args.deepspeed_config is None:
         args.deepspeed_config = str(DEFAULT_DS_CONFIG)
+    preset = preset_config_kwargs(args.preset) if args.preset else {}
+    for name, value in (("hidden_size", preset.get("hidden_size")), ("num_hidden_layers",
+                        preset.get("num_hidden_layers")), ("use_moe", int(preset.get("use_moe", False)))):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name, value in MINIMIND_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return demo
+
+
+def model_config_kwargs(args: argparse.Namespace) -> dict:
+    """``MiniMindConfig`` arguments from the preset (if any) overridden by the size flags."""
+    kwargs = preset_config_kwargs(args.preset) if args.preset else {}
+    kwargs.update(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, use_moe=bool(args.use_moe),
+                  kernel_impl=args.kernels)
+    return kwargs

@@ -6,6 +6,7 @@ rank, resolved config, tokenizer identity, wandb id), prunes old tags and writes
 ``.pth`` weights beside them.
 """
 
+import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -61,15 +62,32 @@ def all_rng_states() -> list[dict]:
 
 def save_training_state(engine, checkpoint_dir: Path, position: TrainingPosition, client_extra: dict,
                         keep: int) -> str:
-    """Write checkpoint ``step_{step}`` with the client state, then prune to the ``keep`` newest tags."""
+    """Write checkpoint ``step_{step}`` with the client state, then point ``latest`` at it and prune.
+
+    DeepSpeed's own ``latest`` is written by rank 0 before the other ranks have finished
+    their files; here it is written only after ``save_checkpoint``'s closing barrier (every
+    rank done), atomically (temporary file renamed over it), so a job killed during a save
+    still resumes from the previous complete checkpoint. Old tags go only after that.
+    """
     tag = f"{TAG_PREFIX}{position.step}"
     client_state = {"position": asdict(position), "rng_states": all_rng_states(), **client_extra}
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state)
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
     if global_rank() == 0:
+        point_latest_at(checkpoint_dir, tag)
         prune_checkpoints(checkpoint_dir, keep)
     if dist.is_initialized():
         dist.barrier()
     return tag
+
+
+def point_latest_at(checkpoint_dir: Path, tag: str) -> None:
+    """Atomically replace ``checkpoint_dir/latest`` with ``tag``."""
+    partial = checkpoint_dir / "latest.partial"
+    with partial.open("w") as handle:
+        handle.write(tag)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, checkpoint_dir / "latest")
 
 
 def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:

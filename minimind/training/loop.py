@@ -75,6 +75,10 @@ def take(iterator: Iterator[dict], count: int) -> list[dict]:
     return items
 
 
+class NonFiniteStepsError(RuntimeError):
+    """Too many consecutive optimizer steps were skipped for non-finite gradients."""
+
+
 @dataclass
 class LoopSettings:
     """What the loop needs to know besides the engine and the data."""
@@ -85,6 +89,7 @@ class LoopSettings:
     global_batch: int
     log_interval: int
     save_interval: int
+    max_nonfinite_steps: int
     flops_per_token: float
     peak_flops_total: float
 
@@ -102,12 +107,18 @@ def run_training(
 
     ``micro_batches_for_epoch(epoch, start_sample)`` yields this rank's micro-batches of an
     epoch from a global sample index; ``save(position)`` writes a checkpoint.
+
+    A step whose gradients are not finite is skipped by the engine on every rank (fp16: the
+    loss scaler; bf16/fp32: DeepSpeed's gradient-overflow check), leaving the weights as they
+    were; ``max_nonfinite_steps`` such steps in a row save the (unchanged) state and raise
+    ``NonFiniteStepsError``.
     """
     engine.train()
     logger.start_progress(settings.total_steps, position.step)
     started = time.perf_counter()
     window_start, window_tokens, steps_at_start = time.perf_counter(), 0, position.step
     saved_at = position.step
+    nonfinite_in_a_row = 0
     for epoch in range(position.epoch, settings.epochs):
         if epoch != position.epoch:
             position.epoch, position.sample_in_epoch = epoch, 0
@@ -117,6 +128,7 @@ def run_training(
             if len(micro_batches) < settings.accumulation:
                 break  # the epoch's tail smaller than one global batch is dropped
             lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
+            skipped_before = engine.skipped_steps
             result = train_step(engine, micro_batches, device)
             position.step += 1
             position.sample_in_epoch += settings.global_batch
@@ -128,6 +140,14 @@ def run_training(
                 per_step = (now - started) / max(position.step - steps_at_start, 1)
                 logger.log(step_metrics(engine, position, settings, result, lr, tokens_per_s, per_step))
                 window_start, window_tokens = now, 0
+            nonfinite_in_a_row = nonfinite_in_a_row + 1 if engine.skipped_steps > skipped_before else 0
+            if nonfinite_in_a_row >= settings.max_nonfinite_steps:
+                save(position)
+                raise NonFiniteStepsError(
+                    f"{nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "
+                    f"(step {position.step}); the last good state is saved, resume with --from_resume 1 after "
+                    "lowering the learning rate or checking the data"
+                )
             if position.step % settings.save_interval == 0:
                 save(position)
                 saved_at = position.step

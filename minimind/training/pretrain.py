@@ -7,6 +7,7 @@ model exist, so bad input costs a second and one line, never a DeepSpeed traceba
 
 import argparse
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import deepspeed
@@ -26,9 +27,10 @@ from minimind.data import (
     validate_jsonl,
 )
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.config import ModelConfigError
 from minimind.model.pth_weights import WeightsMismatchError
 from minimind.tokenizer.loader import TokenizerLayoutError, load_tokenizer, tokenizer_fingerprint
-from minimind.training.arguments import CPU_DEMO, apply_defaults
+from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs
 from minimind.training.checkpointing import (
     TrainingPosition,
     load_training_state,
@@ -56,6 +58,7 @@ USER_INPUT_ERRORS = (
     DataError,
     TokenizerLayoutError,
     WeightsMismatchError,
+    ModelConfigError,
     kernels.KernelUnavailableError,
     FileNotFoundError,
     PermissionError,
@@ -79,13 +82,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     save_dir = Path(args.save_dir).resolve()
     check_writable(save_dir)
     tokenizer = load_tokenizer(args.tokenizer_path)
-    model_config = MiniMindConfig(
-        hidden_size=args.hidden_size,
-        num_hidden_layers=args.num_hidden_layers,
-        use_moe=bool(args.use_moe),
-        vocab_size=max(len(tokenizer), 6400),
-        kernel_impl=args.kernels,
-    )
+    model_config = MiniMindConfig(**model_config_kwargs(args), vocab_size=max(len(tokenizer), 6400))
     kernels.resolve_impl(args.kernels, torch.device(accelerator.device_name()))
     data_path = Path(args.data_path) if args.data_path else None
     if data_path is not None:
@@ -95,7 +92,9 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     if resume is not None:
         check_resume_expert_parallel(*resume, ep_size, ds_config)
 
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    deepspeed.init_distributed(
+        dist_backend=accelerator.communication_backend_name(), timeout=timedelta(seconds=args.collective_timeout)
+    )
     device = torch.device(accelerator.current_device_name())
     deepspeed.runtime.utils.set_random_seed(args.seed)
     if demo:
@@ -138,9 +137,12 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         total_steps = min(total_steps, args.max_steps)
 
     model = MiniMindForCausalLM(model_config)
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {n_params / 1e6:.2f}M parameters, hidden {args.hidden_size} x {args.num_hidden_layers} layers"
-           f"{' (MoE)' if args.use_moe else ''}, kernels {args.kernels}")
+           f"{' (MoE)' if args.use_moe else ''}, kernels {args.kernels}"
+           f"{', activation checkpointing' if args.activation_checkpointing else ''}")
     scheduler = None if "scheduler" in ds_config else (
         lambda optimizer: minimind_scheduler(optimizer, total_steps, args.warmup_steps)
     )
@@ -184,6 +186,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         global_batch=batch.global_batch,
         log_interval=args.log_interval,
         save_interval=args.save_interval,
+        max_nonfinite_steps=args.max_nonfinite_steps,
         flops_per_token=model_flops_per_token(n_params, args.num_hidden_layers, args.hidden_size, args.max_seq_len),
         peak_flops_total=peak_flops(device, model_dtype(ds_config)) * batch.data_parallel,
     )
