@@ -41,7 +41,8 @@ def module_weights(save_dir: Path, tag: str) -> dict:
 def test_a_nonfinite_step_is_skipped_on_both_ranks_and_training_continues(workdir, corpus, env):
     save_dir = workdir / "nan_once"
     launch(2, [*TINY, "--data_path", str(corpus), "--save_dir", str(save_dir), "--max_steps", "5",
-               "--save_interval", "1", "--keep_checkpoints", "10"], script=ENTRY, env={**env, "INJECT_NONFINITE_AT": "3"})
+               "--save_interval", "1", "--keep_checkpoints", "10"],
+           script=ENTRY, env={**env, "INJECT_NONFINITE_AT": "3"})
     metrics = read_metrics(save_dir)
     assert [m["skipped_steps"] for m in metrics] == [0, 0, 1, 1, 1]
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics[3:])
