@@ -1,5 +1,7 @@
 """Faults during training on 2 CPU ranks: non-finite steps, a rank dying, a job killed during a save."""
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -97,3 +99,32 @@ def test_a_killed_rank_ends_the_job_promptly_with_an_error(workdir, corpus, env)
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def test_sigterm_saves_the_current_step_and_resumes_exactly(workdir, corpus, env):
+    args = [*TINY, "--data_path", str(corpus), "--max_steps", "30", "--save_interval", "1000"]
+    uninterrupted_dir, stopped_dir = workdir / "uninterrupted", workdir / "stopped"
+    launch(2, [*args, "--save_dir", str(uninterrupted_dir)], env=env)
+    launcher = subprocess.Popen(launch_command(2, [*args, "--save_dir", str(stopped_dir)]), cwd=REPO_ROOT,
+                                env=launch_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (stopped_dir / "metrics.jsonl").is_file() or len(read_metrics(stopped_dir)) < 2:
+            assert time.time() < deadline and launcher.poll() is None, "training did not start"
+            time.sleep(0.2)
+        os.killpg(launcher.pid, signal.SIGTERM)  # what a scheduler does to a job before preemption
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    stopped_at = read_metrics(stopped_dir)[-1]["step"]
+    assert stopped_at < 30, "the run finished before the signal arrived"
+    assert f"stopped by a signal after step {stopped_at}" in output
+    assert "exits with return code" not in output  # every rank exited 0
+    assert (stopped_dir / "checkpoints" / "latest").read_text() == f"step_{stopped_at}"
+    launch(2, [*args, "--save_dir", str(stopped_dir), "--from_resume", "1"], env=env)
+    resumed = {m["step"]: m["loss"] for m in read_metrics(stopped_dir)[stopped_at:]}
+    expected = {m["step"]: m["loss"] for m in read_metrics(uninterrupted_dir)[stopped_at:]}
+    assert list(resumed) == list(range(stopped_at + 1, 31))
+    assert resumed == pytest.approx(expected, rel=1e-6, abs=0)

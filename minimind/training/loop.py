@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from minimind.data import IGNORE_INDEX
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.metrics import MetricsLogger, StepMetrics
+from minimind.training.rank_print import print0
+from minimind.training.stop_request import StopRequest
 
 
 @dataclass
@@ -27,6 +29,7 @@ class StepResult:
     loss: float
     aux_loss: float
     target_tokens: int
+    stop: bool = False
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -37,12 +40,16 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def train_step(engine, micro_batches: list[dict], device: torch.device) -> StepResult:
-    """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``labels`` (batch, seq))."""
+def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False) -> StepResult:
+    """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``labels`` (batch, seq)).
+
+    ``stop_requested`` (this rank got a signal) rides on the step's first collective;
+    ``StepResult.stop`` is True on every rank when any rank asked.
+    """
     accumulation = len(micro_batches)
     world = dist.get_world_size() if dist.is_initialized() else 1
     local_targets = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
-    (global_targets,) = all_reduce_sum([local_targets], device)
+    global_targets, stop_votes = all_reduce_sum([local_targets, float(stop_requested)], device)
     # engine.backward divides by accumulation and gradients are averaged over ranks:
     # scaling by accumulation * world / global_targets leaves sum(token losses) / global_targets.
     scale = accumulation * world / max(global_targets, 1.0)
@@ -62,7 +69,9 @@ def train_step(engine, micro_batches: list[dict], device: torch.device) -> StepR
         loss_sum += token_loss.item()
         aux_sum += output.aux_loss.item()
     total_loss, total_aux = all_reduce_sum([loss_sum, aux_sum], device)
-    return StepResult(total_loss / max(global_targets, 1.0), total_aux / (accumulation * world), int(global_targets))
+    return StepResult(
+        total_loss / max(global_targets, 1.0), total_aux / (accumulation * world), int(global_targets), stop_votes > 0
+    )
 
 
 def take(iterator: Iterator[dict], count: int) -> list[dict]:
@@ -102,6 +111,7 @@ def run_training(
     logger: MetricsLogger,
     save: Callable[[TrainingPosition], None],
     device: torch.device,
+    stop_request: StopRequest | None = None,
 ) -> TrainingPosition:
     """Train from ``position`` to ``settings.total_steps``; returns the final position.
 
@@ -111,7 +121,8 @@ def run_training(
     A step whose gradients are not finite is skipped by the engine on every rank (fp16: the
     loss scaler; bf16/fp32: DeepSpeed's gradient-overflow check), leaving the weights as they
     were; ``max_nonfinite_steps`` such steps in a row save the (unchanged) state and raise
-    ``NonFiniteStepsError``.
+    ``NonFiniteStepsError``. A signal recorded by ``stop_request`` on any rank ends the loop
+    on every rank after the current step, with a checkpoint.
     """
     engine.train()
     logger.start_progress(settings.total_steps, position.step)
@@ -129,7 +140,7 @@ def run_training(
                 break  # the epoch's tail smaller than one global batch is dropped
             lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
             skipped_before = engine.skipped_steps
-            result = train_step(engine, micro_batches, device)
+            result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
             position.step += 1
             position.sample_in_epoch += settings.global_batch
             window_tokens += result.target_tokens
@@ -148,9 +159,12 @@ def run_training(
                     f"(step {position.step}); the last good state is saved, resume with --from_resume 1 after "
                     "lowering the learning rate or checking the data"
                 )
-            if position.step % settings.save_interval == 0:
+            if position.step % settings.save_interval == 0 or result.stop:
                 save(position)
                 saved_at = position.step
+            if result.stop:
+                print0(f"stopped by a signal after step {position.step}; resume with --from_resume 1")
+                return position
         if position.step >= settings.total_steps:
             break
     if saved_at != position.step:

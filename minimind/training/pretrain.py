@@ -52,6 +52,7 @@ from minimind.training.metrics import MetricsLogger, model_flops_per_token
 from minimind.training.peak_flops import peak_flops
 from minimind.training.rank_print import print0, world_size
 from minimind.training.save_dir import check_writable
+from minimind.training.stop_request import StopRequest
 
 USER_INPUT_ERRORS = (
     ConfigError,
@@ -195,7 +196,8 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         sampler.set_epoch(epoch, start_sample)
         return iter(loader)
 
-    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, save, device)
+    stop_request = StopRequest().install()
+    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, save, device, stop_request)
     logger.close()
     print0(
         f"done at step {position.step}: checkpoints in {checkpoint_dir} (resume with --from_resume 1), "
