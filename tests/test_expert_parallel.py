@@ -208,7 +208,7 @@ def test_checkpoint_at_another_expert_parallel_size_is_refused(autoep_results):
     check_resume_expert_parallel(checkpoint_dir, "step_test", 2, {})
     check_resume_expert_parallel(checkpoint_dir, None, 1, {"checkpoint": {"load_universal": True}})
     for other in (1, 4, None):
-        with pytest.raises(ConfigError, match="ds_to_universal") as error:
+        with pytest.raises(ConfigError, match="minimind.checkpoint to-universal") as error:
             check_resume_expert_parallel(checkpoint_dir, None, other, {})
         assert "\n" not in str(error.value)
         assert "expert-parallel size 2" in str(error.value)

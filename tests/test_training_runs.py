@@ -8,6 +8,8 @@ One module-scoped set of runs serves several tests, since each launch costs seco
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import REPO_ROOT, launch, read_metrics, write_corpus
+from tests.launcher import REPO_ROOT, launch, launch_env, read_metrics, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +137,20 @@ def test_fp16_loss_scaler_skips_an_infinite_loss_on_both_ranks(workdir, corpus, 
     before, after_skip, after_next = module_weights("step_2"), module_weights("step_3"), module_weights("step_4")
     assert all(torch.equal(before[k], after_skip[k]) for k in before)
     assert any(not torch.equal(after_skip[k], after_next[k]) for k in before)
+
+
+def test_universal_checkpoint_resumes_at_another_world_size(workdir, corpus, env, two_ranks):
+    universal = workdir / "universal"
+    subprocess.run([sys.executable, "-m", "minimind.checkpoint", "to-universal",
+                    str(two_ranks / "checkpoints" / "step_3"), str(universal)],
+                   cwd=REPO_ROOT, env=launch_env(env), check=True, capture_output=True, text=True, timeout=300)
+    save_dir = workdir / "universal_one_rank"
+    result = launch(1, [*TINY_MODEL, *FP32, "--data_path", str(corpus), "--save_dir", str(save_dir), "--batch_size",
+                        "4", "--accumulation_steps", "2", "--max_steps", "6", "--save_interval", "100",
+                        "--resume_from", str(universal)], env=env)
+    assert "(universal) at step 3" in result.stdout
+    resumed, uninterrupted = read_metrics(save_dir), read_metrics(two_ranks)[3:]
+    assert [m["step"] for m in resumed] == [4, 5, 6]
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)

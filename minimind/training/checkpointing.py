@@ -103,16 +103,6 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve_resume_target(path: str | Path) -> tuple[Path, str | None]:
-    """Split a resume path into (checkpoint folder, tag): a folder with ``latest`` or one tag folder."""
-    path = Path(path)
-    if (path / "latest").is_file():
-        return path, None
-    if path.is_dir() and path.parent.is_dir() and any(path.glob("*model_states.pt")):
-        return path.parent, path.name
-    raise FileNotFoundError(f"{path}: not a checkpoint folder (no 'latest' file) nor a checkpoint tag")
-
-
 def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:
     """Load engine, optimizer and scheduler state; restore this rank's RNG; return the client state."""
     load_path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)

@@ -206,9 +206,8 @@ def check_resume_expert_parallel(checkpoint_dir: Path, tag: str | None, ep_size:
     running = "no expert parallelism" if ep_size is None else f"expert-parallel size {ep_size}"
     raise ConfigError(
         f"{path.parent}: checkpoint was written {written} but this run uses {running}; resume at the same size, "
-        f"or convert it with `python -m deepspeed.checkpoint.ds_to_universal --input_folder {path.parent} "
-        f"--output_folder {path.parent}_universal` and resume from that with \"checkpoint\": "
-        "{\"load_universal\": true} in the DeepSpeed JSON"
+        f"or convert it with `python -m minimind.checkpoint to-universal {path.parent} {path.parent}_universal` "
+        f"and resume with --resume_from {path.parent}_universal"
     )
 
 

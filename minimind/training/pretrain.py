@@ -16,6 +16,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 import kernels
+from minimind.checkpoint.locate import CheckpointError, CheckpointLocation, locate_checkpoint
 from minimind.data import (
     DataError,
     PackedWindows,
@@ -35,7 +36,6 @@ from minimind.training.checkpointing import (
     TrainingPosition,
     load_training_state,
     minimind_weights_name,
-    resolve_resume_target,
     save_training_state,
     write_minimind_weights,
 )
@@ -56,6 +56,7 @@ from minimind.training.stop_request import StopRequest
 
 USER_INPUT_ERRORS = (
     ConfigError,
+    CheckpointError,
     DataError,
     TokenizerLayoutError,
     WeightsMismatchError,
@@ -89,9 +90,11 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     if data_path is not None:
         validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
     resume = resume_target(args, save_dir)
+    if resume is not None and resume.is_universal:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
     if resume is not None:
-        check_resume_expert_parallel(*resume, ep_size, ds_config)
+        check_resume_expert_parallel(resume.root, resume.tag, ep_size, ds_config)
 
     deepspeed.init_distributed(
         dist_backend=accelerator.communication_backend_name(), timeout=timedelta(seconds=args.collective_timeout)
@@ -158,10 +161,11 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     position = TrainingPosition()
     wandb_run_id = None
     if resume is not None:
-        client_state = load_training_state(engine, *resume)
+        client_state = load_training_state(engine, resume.root, resume.tag)
         position = TrainingPosition(**client_state["position"])
         wandb_run_id = client_state.get("wandb_run_id")
-        print0(f"resumed from {resume[0]} ({resume[1] or 'latest'}) at step {position.step}, epoch {position.epoch}")
+        print0(f"resumed from {resume.tag_dir}{' (universal)' if resume.is_universal else ''} at step "
+               f"{position.step}, epoch {position.epoch}")
     logger = MetricsLogger(save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args), engine.monitor)
     checkpoint_dir = save_dir / "checkpoints"
     client_extra = {
@@ -207,12 +211,12 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     return position
 
 
-def resume_target(args: argparse.Namespace, save_dir: Path) -> tuple[Path, str | None] | None:
-    """The (checkpoint folder, tag) to resume from, or None for a fresh run."""
+def resume_target(args: argparse.Namespace, save_dir: Path) -> CheckpointLocation | None:
+    """The checkpoint tag to resume from (regular or universal), or None for a fresh run."""
     if args.resume_from:
-        return resolve_resume_target(args.resume_from)
+        return locate_checkpoint(args.resume_from)
     if args.from_resume:
-        return resolve_resume_target(save_dir / "checkpoints")
+        return locate_checkpoint(save_dir / "checkpoints")
     return None
 
 

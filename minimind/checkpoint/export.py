@@ -1,0 +1,136 @@
+"""Exporting a training checkpoint as MiniMind ``.pth`` weights or a standalone Hugging Face folder.
+
+The fp32 master weights are reassembled from the ZeRO shards by DeepSpeed's own
+``zero_to_fp32`` (or read whole from a universal checkpoint's per-parameter files), put
+into the project's ``MiniMindForCausalLM`` built from the recorded ``model_config`` (strict
+keys and shapes), then written in the requested format and dtype.
+"""
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig
+
+from minimind.checkpoint.locate import CheckpointError, CheckpointLocation, model_config_dict, read_client_state
+from minimind.checkpoint.standalone_code import MODULE_FILE, standalone_modeling_source
+from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.pth_weights import save_minimind_state
+from minimind.tokenizer.loader import load_tokenizer
+from minimind.training.checkpointing import minimind_weights_name
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TIED_KEY, TIED_SOURCE = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def consolidated_fp32_state(location: CheckpointLocation) -> dict[str, torch.Tensor]:
+    """Full fp32 parameters by name (``lm_head.weight`` filled from the tied embedding if absent)."""
+    if location.is_universal:
+        state = universal_fp32_state(location)
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        try:
+            # zero_to_fp32 prints progress bars; keep them out of the command's output
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                state = get_fp32_state_dict_from_zero_checkpoint(str(location.root), tag=location.tag)
+        except Exception as error:  # zero_to_fp32 asserts and raises ValueError on foreign shards
+            raise CheckpointError(
+                f"{location.tag_dir}: DeepSpeed's zero_to_fp32 cannot consolidate it ({type(error).__name__}: {error})"
+            ) from None
+    state = {key: tensor.float() for key, tensor in state.items()}
+    if TIED_KEY not in state and TIED_SOURCE in state:
+        state[TIED_KEY] = state[TIED_SOURCE]
+    return state
+
+
+def universal_fp32_state(location: CheckpointLocation) -> dict[str, torch.Tensor]:
+    """Parameters of a universal checkpoint: ``zero/{name}/fp32.pt`` holds ``{"param": tensor, ...}``."""
+    state = {}
+    for file in sorted((location.tag_dir / "zero").glob("*/fp32.pt")):
+        try:
+            saved = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"{file}: unreadable parameter file ({type(error).__name__}: {error})") from None
+        state[file.parent.name] = saved["param"] if isinstance(saved, dict) else saved
+    if not state:
+        raise CheckpointError(f"{location.tag_dir}: universal checkpoint without zero/*/fp32.pt parameter files")
+    return state
+
+
+def load_checkpoint_model(location: CheckpointLocation) -> tuple[MiniMindForCausalLM, dict]:
+    """The project's model (fp32, eval mode) holding the checkpoint's weights, and the client state."""
+    client_state = read_client_state(location)
+    if client_state.get("ds_autoep_layers") and not location.is_universal:
+        raise CheckpointError(
+            f"{location.tag_dir}: expert-parallel (AutoEP) checkpoint; zero_to_fp32 cannot consolidate it and "
+            "this exporter does not yet re-assemble fused experts"
+        )
+    config = MiniMindConfig.from_dict(model_config_dict(location, client_state))
+    model = MiniMindForCausalLM(config)
+    state = consolidated_fp32_state(location)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{location.tag_dir}: weights do not match its model_config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{location.tag_dir}: {key} has shape {tuple(tensor.shape)}, its model_config gives "
+                f"{tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    return model.eval(), client_state
+
+
+def export_pth(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype) -> Path:
+    """MiniMind's ``.pth`` (``destination`` a file, or a folder receiving ``pretrain_{hidden}[_moe].pth``)."""
+    if destination.is_dir():
+        destination = destination / minimind_weights_name(model.config.hidden_size, model.config.use_moe)
+    return save_minimind_state(model.state_dict(), destination, dtype)
+
+
+def export_hf(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype, tokenizer_path: str | None) -> Path:
+    """A folder ``AutoModelForCausalLM.from_pretrained(destination, trust_remote_code=True)`` loads.
+
+    Holds config.json (``auto_map`` to the bundled ``modeling_minimind.py``), model.safetensors,
+    generation_config.json and the tokenizer files; the model runs the PyTorch reference kernels.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    config.kernel_impl = "torch"  # the bundled code has no Triton kernels
+    config.architectures = ["MiniMindForCausalLM"]
+    module = Path(MODULE_FILE).stem
+    config.auto_map = {
+        "AutoConfig": f"{module}.MiniMindConfig",
+        "AutoModel": f"{module}.MiniMindModel",
+        "AutoModelForCausalLM": f"{module}.MiniMindForCausalLM",
+    }
+    model.to(dtype).save_pretrained(destination, safe_serialization=True)
+    (destination / MODULE_FILE).write_text(standalone_modeling_source(), encoding="utf-8")
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=0
+    ).save_pretrained(destination)
+    load_tokenizer(tokenizer_path).save_pretrained(destination)
+    return destination
+
+
+def export_checkpoint(source: CheckpointLocation, destination: str | Path, fmt: str = "hf",
+                      dtype: str | None = None) -> Path:
+    """Write checkpoint ``source`` as ``fmt`` (``hf`` or ``pth``) in ``dtype`` (default: fp16 for pth, fp32 for hf)."""
+    dtype = dtype or ("fp16" if fmt == "pth" else "fp32")
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model, client_state = load_checkpoint_model(source)
+    destination = Path(destination)
+    if fmt == "pth":
+        return export_pth(model, destination, DTYPES[dtype])
+    if fmt == "hf":
+        tokenizer_path = (client_state.get("args") or {}).get("tokenizer_path")
+        return export_hf(model, destination, DTYPES[dtype], tokenizer_path)
+    raise CheckpointError(f"--format must be hf or pth, got {fmt!r}")

@@ -1,0 +1,85 @@
+"""Finding one tag of a DeepSpeed checkpoint and reading the client state ``pretrain_ds.py`` saved in it."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+class CheckpointError(ValueError):
+    """A path that is not a usable checkpoint; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class CheckpointLocation:
+    """One checkpoint tag: ``root`` holds ``latest`` (or ``latest_universal``) and the folder ``root/tag``."""
+
+    root: Path
+    tag: str
+
+    @property
+    def tag_dir(self) -> Path:
+        return self.root / self.tag
+
+    @property
+    def is_universal(self) -> bool:
+        """True for a folder written by ``ds_to_universal`` (per-parameter files under ``zero/``)."""
+        return (self.tag_dir / "zero").is_dir()
+
+
+def locate_checkpoint(path: str | Path) -> CheckpointLocation:
+    """Resolve ``path`` (a checkpoint folder with ``latest``/``latest_universal``, or one tag folder).
+
+    Raises ``CheckpointError`` when the path does not exist, is not a checkpoint, or names
+    a tag whose folder is missing.
+    """
+    path = Path(path).resolve()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if (path / MODEL_STATES).is_file():
+        return CheckpointLocation(path.parent, path.name)
+    for latest_name in ("latest", "latest_universal"):
+        latest = path / latest_name
+        if latest.is_file():
+            tag = latest.read_text().strip()
+            if not (path / tag / MODEL_STATES).is_file():
+                raise CheckpointError(
+                    f"{path}: '{latest_name}' names tag {tag!r}, but {path / tag} holds no checkpoint"
+                )
+            return CheckpointLocation(path, tag)
+    raise CheckpointError(
+        f"{path}: not a DeepSpeed checkpoint (neither a folder with a 'latest' file nor a tag folder "
+        f"with {MODEL_STATES})"
+    )
+
+
+def read_client_state(location: CheckpointLocation) -> dict:
+    """The top-level dict of ``mp_rank_00_model_states.pt`` minus the module weights.
+
+    DeepSpeed pickles this file with arbitrary objects (the client state, the DeepSpeed
+    config), so it is read with ``weights_only=False``: this runs code from the file and is
+    only done for the checkpoint the user named on the command line. Never point this at a
+    file you do not trust.
+    """
+    path = location.tag_dir / MODEL_STATES
+    try:
+        # mmap: the module's tensors stay on disk, only the metadata is read
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # a truncated or foreign file
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of model states, found {type(state).__name__}")
+    state.pop("module", None)
+    return state
+
+
+def model_config_dict(location: CheckpointLocation, client_state: dict) -> dict:
+    """The ``MiniMindConfig`` dict ``pretrain_ds.py`` recorded, or a one-line error naming the file."""
+    config = client_state.get("model_config")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{location.tag_dir / MODEL_STATES}: no 'model_config' in the client state (not written by pretrain_ds.py)"
+        )
+    return config
