@@ -94,8 +94,10 @@ def test_a_killed_rank_ends_the_job_promptly_with_an_error(workdir, corpus, env)
         killed_at = time.time()
         victim.kill()
         status = launcher.wait(timeout=120)
+        elapsed = time.time() - killed_at
+        print(f"job exited with status {status} {elapsed:.2f} s after rank 1 was killed")
         assert status != 0
-        assert time.time() - killed_at < 30
+        assert elapsed < 30
     finally:
         if launcher.poll() is None:
             launcher.kill()
