@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import pretrain_ds
+from minimind.model import MiniMindConfig
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs, parse_args
 from minimind.training.ds_config import ConfigError, precision_of, read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
+from minimind.training.metrics import model_flops_per_token
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.json"))
@@ -176,3 +178,12 @@ def test_entry_point_rejects_an_unbuildable_model_in_one_line(tmp_path, capsys):
     status, err = run_main(["--save_dir", str(tmp_path), "--hidden_size", "100"], capsys)
     assert status == 2 and err.count("\n") == 0
     assert "hidden_size 100 is not divisible by num_attention_heads 8" in err
+
+
+def test_flops_per_token_counts_only_the_experts_a_token_visits():
+    dense = MiniMindConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
+    moe = MiniMindConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, use_moe=True,
+                         n_routed_experts=6, num_experts_per_tok=2)
+    assert model_flops_per_token(dense, 1000, 32) == 6 * 1000 + 12 * 2 * 64 * 32
+    idle_expert_params = 4 * 3 * 64 * 128 * 2  # 4 unvisited experts of 3 matrices, in 2 layers
+    assert model_flops_per_token(moe, 1_000_000, 32) == 6 * (1_000_000 - idle_expert_params) + 12 * 2 * 64 * 32

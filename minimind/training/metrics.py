@@ -110,6 +110,16 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def model_flops_per_token(n_params_active: int, n_layers: int, hidden: int, seq_len: int) -> float:
-    """Training FLOPs per token: ``6 * active params`` plus attention's ``12 * layers * hidden * seq``."""
-    return 6.0 * n_params_active + 12.0 * n_layers * hidden * seq_len
+def model_flops_per_token(config, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token of a MiniMind model (PaLM's convention, as MFU is usually quoted).
+
+    ``6 * active parameters`` (the tied embedding counted once, as the output matmul; for MoE
+    only the k routed experts a token visits, plus the shared ones and the router) plus
+    attention's ``12 * layers * hidden * seq_len``.
+    """
+    active = n_params
+    if config.use_moe:
+        expert = 3 * config.hidden_size * config.intermediate_size
+        idle = config.n_routed_experts - config.num_experts_per_tok
+        active -= idle * expert * config.num_hidden_layers
+    return 6.0 * active + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len

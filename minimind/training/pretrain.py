@@ -192,7 +192,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         log_interval=args.log_interval,
         save_interval=args.save_interval,
         max_nonfinite_steps=args.max_nonfinite_steps,
-        flops_per_token=model_flops_per_token(n_params, args.num_hidden_layers, args.hidden_size, args.max_seq_len),
+        flops_per_token=model_flops_per_token(model_config, n_params, args.max_seq_len),
         peak_flops_total=peak_flops(device, model_dtype(ds_config)) * batch.data_parallel,
     )
 
