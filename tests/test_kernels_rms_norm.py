@@ -21,6 +21,7 @@ from kernels.fused_rms_norm import (  # noqa: E402
     rms_norm_triton,
 )
 from kernels.reference import rms_norm_residual_torch  # noqa: E402
+from tests.conftest import nan_filled_empty  # noqa: E402
 
 EPS = 1e-5
 HIDDEN_SIZES = [1, 7, 64, 96, 511, 4097]
@@ -37,20 +38,7 @@ FP32_SLACK = 1e-5
 @pytest.fixture(autouse=True)
 def nan_buffers(monkeypatch):
     """Fill every buffer the launchers allocate with NaN, so unwritten elements show up."""
-
-    def nan_empty(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(fused_rms_norm, "_empty", nan_empty)
-
-
-@pytest.fixture
-def device() -> torch.device:
-    if triton_interpreted():
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1")
+    monkeypatch.setattr(fused_rms_norm, "_empty", nan_filled_empty)
 
 
 def rms_norm_ref64(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

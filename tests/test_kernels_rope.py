@@ -14,6 +14,7 @@ import kernels  # noqa: E402
 from kernels import rope  # noqa: E402
 from kernels.dispatch import triton_interpreted  # noqa: E402
 from kernels.rope import apply_rotary_triton  # noqa: E402
+from tests.conftest import nan_filled_empty  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -38,20 +39,7 @@ SHAPES = [
 @pytest.fixture(autouse=True)
 def nan_buffers(monkeypatch):
     """Fill every buffer the launchers allocate with NaN, so unwritten elements show up."""
-
-    def nan_empty(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(rope, "_empty", nan_empty)
-
-
-@pytest.fixture
-def device() -> torch.device:
-    if triton_interpreted():
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1")
+    monkeypatch.setattr(rope, "_empty", nan_filled_empty)
 
 
 def rope_tables(positions: int, head_dim: int, device, theta: float = 1e6):
