@@ -4,10 +4,16 @@ The fp32 master weights are reassembled from the ZeRO shards by DeepSpeed's own
 ``zero_to_fp32`` (or read whole from a universal checkpoint's per-parameter files), put
 into the project's ``MiniMindForCausalLM`` built from the recorded ``model_config`` (strict
 keys and shapes), then written in the requested format and dtype.
+
+Expert-parallel (AutoEP) checkpoints, which ``zero_to_fp32`` cannot consolidate, are
+converted to universal in a temporary folder first (a universal one is read as is); their
+fused expert tensors and router are renamed to MiniMind's per-expert keys by
+``minimind_expert_keys``, the mapping training uses for its ``.pth``.
 """
 
 import contextlib
 import io
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,7 +22,7 @@ from transformers import GenerationConfig
 from minimind.checkpoint.locate import CheckpointError, CheckpointLocation, model_config_dict, read_client_state
 from minimind.checkpoint.standalone_code import MODULE_FILE, standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.model.pth_weights import save_minimind_state
+from minimind.model.pth_weights import save_minimind_state, state_dict_mismatch
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.checkpointing import minimind_weights_name
 
@@ -24,10 +30,13 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TIED_KEY, TIED_SOURCE = "lm_head.weight", "model.embed_tokens.weight"
 
 
-def consolidated_fp32_state(location: CheckpointLocation) -> dict[str, torch.Tensor]:
-    """Full fp32 parameters by name (``lm_head.weight`` filled from the tied embedding if absent)."""
+def consolidated_fp32_state(location: CheckpointLocation, client_state: dict) -> dict[str, torch.Tensor]:
+    """Full fp32 parameters under MiniMind's keys (``lm_head.weight`` filled from the tied embedding if absent)."""
+    moe_layers = [layer["module_path"] for layer in client_state.get("ds_autoep_layers") or []]
     if location.is_universal:
         state = universal_fp32_state(location)
+    elif moe_layers:
+        state = autoep_fp32_state(location)
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -39,6 +48,10 @@ def consolidated_fp32_state(location: CheckpointLocation) -> dict[str, torch.Ten
             raise CheckpointError(
                 f"{location.tag_dir}: DeepSpeed's zero_to_fp32 cannot consolidate it ({type(error).__name__}: {error})"
             ) from None
+    if moe_layers:
+        from minimind.training.expert_parallel import minimind_expert_keys
+
+        state = minimind_expert_keys(state, moe_layers)
     state = {key: tensor.float() for key, tensor in state.items()}
     if TIED_KEY not in state and TIED_SOURCE in state:
         state[TIED_KEY] = state[TIED_SOURCE]
@@ -59,31 +72,28 @@ def universal_fp32_state(location: CheckpointLocation) -> dict[str, torch.Tensor
     return state
 
 
+def autoep_fp32_state(location: CheckpointLocation) -> dict[str, torch.Tensor]:
+    """Parameters of an AutoEP checkpoint under AutoEP's names, every expert whole.
+
+    ``zero_to_fp32`` cannot read its per-expert files, but ``ds_to_universal`` can: the
+    tag is converted in a temporary folder (on local disk: about the size of the fp32
+    weights plus the Adam moments) and its per-parameter files read.
+    """
+    from minimind.checkpoint.universal import convert_to_universal
+
+    with tempfile.TemporaryDirectory(prefix="minimind_export_") as scratch:
+        return universal_fp32_state(convert_to_universal(location, scratch))
+
+
 def load_checkpoint_model(location: CheckpointLocation) -> tuple[MiniMindForCausalLM, dict]:
     """The project's model (fp32, eval mode) holding the checkpoint's weights, and the client state."""
     client_state = read_client_state(location)
-    if client_state.get("ds_autoep_layers") and not location.is_universal:
-        raise CheckpointError(
-            f"{location.tag_dir}: expert-parallel (AutoEP) checkpoint; zero_to_fp32 cannot consolidate it and "
-            "this exporter does not yet re-assemble fused experts"
-        )
     config = MiniMindConfig.from_dict(model_config_dict(location, client_state))
     model = MiniMindForCausalLM(config)
-    state = consolidated_fp32_state(location)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{location.tag_dir}: weights do not match its model_config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{location.tag_dir}: {key} has shape {tuple(tensor.shape)}, its model_config gives "
-                f"{tuple(expected[key].shape)}"
-            )
+    state = consolidated_fp32_state(location, client_state)
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch is not None:
+        raise CheckpointError(f"{location.tag_dir}: weights do not fit its model_config: {mismatch}")
     model.load_state_dict(state, strict=True)
     return model.eval(), client_state
 

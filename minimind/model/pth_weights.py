@@ -47,18 +47,24 @@ def load_minimind_pth(model: nn.Module, path: str | Path) -> nn.Module:
         raise WeightsMismatchError(f"{path}: not a tensor state dict ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict):
         raise WeightsMismatchError(f"{path}: expected a state dict, found {type(state).__name__}")
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch is not None:
+        raise WeightsMismatchError(f"{path}: {mismatch}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` cannot load strictly into ``model`` (missing/unexpected keys, a wrong shape), or None."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise WeightsMismatchError(
-            f"{path}: keys do not match the model (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+        return (
+            f"keys do not match the model (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
         )
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise WeightsMismatchError(
-                f"{path}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(state, strict=True)
-    return model
+            return f"{key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
+    return None

@@ -16,6 +16,7 @@ experts replicated. This module
   writes MiniMind's ``.pth`` from them.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -195,11 +196,19 @@ def check_resume_expert_parallel(checkpoint_dir: Path, tag: str | None, ep_size:
 
     DeepSpeed raises nothing in that case and silently mixes up expert weights and Adam
     moments; only a universal checkpoint (``checkpoint.load_universal`` in ``ds_config``)
-    can change the layout, so that case passes.
+    can change the layout, so that case passes, as long as both sides use AutoEP or
+    neither does: AutoEP's universal files hold fused ``experts.w{1,2,3}``, a plain MoE
+    model's hold one file per expert Linear, and neither loads into the other.
     """
-    if ds_config.get("checkpoint", {}).get("load_universal"):
-        return
     path, saved = checkpoint_expert_parallel_size(checkpoint_dir, tag)
+    if ds_config.get("checkpoint", {}).get("load_universal"):
+        if (saved is None) == (ep_size is None):
+            return
+        if ep_size is None:
+            raise ConfigError(f"{path.parent}: universal checkpoint of an expert-parallel (AutoEP) run holds fused "
+                              "expert tensors; resume it with --ep_size (1 on a single rank)")
+        raise ConfigError(f"{path.parent}: universal checkpoint of a run without expert parallelism holds per-expert "
+                          "weights that AutoEP cannot load; resume it without --ep_size")
     if saved == ep_size:
         return
     written = "without expert parallelism" if saved is None else f"at expert-parallel size {saved}"
@@ -214,18 +223,33 @@ def check_resume_expert_parallel(checkpoint_dir: Path, tag: str | None, ep_size:
 def minimind_named_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``tensors`` named as in an AutoEP ``model``, renamed to MiniMind's keys, experts gathered.
 
-    ``router.gate.weight`` becomes ``gate.weight``; each grouped ``experts.w{1,2,3}``
-    (local experts, out, in) is gathered over its expert-parallel group and split into
-    ``experts.{e}.{gate,down,up}_proj.weight``. Other names pass unchanged. Collective on
+    Each grouped ``experts.w{1,2,3}`` (local experts, out, in) is gathered over its
+    expert-parallel group, then ``minimind_expert_keys`` renames everything. Collective on
     the expert-parallel groups: every rank calls it with the same names.
     """
     layers = {name: module for name, module in model.named_modules() if isinstance(module, AutoEPMoELayer)}
-    renamed = {}
+    whole = {}
     for name, tensor in tensors.items():
         prefix, _, local = name.rpartition(".experts.")
         layer = layers.get(prefix)
-        if layer is not None and local in EXPERT_TENSOR_NAMES:
-            for expert, weight in enumerate(gather_experts(layer, tensor)):
+        whole[name] = gather_experts(layer, tensor) if layer is not None and local in EXPERT_TENSOR_NAMES else tensor
+    return minimind_expert_keys(whole, layers)
+
+
+def minimind_expert_keys(tensors: dict[str, torch.Tensor], moe_layers: Iterable[str]) -> dict[str, torch.Tensor]:
+    """AutoEP names renamed to MiniMind's keys, for tensors that hold every expert.
+
+    ``moe_layers`` are the AutoEP layers' module paths (``model.layers.{i}.mlp``). In them
+    ``router.gate.weight`` becomes ``gate.weight`` and each grouped ``experts.w{1,2,3}``
+    (all experts in global order, out, in) is split into
+    ``experts.{e}.{gate,down,up}_proj.weight`` (views of it). Other names pass unchanged.
+    """
+    layers = set(moe_layers)
+    renamed = {}
+    for name, tensor in tensors.items():
+        prefix, _, local = name.rpartition(".experts.")
+        if prefix in layers and local in EXPERT_TENSOR_NAMES:
+            for expert, weight in enumerate(tensor):
                 renamed[f"{prefix}.experts.{expert}.{EXPERT_TENSOR_NAMES[local]}.weight"] = weight
             continue
         prefix, _, local = name.rpartition(".router.")

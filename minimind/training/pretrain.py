@@ -208,6 +208,10 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         f"MiniMind weights in {save_dir / minimind_weights_name(args.hidden_size, bool(args.use_moe))}, "
         f"metrics in {save_dir / 'metrics.jsonl'}"
     )
+    # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
+    # can abort the process ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
     return position
 
 
