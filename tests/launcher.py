@@ -37,6 +37,16 @@ def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") 
             "--master_port", str(free_port()), script, *args]
 
 
+def remove_shared_memory_buffers(command: list[str]) -> None:
+    """Delete the ``/dev/shm`` all-reduce buffers DeepSpeed's CPU backend left for this launch's port.
+
+    DeepSpeed never unlinks them (69 MB per rank); dozens of launches would fill ``/dev/shm``.
+    """
+    port = command[command.index("--master_port") + 1]
+    for buffer in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+        buffer.unlink(missing_ok=True)
+
+
 def launch_env(env: dict | None = None) -> dict:
     """The environment launched runs get: this one, the repository importable, plus ``env``."""
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
@@ -46,8 +56,12 @@ def launch(ranks: int, args: list[str], script: str = "pretrain_ds.py", env: dic
            timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``launch_command`` from the repository root, output captured; fails the test on a
     non-zero exit unless ``check`` is False."""
-    result = subprocess.run(launch_command(ranks, args, script), cwd=REPO_ROOT, env=launch_env(env),
-                            capture_output=True, text=True, timeout=timeout)
+    command = launch_command(ranks, args, script)
+    try:
+        result = subprocess.run(command, cwd=REPO_ROOT, env=launch_env(env), capture_output=True, text=True,
+                                timeout=timeout)
+    finally:
+        remove_shared_memory_buffers(command)
     if check and result.returncode != 0:
         raise AssertionError(f"launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

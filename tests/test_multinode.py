@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher import REPO_ROOT, free_port, launch, read_metrics, write_corpus
+from tests.launcher import REPO_ROOT, free_port, launch, read_metrics, remove_shared_memory_buffers, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,7 @@ def launch_two_nodes(tmp_path: Path, args: list[str], env: dict) -> list[subproc
                 if other.poll() is None:
                     os.killpg(other.pid, 9)
                     other.wait()
+        remove_shared_memory_buffers(process.args)
         log.seek(0)
         results.append(subprocess.CompletedProcess(process.args, process.returncode, log.read()))
         log.close()

@@ -10,7 +10,15 @@ import psutil
 import pytest
 import torch
 
-from tests.launcher import REPO_ROOT, launch, launch_command, launch_env, read_metrics, write_corpus
+from tests.launcher import (
+    REPO_ROOT,
+    launch,
+    launch_command,
+    launch_env,
+    read_metrics,
+    remove_shared_memory_buffers,
+    write_corpus,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +109,7 @@ def test_a_killed_rank_ends_the_job_promptly_with_an_error(workdir, corpus, env)
     finally:
         if launcher.poll() is None:
             launcher.kill()
+        remove_shared_memory_buffers(launcher.args)
 
 
 def test_sigterm_saves_the_current_step_and_resumes_exactly(workdir, corpus, env):
@@ -120,6 +129,7 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(workdir, corpus, env
     finally:
         if launcher.poll() is None:
             launcher.kill()
+        remove_shared_memory_buffers(launcher.args)
     stopped_at = read_metrics(stopped_dir)[-1]["step"]
     assert stopped_at < 30, "the run finished before the signal arrived"
     assert f"stopped by a signal after step {stopped_at}" in output
