@@ -15,23 +15,39 @@ machine). ``--help`` lists every flag; MiniMind's flag names keep their meaning.
 
 import sys
 
+import torch.distributed as dist
+
+from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.training.arguments import parse_args
+from minimind.training.checkpointing import CheckpointWriteError
 from minimind.training.loop import NonFiniteStepsError
 from minimind.training.pretrain import USER_INPUT_ERRORS, pretrain
+from minimind.training.rank_print import global_rank
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and train. Bad input is one line on stderr and exit status 2; a run stopped
-    for non-finite losses is one line and status 3."""
+    for non-finite losses is one line and status 3, one whose checkpoint could not be written
+    (disk full) one line and status 4; a rank that loses its peers (one died) one line and status 5."""
     args = parse_args(argv)
     try:
-        pretrain(args)
+        with checkpoint_loading(trusted=args.trust_checkpoint):
+            pretrain(args)
     except USER_INPUT_ERRORS as error:
         print(f"pretrain_ds.py: error: {error}", file=sys.stderr, flush=True)
         return 2
-    except NonFiniteStepsError as error:
-        print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
+    except NonFiniteStepsError as error:  # every rank stops together: rank 0 says why
+        if global_rank() == 0:
+            print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
         return 3
+    except CheckpointWriteError as error:
+        print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
+        return 4
+    except dist.DistError as error:  # the usual sign that another rank died: it says why itself
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"pretrain_ds.py: stopped: rank {global_rank()}: a collective with the other ranks failed ({reason}); "
+              "another rank has probably died or stalled, see its own message", file=sys.stderr, flush=True)
+        return 5
     return 0
 
 

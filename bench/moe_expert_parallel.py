@@ -42,6 +42,7 @@ from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.training.ds_config import resolve_ds_config
 from minimind.training.expert_parallel import install_aux_loss, resolve_expert_parallel
 from minimind.training.loop import train_step
+from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def print_report(args, results: dict, load_before: list[str], load_after: list[s
 
 def run_variant(args: argparse.Namespace) -> None:
     """Train one variant on this rank; rank 0 writes the results."""
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
     model_config = MiniMindConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,

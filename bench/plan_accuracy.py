@@ -44,6 +44,7 @@ import torch
 from minimind.model import MiniMindForCausalLM
 from minimind.plan import PlanSettings, model_config, plan_memory
 from minimind.training.ds_config import precision_of, resolve_ds_config
+from minimind.training.process_group import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -155,7 +156,7 @@ def run_measure(args: argparse.Namespace) -> None:
     from minimind.training.loop import train_step
 
     accelerator = get_accelerator()
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    init_process_group()
     torch.set_num_threads(1)
     device = torch.device(accelerator.current_device_name())
     world = dist.get_world_size()

@@ -64,6 +64,7 @@ from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer import load_tokenizer
 from minimind.training.ds_config import precision_of, resolve_ds_config
 from minimind.training.loop import StepResult, all_reduce_sum, take, train_step
+from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -272,7 +273,7 @@ def run_part(args: argparse.Namespace) -> None:
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    init_process_group()
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
     torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0)) // local_ranks))
     device = torch.device(accelerator.current_device_name())

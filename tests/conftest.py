@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # Triton decides at kernel-decoration time whether to interpret, so this must be set before
 # any test imports the kernels: on CPU-only machines the Triton kernels run interpreted.
@@ -9,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from kernels.dispatch import triton_interpreted  # noqa: E402
+from tests.launcher import REFERENCE_TRAINING, launch, write_corpus  # noqa: E402
 
 
 def nan_filled_empty(shape, dtype, device):
@@ -24,3 +26,30 @@ def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1")
+
+
+@pytest.fixture(scope="session")
+def launch_dir(tmp_path_factory) -> Path:
+    """One folder for the session's launched runs, their corpus and their token cache."""
+    return tmp_path_factory.mktemp("launched")
+
+
+@pytest.fixture(scope="session")
+def launch_env_vars(launch_dir) -> dict:
+    """Environment for launched runs: a token cache of their own, shared by all of them."""
+    return {"MINIMIND_CACHE_DIR": str(launch_dir / "cache")}
+
+
+@pytest.fixture(scope="session")
+def corpus(launch_dir) -> Path:
+    """The learnable JSON Lines corpus every launched run trains on."""
+    return write_corpus(launch_dir / "corpus.jsonl")
+
+
+@pytest.fixture(scope="session")
+def reference_run(launch_dir, corpus, launch_env_vars) -> Path:
+    """``save_dir`` of one uninterrupted 2-rank run with ``REFERENCE_TRAINING``, shared by every test
+    that compares against it or reads its checkpoints (which must not be written to)."""
+    save_dir = launch_dir / "reference"
+    launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)], env=launch_env_vars)
+    return save_dir

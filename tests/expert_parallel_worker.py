@@ -19,7 +19,6 @@ import deepspeed
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from deepspeed.accelerator import get_accelerator
 from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 from deepspeed.utils import safe_get_full_grad
 
@@ -32,6 +31,7 @@ from minimind.training.expert_parallel import (
     resolve_expert_parallel,
     write_expert_parallel_weights,
 )
+from minimind.training.process_group import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
@@ -129,7 +129,7 @@ def full_grad(param: torch.nn.Parameter) -> torch.Tensor:
 
 
 def main(cases_path: str, results_path: str) -> None:
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
     cases = torch.load(cases_path, weights_only=False)
     results = {}

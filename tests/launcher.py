@@ -1,5 +1,7 @@
-"""Running ``pretrain_ds.py`` (or a test entry point) through DeepSpeed's real launcher."""
+"""Running ``pretrain_ds.py`` (or a test entry point) through DeepSpeed's real launcher, and the
+training settings the launched tests share."""
 
+import base64
 import json
 import os
 import random
@@ -13,6 +15,17 @@ WORDS = (
     "the model reads tokens and predicts the next one while the optimizer updates weights after each "
     "step of gradient descent with a learning rate that follows a cosine from its peak down to a tenth"
 ).split()
+
+
+# The shared 2-rank run (``reference_run`` in conftest): a 0.5M-parameter model, ZeRO-2 fp32,
+# 2 ranks x micro-batch 2 x accumulation 2 = 8 windows of 32 tokens per step, 40 steps at a
+# learning rate that visibly lowers the loss, a checkpoint every 10 steps (the newest 3 kept).
+TINY_MODEL = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--log_interval", "1"]
+FP32_CONFIG = ["--deepspeed_config", str(REPO_ROOT / "ds_configs" / "zero2_fp32.json")]
+REFERENCE_STEPS = 40
+REFERENCE_SAVE_INTERVAL = 10
+REFERENCE_TRAINING = [*TINY_MODEL, *FP32_CONFIG, "--batch_size", "2", "--accumulation_steps", "2", "--max_steps",
+                      str(REFERENCE_STEPS), "--learning_rate", "3e-3", "--save_interval", str(REFERENCE_SAVE_INTERVAL)]
 
 
 def write_corpus(path: Path, lines: int = 600, seed: int = 0) -> Path:
@@ -32,18 +45,27 @@ def free_port() -> int:
 
 
 def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") -> list[str]:
-    """The ``deepspeed --num_gpus ranks script args`` command line, on a free port."""
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-            "--master_port", str(free_port()), script, *args]
+    """What ``deepspeed --num_gpus ranks script args`` runs on this node, on a free port.
+
+    That is DeepSpeed's per-node launcher, ``deepspeed.launcher.launch``, given the world the
+    ``deepspeed`` runner would encode; calling it directly skips the runner's own start-up
+    (seconds per launch). ``tests/test_multinode.py`` goes through the runner itself.
+    """
+    world = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(ranks))}).encode()).decode()
+    return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
+            "--master_addr=127.0.0.1", "--master_port", str(free_port()), script, *args]
+
+
+def shared_memory_buffers(command: list[str]) -> list[Path]:
+    """The ``/dev/shm`` all-reduce buffers of DeepSpeed's CPU backend that exist for this launch's port."""
+    port = command[command.index("--master_port") + 1]
+    return list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def remove_shared_memory_buffers(command: list[str]) -> None:
-    """Delete the ``/dev/shm`` all-reduce buffers DeepSpeed's CPU backend left for this launch's port.
-
-    DeepSpeed never unlinks them (69 MB per rank); dozens of launches would fill ``/dev/shm``.
-    """
-    port = command[command.index("--master_port") + 1]
-    for buffer in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+    """Delete what ``shared_memory_buffers`` finds: a run killed before its ranks unlinked them
+    leaves 69 MB per rank, and dozens of such launches would fill ``/dev/shm``."""
+    for buffer in shared_memory_buffers(command):
         buffer.unlink(missing_ok=True)
 
 
@@ -55,15 +77,18 @@ def launch_env(env: dict | None = None) -> dict:
 def launch(ranks: int, args: list[str], script: str = "pretrain_ds.py", env: dict | None = None,
            timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``launch_command`` from the repository root, output captured; fails the test on a
-    non-zero exit unless ``check`` is False."""
+    non-zero exit, or on shared-memory buffers a successful run left behind, unless ``check`` is False."""
     command = launch_command(ranks, args, script)
     try:
         result = subprocess.run(command, cwd=REPO_ROOT, env=launch_env(env), capture_output=True, text=True,
                                 timeout=timeout)
+        leftover = shared_memory_buffers(command)
     finally:
         remove_shared_memory_buffers(command)
     if check and result.returncode != 0:
         raise AssertionError(f"launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    if check and leftover:
+        raise AssertionError(f"the run left {[p.name for p in leftover]} in /dev/shm")
     return result
 
 

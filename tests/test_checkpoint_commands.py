@@ -1,6 +1,6 @@
 """``python -m minimind.checkpoint``: export (hf, pth), universal conversion and its errors.
 
-One 2-rank ZeRO-2 fp32 training run (module fixture) provides the checkpoint every test reads.
+The session's 2-rank ZeRO-2 fp32 ``reference_run`` provides the checkpoint every test reads.
 """
 
 import ast
@@ -15,27 +15,23 @@ import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+import pretrain_ds
 from minimind.checkpoint import CheckpointError, convert_to_universal, export_checkpoint, locate_checkpoint
 from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.export import load_checkpoint_model
+from minimind.checkpoint.safe_load import checkpoint_loading, load_checkpoint_file
 from minimind.checkpoint.standalone_code import standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import REPO_ROOT, free_port, launch, write_corpus
+from tests.launcher import REFERENCE_STEPS, REPO_ROOT, free_port, write_corpus
 
 PROMPT = [[1, 45, 300, 77, 1200, 9, 3000, 12]]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """``checkpoints/`` of a 2-step, 2-rank ZeRO-2 fp32 run of a tiny model."""
-    work = tmp_path_factory.mktemp("checkpoint_run")
-    corpus = write_corpus(work / "corpus.jsonl")
-    launch(2, ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "2",
-               "--accumulation_steps", "1", "--max_steps", "2", "--data_path", str(corpus),
-               "--save_dir", str(work / "run"), "--deepspeed_config", "ds_configs/zero2_fp32.json"],
-           env={"MINIMIND_CACHE_DIR": str(work / "cache")})
-    return work / "run" / "checkpoints"
+def trained(reference_run) -> Path:
+    """``checkpoints/`` of the session's 2-rank ZeRO-2 fp32 reference run (read only)."""
+    return reference_run / "checkpoints"
 
 
 def zero_fp32_weights(checkpoints: Path) -> dict[str, torch.Tensor]:
@@ -235,7 +231,7 @@ def test_universal_checkpoint_loads_on_one_rank(trained, universal_root, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = torch.load(result_path, weights_only=False)
     source = locate_checkpoint(trained)
-    assert loaded["global_steps"] == 2 and loaded["position"]["step"] == 2
+    assert loaded["global_steps"] == REFERENCE_STEPS and loaded["position"]["step"] == REFERENCE_STEPS
     weights = zero_fp32_weights(trained)
     moments = adam_moments_by_name(trained, source.tag)
     assert sorted(loaded["params"]) == sorted(moments)
@@ -262,6 +258,61 @@ def test_inspect_summarises_zero_and_universal(trained, universal_root, capsys):
     for source, kind in ((trained, "ZeRO"), (universal_root, "universal")):
         assert checkpoint_main(["inspect", str(source)]) == 0
         out = capsys.readouterr().out
-        assert f"({kind}, tag step_2)" in out
-        assert "step: 2" in out and "data-parallel world size: 2" in out and "expert-parallel size: none" in out
+        assert f"({kind}, tag step_{REFERENCE_STEPS})" in out
+        assert f"step: {REFERENCE_STEPS}" in out and "data-parallel world size: 2" in out
+        assert "expert-parallel size: none" in out
         assert "ZeRO stage: 2; precision: fp32" in out and "hidden_size=64" in out
+
+
+class ForeignPayload:
+    """A pickled object whose unpickling creates ``marker``: code a checkpoint must not run unasked."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def poisoned_copy(trained: Path, destination: Path, file_name: str, marker: Path) -> Path:
+    """A copy of the checkpoint's latest tag whose ``file_name`` also carries a ``ForeignPayload``."""
+    tag = locate_checkpoint(trained).tag
+    shutil.copytree(trained / tag, destination / tag)
+    (destination / "latest").write_text(tag)
+    state = torch.load(destination / tag / file_name, weights_only=False)
+    state["payload"] = ForeignPayload(marker)
+    torch.save(state, destination / tag / file_name)
+    return destination
+
+
+def test_every_file_of_a_real_checkpoint_loads_weights_only(trained, universal_root):
+    files = [*trained.rglob("*.pt"), *universal_root.rglob("*.pt")]
+    assert len(files) > 10
+    for path in files:
+        load_checkpoint_file(path, map_location="cpu")
+
+
+def test_foreign_pickle_code_in_model_states_is_refused_unless_trusted(trained, tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    poisoned = poisoned_copy(trained, tmp_path / "poisoned", "mp_rank_00_model_states.pt", marker)
+    assert checkpoint_main(["inspect", str(poisoned)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "refused to unpickle posix.mkdir" in err and "--trust_checkpoint" in err
+    assert not marker.exists()
+    corpus = write_corpus(tmp_path / "corpus.jsonl", lines=50)
+    assert pretrain_ds.main(["--resume_from", str(poisoned), "--data_path", str(corpus), "--save_dir",
+                             str(tmp_path / "run"), "--hidden_size", "64", "--num_hidden_layers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pretrain_ds.py: error: ") and "refused to unpickle" in err and err.count("\n") == 0
+    assert not marker.exists()
+    assert checkpoint_main(["inspect", str(poisoned), "--trust_checkpoint"]) == 0
+    assert marker.is_dir()  # the payload is real: trusted, it runs
+
+
+def test_deepspeed_own_loaders_are_refused_foreign_pickle_code(trained, tmp_path):
+    marker = tmp_path / "code_ran"
+    poisoned = poisoned_copy(trained, tmp_path / "poisoned", "zero_pp_rank_1_mp_rank_00_optim_states.pt", marker)
+    with checkpoint_loading(), pytest.raises(CheckpointError, match="optim_states.pt: refused to unpickle"):
+        get_fp32_state_dict_from_zero_checkpoint(str(poisoned))
+    assert not marker.exists()
+    assert torch.load is torch.serialization.load  # put back after the block

@@ -28,7 +28,7 @@ from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.locate import read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import REPO_ROOT, launch, read_metrics, write_corpus
+from tests.launcher import REPO_ROOT, launch, read_metrics
 from tests.test_checkpoint_commands import CLEAN_LOAD, PROMPT
 
 pytestmark = pytest.mark.slow
@@ -41,23 +41,8 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 EXPERT_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("expert_parallel_checkpoints")
-
-
-@pytest.fixture(scope="module")
-def env(workdir) -> dict:
-    return {"MINIMIND_CACHE_DIR": str(workdir / "cache")}
-
-
-@pytest.fixture(scope="module")
-def corpus(workdir) -> Path:
-    return write_corpus(workdir / "corpus.jsonl")
-
-
-def train(workdir: Path, corpus: Path, env: dict, ranks: int, name: str, *extra: str):
-    save_dir = workdir / name
+def train(launch_dir: Path, corpus: Path, env: dict, ranks: int, name: str, *extra: str):
+    save_dir = launch_dir / name
     result = launch(ranks, [*TINY_MOE, *LAYOUTS[ranks], "--data_path", str(corpus), "--save_dir", str(save_dir),
                             *extra], env=env)
     return save_dir, result
@@ -71,13 +56,13 @@ def to_universal(save_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ep2_run(workdir, corpus, env) -> Path:
-    return train(workdir, corpus, env, 2, "ep2", "--save_interval", "2")[0]
+def ep2_run(launch_dir, corpus, launch_env_vars) -> Path:
+    return train(launch_dir, corpus, launch_env_vars, 2, "ep2", "--save_interval", "2")[0]
 
 
 @pytest.fixture(scope="module")
-def ep1_run(workdir, corpus, env) -> Path:
-    return train(workdir, corpus, env, 1, "ep1", "--save_interval", "2")[0]
+def ep1_run(launch_dir, corpus, launch_env_vars) -> Path:
+    return train(launch_dir, corpus, launch_env_vars, 1, "ep1", "--save_interval", "2")[0]
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +88,16 @@ def test_ep2_and_ep1_runs_agree(ep2_run, ep1_run):
         assert a["aux_loss"] > 0
 
 
-def test_ep2_universal_resumes_on_one_rank_at_ep1(workdir, corpus, env, ep2_run, ep2_universal):
-    save_dir, result = train(workdir, corpus, env, 1, "ep2_to_ep1", "--save_interval", "100",
+def test_ep2_universal_resumes_on_one_rank_at_ep1(launch_dir, corpus, launch_env_vars, ep2_run, ep2_universal):
+    save_dir, result = train(launch_dir, corpus, launch_env_vars, 1, "ep2_to_ep1", "--save_interval", "100",
                              "--resume_from", str(ep2_universal))
     assert "(universal) at step 2" in result.stdout
     assert_losses_continue(read_metrics(save_dir), read_metrics(ep2_run))
 
 
-def test_ep1_universal_resumes_on_two_ranks_at_ep2(workdir, corpus, env, ep1_run):
+def test_ep1_universal_resumes_on_two_ranks_at_ep2(launch_dir, corpus, launch_env_vars, ep1_run):
     universal = to_universal(ep1_run)
-    save_dir, result = train(workdir, corpus, env, 2, "ep1_to_ep2", "--save_interval", "100",
+    save_dir, result = train(launch_dir, corpus, launch_env_vars, 2, "ep1_to_ep2", "--save_interval", "100",
                              "--resume_from", str(universal))
     assert "(universal) at step 2" in result.stdout
     assert_losses_continue(read_metrics(save_dir), read_metrics(ep1_run))

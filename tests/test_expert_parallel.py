@@ -64,7 +64,7 @@ def make_case(name: str, seed: int, ep_size: int, accumulation: int = 1, micro: 
             "init": {k: v.clone() for k, v in model.state_dict().items()}, "input_ids": input_ids, "labels": labels}
 
 
-def reference_run(case: dict) -> dict:
+def plain_model_run(case: dict) -> dict:
     """The plain model, one process, data parallelism emulated: per step CE, aux, grads; final weights."""
     model = MiniMindForCausalLM(MiniMindConfig(**case["config"]))
     model.load_state_dict(case["init"])
@@ -152,7 +152,7 @@ def autoep_results(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_expert_parallel_matches_plain_model(autoep_results, case):
     results, _ = autoep_results
-    actual, expected = results[case["name"]], reference_run(case)
+    actual, expected = results[case["name"]], plain_model_run(case)
     assert actual["optimizer"] in ("AdamW", "FusedAdam"), actual["optimizer"]
     for step in range(STEPS):
         for key in ("ce", "aux"):
@@ -173,7 +173,7 @@ def test_forced_routing_sends_every_token_to_the_same_experts(autoep_results):
     results, _ = autoep_results
     tokens_per_expert = results["forced_routing"]["tokens_per_expert"]
     assert sorted(tokens_per_expert.tolist())[:2] == [0, 0]  # two of the four experts never see a token
-    choices = reference_run(CASES[2])["choices"]
+    choices = plain_model_run(CASES[2])["choices"]
     assert (choices == choices[0]).all()
 
 
@@ -195,7 +195,7 @@ def test_minimind_weights_file_holds_every_expert(autoep_results):
     case = CASES[0]
     model = load_minimind_pth(MiniMindForCausalLM(MiniMindConfig(**case["config"])),
                               autoep_results[1] / "pretrain_32_moe.pth")
-    trained = reference_run(case)["params"]
+    trained = plain_model_run(case)["params"]
     for name, param in model.named_parameters():
         # the file is float16: 2^-11 relative rounding
         torch.testing.assert_close(param, trained[name], rtol=1e-3, atol=1e-5)

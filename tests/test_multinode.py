@@ -4,7 +4,7 @@ A hostfile names two hosts of one slot each; each node is its own
 ``deepspeed --hostfile H --no_ssh --node_rank N --master_addr 127.0.0.1 --master_port P pretrain_ds.py ...``
 process. With ``--no_ssh`` the runner starts ``deepspeed.launcher.launch`` locally for its
 ``--node_rank`` only, so the host names are never resolved: ranks meet at ``--master_addr``.
-The world of 2 must train exactly as a 2-rank single-node launch does.
+The world of 2 must train exactly as the session's 2-rank single-node ``reference_run`` did.
 """
 
 import os
@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher import REPO_ROOT, free_port, launch, read_metrics, remove_shared_memory_buffers, write_corpus
+from tests.launcher import (
+    REFERENCE_STEPS,
+    REFERENCE_TRAINING,
+    REPO_ROOT,
+    free_port,
+    read_metrics,
+    remove_shared_memory_buffers,
+)
 
 pytestmark = pytest.mark.slow
 
 NODE_TIMEOUT_S = 240
-TRAINING = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "2",
-            "--accumulation_steps", "1", "--max_steps", "3", "--log_interval", "1",
-            "--deepspeed_config", str(REPO_ROOT / "ds_configs" / "zero2_fp32.json")]
 
 
 def launch_two_nodes(tmp_path: Path, args: list[str], env: dict) -> list[subprocess.CompletedProcess]:
@@ -56,20 +60,15 @@ def launch_two_nodes(tmp_path: Path, args: list[str], env: dict) -> list[subproc
     return results
 
 
-def test_two_nodes_train_as_one_node_with_two_ranks(tmp_path):
-    corpus = write_corpus(tmp_path / "corpus.jsonl")
-    # One cache folder: the single-node run builds the token cache, so the two nodes' local
-    # rank 0s only read it.
-    env = {"MINIMIND_CACHE_DIR": str(tmp_path / "cache")}
-    single = tmp_path / "single_node"
-    launch(2, [*TRAINING, "--data_path", str(corpus), "--save_dir", str(single)], env=env)
+def test_two_nodes_train_as_one_node_with_two_ranks(tmp_path, corpus, launch_env_vars, reference_run):
     multi = tmp_path / "two_nodes"
-    node0, _ = launch_two_nodes(tmp_path, [*TRAINING, "--data_path", str(corpus), "--save_dir", str(multi)], env)
+    node0, _ = launch_two_nodes(tmp_path, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(multi)],
+                                launch_env_vars)
 
     assert "nodeA" in node0.stdout and "nodeB" in node0.stdout  # the launcher read both hosts
-    one, two = read_metrics(single), read_metrics(multi)
-    assert [m["step"] for m in two] == [m["step"] for m in one] == [1, 2, 3]
+    one, two = read_metrics(reference_run), read_metrics(multi)
+    assert [m["step"] for m in two] == [m["step"] for m in one] == list(range(1, REFERENCE_STEPS + 1))
     for a, b in zip(one, two, strict=True):
         # Same world, data split and seeds; only the torch thread count per rank may differ,
         # which can change float summation order.
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), a["step"]

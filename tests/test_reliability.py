@@ -1,4 +1,9 @@
-"""Faults during training on 2 CPU ranks: non-finite steps, a rank dying, a job killed during a save."""
+"""Faults during training on 2 CPU ranks: non-finite steps, a rank dying, a job killed during a save,
+a full disk during a save, a scheduler's SIGTERM.
+
+Runs that resume are compared with the session's uninterrupted ``reference_run``; the faulty
+runs use its settings (``REFERENCE_TRAINING``) so that their steps are the same steps.
+"""
 
 import os
 import signal
@@ -9,38 +14,23 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from tests.launcher import (
+    REFERENCE_STEPS,
+    REFERENCE_TRAINING,
     REPO_ROOT,
+    TINY_MODEL,
     launch,
     launch_command,
     launch_env,
     read_metrics,
     remove_shared_memory_buffers,
-    write_corpus,
 )
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--log_interval", "1",
-        "--batch_size", "2", "--accumulation_steps", "1",
-        "--deepspeed_config", str(REPO_ROOT / "ds_configs" / "zero2_fp32.json")]
 ENTRY = "tests/fault_injection_entry.py"
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("reliability")
-
-
-@pytest.fixture(scope="module")
-def corpus(workdir) -> Path:
-    return write_corpus(workdir / "corpus.jsonl")
-
-
-@pytest.fixture(scope="module")
-def env(workdir) -> dict:
-    return {"MINIMIND_CACHE_DIR": str(workdir / "cache")}
 
 
 def module_weights(save_dir: Path, tag: str) -> dict:
@@ -48,49 +38,83 @@ def module_weights(save_dir: Path, tag: str) -> dict:
     return torch.load(path, weights_only=False)["module"]  # our own test checkpoint
 
 
-def test_a_nonfinite_step_is_skipped_on_both_ranks_and_training_continues(workdir, corpus, env):
-    save_dir = workdir / "nan_once"
-    launch(2, [*TINY, "--data_path", str(corpus), "--save_dir", str(save_dir), "--max_steps", "5",
-               "--save_interval", "1", "--keep_checkpoints", "10"],
-           script=ENTRY, env={**env, "INJECT_NONFINITE_AT": "3"})
-    metrics = read_metrics(save_dir)
-    assert [m["skipped_steps"] for m in metrics] == [0, 0, 1, 1, 1]
-    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics[3:])
-    before, skipped, after = (module_weights(save_dir, f"step_{n}") for n in (2, 3, 4))
-    assert all(torch.equal(before[k], skipped[k]) for k in before)
-    assert any(not torch.equal(skipped[k], after[k]) for k in before)
+def assert_resumed_losses_equal_the_reference(save_dir: Path, reference_run: Path, from_step: int) -> None:
+    """The resumed run's records (those after the last time the step count went back) continue the
+    reference's losses from ``from_step`` on."""
+    records = read_metrics(save_dir)
+    restart = max((i for i in range(1, len(records)) if records[i]["step"] <= records[i - 1]["step"]), default=0)
+    resumed = {m["step"]: m["loss"] for m in records[restart:] if m["step"] > from_step}
+    expected = {m["step"]: m["loss"] for m in read_metrics(reference_run)[from_step:]}
+    assert list(resumed) == list(range(from_step + 1, REFERENCE_STEPS + 1))
+    assert resumed == pytest.approx(expected, rel=1e-6, abs=0)
 
 
-def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_good_state(workdir, corpus, env):
-    save_dir = workdir / "nan_forever"
-    result = launch(2, [*TINY, "--data_path", str(corpus), "--save_dir", str(save_dir), "--max_steps", "50",
-                        "--save_interval", "1", "--keep_checkpoints", "10", "--max_nonfinite_steps", "3"],
-                    script=ENTRY, env={**env, "INJECT_NONFINITE_AT": "3-1000"}, check=False)
+def test_nonfinite_steps_are_skipped_on_both_ranks_and_too_many_in_a_row_stop_the_run(
+        launch_dir, corpus, launch_env_vars):
+    """bf16: step 3 is non-finite (skipped, training goes on), steps 6-8 too (3 in a row: stop)."""
+    save_dir = launch_dir / "nonfinite"
+    result = launch(2, [*TINY_MODEL, "--data_path", str(corpus), "--save_dir", str(save_dir), "--batch_size", "2",
+                        "--accumulation_steps", "1", "--max_steps", "50", "--save_interval", "1",
+                        "--keep_checkpoints", "20", "--max_nonfinite_steps", "3"],
+                    script=ENTRY, env={**launch_env_vars, "INJECT_NONFINITE_AT": "3,6-1000"}, check=False)
     assert result.returncode != 0
-    assert "3 optimizer steps in a row had non-finite gradients" in result.stderr + result.stdout
-    assert (save_dir / "checkpoints" / "latest").read_text() == "step_5"
-    good, final = module_weights(save_dir, "step_2"), module_weights(save_dir, "step_5")
-    assert all(torch.equal(good[k], final[k]) for k in good)
+    stop_lines = [line for line in result.stderr.splitlines() if "in a row had non-finite gradients" in line]
+    assert len(stop_lines) == 1 and stop_lines[0].startswith("pretrain_ds.py: stopped: 3 optimizer steps")
+    metrics = read_metrics(save_dir)
+    assert [m["skipped_steps"] for m in metrics] == [0, 0, 1, 1, 1, 2, 3, 4]
+    assert torch.isfinite(torch.tensor([m["loss"] for m in metrics[3:5]])).all()
+    weights = {n: module_weights(save_dir, f"step_{n}") for n in (2, 3, 4, 5, 8)}
+    assert all(torch.equal(weights[2][k], weights[3][k]) for k in weights[2])  # step 3 skipped
+    assert any(not torch.equal(weights[3][k], weights[4][k]) for k in weights[3])  # step 4 trained
+    assert (save_dir / "checkpoints" / "latest").read_text() == "step_8"
+    assert all(torch.equal(weights[5][k], weights[8][k]) for k in weights[5])  # the last good state
+    # The .pth holds the fp32 master weights (rounded to fp16), as DeepSpeed's zero_to_fp32
+    # reconstructs them, not the bf16 module copy.
+    master = get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints"))
+    pth = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
+    assert set(pth) == set(master) | {"lm_head.weight"}
+    assert all(torch.equal(pth[key], tensor.half()) for key, tensor in master.items())
+    assert any(not torch.equal(pth[key], weights[8][key].half()) for key in master)
 
 
-def test_a_job_killed_during_a_save_keeps_latest_on_a_complete_checkpoint(workdir, corpus, env):
-    save_dir = workdir / "killed_in_save"
-    args = [*TINY, "--data_path", str(corpus), "--save_dir", str(save_dir), "--max_steps", "6", "--save_interval", "2"]
-    result = launch(2, args, script=ENTRY, env={**env, "KILL_DURING_SAVE": "1:2"}, check=False)
+def test_a_job_killed_during_a_save_resumes_from_the_previous_complete_checkpoint(
+        launch_dir, corpus, launch_env_vars, reference_run):
+    save_dir = launch_dir / "killed_in_save"
+    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)]
+    result = launch(2, args, script=ENTRY, env={**launch_env_vars, "KILL_DURING_SAVE": "1:2"}, check=False)
     assert result.returncode != 0
     checkpoints = save_dir / "checkpoints"
-    assert (checkpoints / "latest").read_text() == "step_2"  # the save at step 4 never completed
-    resumed = launch(2, [*args, "--from_resume", "1"], env=env)
-    assert "resumed from" in resumed.stdout and "at step 2" in resumed.stdout
-    assert [m["step"] for m in read_metrics(save_dir)][-4:] == [3, 4, 5, 6]
-    assert (checkpoints / "latest").read_text() == "step_6"
+    assert (checkpoints / "latest").read_text() == "step_10"  # the save at step 20 never completed
+    resumed = launch(2, [*args, "--from_resume", "1"], env=launch_env_vars)
+    assert "resumed from" in resumed.stdout and "at step 10" in resumed.stdout
+    assert (checkpoints / "latest").read_text() == f"step_{REFERENCE_STEPS}"
+    assert_resumed_losses_equal_the_reference(save_dir, reference_run, from_step=10)
 
 
-def test_a_killed_rank_ends_the_job_promptly_with_an_error(workdir, corpus, env):
-    save_dir = workdir / "sigkill"
-    command = launch_command(2, [*TINY, "--data_path", str(corpus), "--save_dir", str(save_dir), "--max_steps", "500",
-                                 "--save_interval", "1000"])
-    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=launch_env(env), stdout=subprocess.DEVNULL,
+def test_a_full_disk_during_a_save_stops_in_one_line_with_the_previous_checkpoint_intact(
+        launch_dir, corpus, launch_env_vars):
+    save_dir = launch_dir / "disk_full"
+    result = launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)],
+                    script=ENTRY, env={**launch_env_vars, "DISK_FULL_DURING_SAVE": "1:2"}, check=False)
+    assert result.returncode != 0
+    checkpoints = save_dir / "checkpoints"
+    reports = [line for line in result.stderr.splitlines() if "could not be written" in line]
+    assert len(reports) == 1, result.stderr[-3000:]
+    assert reports[0].startswith(f"pretrain_ds.py: stopped: rank 1: {checkpoints / 'step_20'} could not be written")
+    assert f"{checkpoints / 'latest'} still names step_10" in reports[0]
+    assert result.stderr.count("unexpected pos") == 1  # torch's own wording only inside that line
+    assert (checkpoints / "latest").read_text() == "step_10"
+    # the step-10 checkpoint loads, and the MiniMind weights beside it are still step 10's
+    master = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag="step_10")
+    weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
+    assert all(torch.equal(weights[key], tensor.half()) for key, tensor in master.items())
+
+
+def test_a_killed_rank_ends_the_job_promptly_with_an_error(launch_dir, corpus, launch_env_vars):
+    save_dir = launch_dir / "sigkill"
+    command = launch_command(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir),
+                                 "--max_steps", "500", "--save_interval", "1000"])
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=launch_env(launch_env_vars), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -112,16 +136,14 @@ def test_a_killed_rank_ends_the_job_promptly_with_an_error(workdir, corpus, env)
         remove_shared_memory_buffers(launcher.args)
 
 
-def test_sigterm_saves_the_current_step_and_resumes_exactly(workdir, corpus, env):
-    args = [*TINY, "--data_path", str(corpus), "--max_steps", "30", "--save_interval", "1000"]
-    uninterrupted_dir, stopped_dir = workdir / "uninterrupted", workdir / "stopped"
-    launch(2, [*args, "--save_dir", str(uninterrupted_dir)], env=env)
-    launcher = subprocess.Popen(launch_command(2, [*args, "--save_dir", str(stopped_dir)]), cwd=REPO_ROOT,
-                                env=launch_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+def test_sigterm_saves_the_current_step_and_resumes_exactly(launch_dir, corpus, launch_env_vars, reference_run):
+    save_dir = launch_dir / "sigterm"
+    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)]
+    launcher = subprocess.Popen(launch_command(2, args), cwd=REPO_ROOT, env=launch_env(launch_env_vars),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not (stopped_dir / "metrics.jsonl").is_file() or len(read_metrics(stopped_dir)) < 2:
+        while not (save_dir / "metrics.jsonl").is_file() or len(read_metrics(save_dir)) < 2:
             assert time.time() < deadline and launcher.poll() is None, "training did not start"
             time.sleep(0.2)
         os.killpg(launcher.pid, signal.SIGTERM)  # what a scheduler does to a job before preemption
@@ -130,13 +152,10 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(workdir, corpus, env
         if launcher.poll() is None:
             launcher.kill()
         remove_shared_memory_buffers(launcher.args)
-    stopped_at = read_metrics(stopped_dir)[-1]["step"]
-    assert stopped_at < 30, "the run finished before the signal arrived"
+    stopped_at = read_metrics(save_dir)[-1]["step"]
+    assert stopped_at < REFERENCE_STEPS, "the run finished before the signal arrived"
     assert f"stopped by a signal after step {stopped_at}" in output
     assert "exits with return code" not in output  # every rank exited 0
-    assert (stopped_dir / "checkpoints" / "latest").read_text() == f"step_{stopped_at}"
-    launch(2, [*args, "--save_dir", str(stopped_dir), "--from_resume", "1"], env=env)
-    resumed = {m["step"]: m["loss"] for m in read_metrics(stopped_dir)[stopped_at:]}
-    expected = {m["step"]: m["loss"] for m in read_metrics(uninterrupted_dir)[stopped_at:]}
-    assert list(resumed) == list(range(stopped_at + 1, 31))
-    assert resumed == pytest.approx(expected, rel=1e-6, abs=0)
+    assert (save_dir / "checkpoints" / "latest").read_text() == f"step_{stopped_at}"
+    launch(2, [*args, "--from_resume", "1"], env=launch_env_vars)
+    assert_resumed_losses_equal_the_reference(save_dir, reference_run, from_step=stopped_at)

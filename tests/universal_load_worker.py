@@ -19,6 +19,7 @@ from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_st
 from minimind.checkpoint.locate import locate_checkpoint, model_config_dict, read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.training.ds_config import resolve_ds_config
+from minimind.training.process_group import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
@@ -27,7 +28,7 @@ DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
 def main(universal_root: str, result_path: str) -> None:
     location = locate_checkpoint(universal_root)
     config = MiniMindConfig.from_dict(model_config_dict(location, read_client_state(location)))
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_process_group()
     world = dist.get_world_size()
     ds_config, _ = resolve_ds_config(DS_CONFIG, data_parallel=world, fp16_supported=False, micro_batch=2,
                                      accumulation=max(1, 2 // world))

@@ -5,15 +5,18 @@
     python -m minimind.checkpoint to-universal out/checkpoints universal_out
     python -m minimind.checkpoint inspect out/checkpoints
 
-SRC is a checkpoint folder (with ``latest``) or one tag folder in it. A bad path gives a
-one-line error and exit status 2.
+SRC is a checkpoint folder (with ``latest``) or one tag folder in it. A bad path, or a file
+holding pickled objects beyond DeepSpeed's own (see ``safe_load``), gives a one-line error
+and exit status 2.
 """
 
 import argparse
 import sys
 
+from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.export import DTYPES, export_checkpoint
-from minimind.checkpoint.locate import CheckpointError, locate_checkpoint
+from minimind.checkpoint.locate import locate_checkpoint
+from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.checkpoint.summary import describe_checkpoint
 from minimind.checkpoint.universal import convert_to_universal
 
@@ -32,25 +35,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     universal.add_argument("--workers", type=int, default=1, help="processes for extracting and merging shards")
     inspect = commands.add_parser("inspect", help="print what a checkpoint holds, reading no tensors")
     inspect.add_argument("source", help="checkpoint folder (with 'latest') or tag folder; ZeRO or universal")
+    for command in (export, universal, inspect):
+        command.add_argument("--trust_checkpoint", action="store_true",
+                             help="unpickle SRC without the weights-only check (runs code from it)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        source = locate_checkpoint(args.source)
-        if args.command == "export":
-            written = export_checkpoint(source, args.destination, args.format, args.dtype)
-            print(f"exported {source.tag_dir} as {args.format} to {written}")
-        elif args.command == "inspect":
-            print("\n".join(describe_checkpoint(source)))
-        else:
-            converted = convert_to_universal(source, args.destination, workers=args.workers)
-            print(f"universal checkpoint {converted.tag_dir} (resume with --resume_from {converted.tag_dir})")
+        with checkpoint_loading(trusted=args.trust_checkpoint):
+            run_command(args)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Carry out one parsed command."""
+    source = locate_checkpoint(args.source)
+    if args.command == "export":
+        written = export_checkpoint(source, args.destination, args.format, args.dtype)
+        print(f"exported {source.tag_dir} as {args.format} to {written}")
+    elif args.command == "inspect":
+        print("\n".join(describe_checkpoint(source)))
+    else:
+        converted = convert_to_universal(source, args.destination, workers=args.workers)
+        print(f"universal checkpoint {converted.tag_dir} (resume with --resume_from {converted.tag_dir})")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from minimind.checkpoint.locate import CheckpointError, CheckpointLocation, model_config_dict, read_client_state
+from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.locate import CheckpointLocation, model_config_dict, read_client_state
 from minimind.checkpoint.standalone_code import MODULE_FILE, standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import save_minimind_state, state_dict_mismatch

@@ -3,13 +3,10 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.safe_load import load_checkpoint_file
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
-
-
-class CheckpointError(ValueError):
-    """A path that is not a usable checkpoint; the message is one line naming it."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +55,15 @@ def locate_checkpoint(path: str | Path) -> CheckpointLocation:
 def read_client_state(location: CheckpointLocation) -> dict:
     """The top-level dict of ``mp_rank_00_model_states.pt`` minus the module weights.
 
-    DeepSpeed pickles this file with arbitrary objects (the client state, the DeepSpeed
-    config), so it is read with ``weights_only=False``: this runs code from the file and is
-    only done for the checkpoint the user named on the command line. Never point this at a
-    file you do not trust.
+    Read through ``load_checkpoint_file``: weights-only plus DeepSpeed's own classes, so
+    no code from the file runs unless the user passed ``--trust_checkpoint``.
     """
     path = location.tag_dir / MODEL_STATES
     try:
         # mmap: the module's tensors stay on disk, only the metadata is read
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = load_checkpoint_file(path, map_location="cpu", mmap=True)
+    except CheckpointError:
+        raise
     except Exception as error:  # a truncated or foreign file
         raise CheckpointError(f"{path}: unreadable checkpoint file ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict):

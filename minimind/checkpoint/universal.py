@@ -11,7 +11,8 @@ import io
 import shutil
 from pathlib import Path
 
-from minimind.checkpoint.locate import CheckpointError, CheckpointLocation
+from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.locate import CheckpointLocation
 
 
 def convert_to_universal(source: CheckpointLocation, destination: str | Path, workers: int = 1,

@@ -27,8 +27,11 @@ def save_minimind_state(state: dict[str, torch.Tensor], path: str | Path, dtype:
     state = {key: tensor.detach().to("cpu", dtype) for key, tensor in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(state, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file behind
     return path
 
 

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep_checkpoints", type=int, default=3, help="recent checkpoints kept")
     run.add_argument("--from_resume", type=int, choices=(0, 1), default=0, help="1: resume from save_dir")
     run.add_argument("--resume_from", default=None, help="checkpoint folder or tag to resume from")
+    run.add_argument("--trust_checkpoint", action="store_true",
+                     help="unpickle the resumed checkpoint without the weights-only check (runs code from it)")
     run.add_argument("--collective_timeout", type=int, default=600,
                      help="seconds a collective may wait for a dead or stuck rank before the job fails")
     run.add_argument("--max_nonfinite_steps", type=int, default=20,

@@ -23,6 +23,10 @@ from minimind.training.rank_print import global_rank
 TAG_PREFIX = "step_"
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint save that failed on this rank (disk full, I/O error); one line, names what is intact."""
+
+
 @dataclass
 class TrainingPosition:
     """Where training stands: the optimizer step done and the next sample of the epoch."""
@@ -80,6 +84,43 @@ def save_training_state(engine, checkpoint_dir: Path, position: TrainingPosition
     return tag
 
 
+def report_failed_checkpoint_writes(engine) -> None:
+    """Make a file write of ``engine``'s checkpoints that fails (disk full, I/O error) raise
+    ``CheckpointWriteError`` with ``failed_save_message``.
+
+    DeepSpeed's checkpoint engine lets ``torch.save``'s own error through, which for a full
+    disk reads "unexpected pos 64 vs 0"; its ``save`` method is wrapped on this one engine.
+    """
+    plain_save = engine.checkpoint_engine.save
+
+    def save_reporting_failure(state_dict, path):
+        try:
+            return plain_save(state_dict, path)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as either
+            tag_dir = Path(path).parent
+            raise CheckpointWriteError(failed_save_message(tag_dir.parent, tag_dir.name, error)) from error
+
+    engine.checkpoint_engine.save = save_reporting_failure
+
+
+def failed_save_message(checkpoint_dir: Path, tag: str, error: BaseException) -> str:
+    """One line: which save failed where and why, the free space left, and which checkpoint is intact."""
+    latest_file = checkpoint_dir / "latest"
+    latest = latest_file.read_text().strip() if latest_file.is_file() else None
+    intact = (f"{latest_file} still names {latest}, which is complete (resume with --from_resume 1)" if latest
+              else "no earlier checkpoint exists")
+    return failed_write_message(checkpoint_dir / tag, error, f"{intact}; the partial {tag} can be deleted")
+
+
+def failed_write_message(target: Path, error: BaseException, intact: str) -> str:
+    """One line: ``target`` could not be written on this rank, why, the free space on its disk, and ``intact``."""
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("/"))
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    free = shutil.disk_usage(existing).free
+    return (f"rank {global_rank()}: {target} could not be written ({reason}; {free / 2**30:.2f} GiB free there); "
+            f"{intact}")
+
+
 def point_latest_at(checkpoint_dir: Path, tag: str) -> None:
     """Atomically replace ``checkpoint_dir/latest`` with ``tag``."""
     partial = checkpoint_dir / "latest.partial"
@@ -123,7 +164,16 @@ def write_minimind_weights(engine, save_dir: Path, hidden_size: int, use_moe: bo
     state = master_weights_state_dict(engine)
     if global_rank() != 0:
         return None
-    return save_minimind_state(state, save_dir / minimind_weights_name(hidden_size, use_moe))
+    return save_weights_file(state, save_dir / minimind_weights_name(hidden_size, use_moe))
+
+
+def save_weights_file(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """``save_minimind_state`` (atomic), with a failed write raised as one-line ``CheckpointWriteError``."""
+    try:
+        return save_minimind_state(state, path)
+    except (OSError, RuntimeError) as error:
+        intact = f"the previous {path.name} is unchanged"
+        raise CheckpointWriteError(failed_write_message(path, error, intact)) from error
 
 
 def master_weights_state_dict(engine) -> dict[str, torch.Tensor]:

@@ -25,10 +25,10 @@ from deepspeed.checkpoint.autoep_affine import autoep_experts_for_rank
 from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 from torch import nn
 
+from minimind.checkpoint.safe_load import load_checkpoint_file
 from minimind.model import MiniMindConfig
 from minimind.model.moe import MoEGate
-from minimind.model.pth_weights import save_minimind_state
-from minimind.training.checkpointing import master_weights_state_dict
+from minimind.training.checkpointing import master_weights_state_dict, save_weights_file
 from minimind.training.ds_config import ConfigError
 from minimind.training.rank_print import global_rank
 
@@ -184,8 +184,7 @@ def checkpoint_expert_parallel_size(checkpoint_dir: Path, tag: str | None) -> tu
     path = checkpoint_dir / tag / "mp_rank_00_model_states.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model states in this checkpoint")
-    # DeepSpeed pickles its own metadata here and loads it the same way; mmap reads no tensor.
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = load_checkpoint_file(path, map_location="cpu", mmap=True)  # mmap: no tensor is read
     layers = state.get("ds_autoep_layers") or []
     # DeepSpeed saves AutoEP only when every layer has the same size.
     return path, (layers[0]["ep_size"] if layers else None)
@@ -280,4 +279,4 @@ def write_expert_parallel_weights(engine, path: Path) -> Path | None:
     state = minimind_named_tensors(engine.module, master_weights_state_dict(engine))
     if global_rank() != 0:
         return None
-    return save_minimind_state(state, path)
+    return save_weights_file(state, path)

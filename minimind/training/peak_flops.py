@@ -31,15 +31,30 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return measured_matmul_flops(device, dtype)
 
 
-def measured_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of repeated ``size x size`` matmuls on ``device`` for about ``seconds``."""
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
+    """FLOP/s of repeated square matmuls on ``device`` for about ``seconds``.
+
+    The size is 1024, or 256 where one 256 matmul already takes a noticeable share of the
+    budget (fp16 on most CPUs, where a single 1024 matmul takes seconds).
+    """
+    small = torch.randn(256, 256, device=device, dtype=dtype)
+    small @ small  # warm-up (library initialisation)
+    size = 1024 if timed_matmuls(small, small, count=1) < seconds / 30 else 256
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b  # warm-up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    count, elapsed = 0, 0.0
+    while elapsed < seconds:
+        elapsed += timed_matmuls(a, b, count=4)
+        count += 4
+    return 2.0 * size**3 * count / elapsed
+
+
+def timed_matmuls(a: torch.Tensor, b: torch.Tensor, count: int) -> float:
+    """Seconds that ``count`` products ``a @ b`` take, device work included."""
+    start = time.perf_counter()
+    for _ in range(count):
         a @ b
-        count += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2.0 * size**3 * count / (time.perf_counter() - start)
+    if a.device.type == "cuda":
+        torch.cuda.synchronize(a.device)
+    return time.perf_counter() - start

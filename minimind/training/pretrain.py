@@ -7,16 +7,18 @@ model exist, so bad input costs a second and one line, never a DeepSpeed traceba
 
 import argparse
 import os
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from transformers import PreTrainedTokenizerFast
 
 import kernels
-from minimind.checkpoint.locate import CheckpointError, CheckpointLocation, locate_checkpoint
+from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.locate import CheckpointLocation, locate_checkpoint
 from minimind.data import (
     DataError,
     PackedWindows,
@@ -36,10 +38,11 @@ from minimind.training.checkpointing import (
     TrainingPosition,
     load_training_state,
     minimind_weights_name,
+    report_failed_checkpoint_writes,
     save_training_state,
     write_minimind_weights,
 )
-from minimind.training.ds_config import ConfigError, precision_of, resolve_ds_config
+from minimind.training.ds_config import BatchPlan, ConfigError, precision_of, resolve_ds_config
 from minimind.training.expert_parallel import (
     check_resume_expert_parallel,
     install_aux_loss,
@@ -50,6 +53,7 @@ from minimind.training.loop import LoopSettings, run_training
 from minimind.training.lr_schedule import minimind_scheduler
 from minimind.training.metrics import MetricsLogger, model_flops_per_token
 from minimind.training.peak_flops import peak_flops
+from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0, world_size
 from minimind.training.save_dir import check_writable
 from minimind.training.stop_request import StopRequest
@@ -67,8 +71,76 @@ USER_INPUT_ERRORS = (
 )
 
 
+@dataclass
+class RunInputs:
+    """Everything ``check_inputs`` resolved from the flags before any heavy work."""
+
+    cpu_only: bool
+    demo: bool
+    ds_config: dict
+    batch: BatchPlan
+    save_dir: Path
+    tokenizer: PreTrainedTokenizerFast
+    model_config: MiniMindConfig
+    data_path: Path | None
+    resume: CheckpointLocation | None
+    ep_size: int | None
+
+
+@dataclass
+class TrainingData:
+    """The sampler and loader of one run and how many optimizer steps it trains."""
+
+    sampler: RankInvariantSampler
+    loader: torch.utils.data.DataLoader
+    total_steps: int
+
+
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
     """Run the whole job described by ``args``; returns where training stopped."""
+    inputs = check_inputs(args)
+    start_process_group(args)
+    announce(args, inputs)
+    data = load_training_data(args, inputs)
+    engine, n_params = build_engine(args, inputs, data.total_steps)
+    device = torch.device(get_accelerator().current_device_name())
+    position, wandb_run_id = resume_state(engine, inputs)
+    logger = MetricsLogger(inputs.save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args),
+                           engine.monitor)
+    save = checkpoint_writer(args, inputs, engine, logger.wandb_run_id)
+    settings = LoopSettings(
+        epochs=args.epochs,
+        total_steps=data.total_steps,
+        accumulation=inputs.batch.accumulation,
+        global_batch=inputs.batch.global_batch,
+        log_interval=args.log_interval,
+        save_interval=args.save_interval,
+        max_nonfinite_steps=args.max_nonfinite_steps,
+        flops_per_token=model_flops_per_token(inputs.model_config, n_params, args.max_seq_len),
+        peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config)) * inputs.batch.data_parallel,
+    )
+
+    def micro_batches_for_epoch(epoch: int, start_sample: int):
+        data.sampler.set_epoch(epoch, start_sample)
+        return iter(data.loader)
+
+    stop_request = StopRequest().install()
+    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, save, device, stop_request)
+    logger.close()
+    print0(
+        f"done at step {position.step}: checkpoints in {inputs.save_dir / 'checkpoints'} (resume with "
+        f"--from_resume 1), MiniMind weights in {inputs.save_dir / weights_name(args)}, "
+        f"metrics in {inputs.save_dir / 'metrics.jsonl'}"
+    )
+    # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
+    # can abort the process ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
+    return position
+
+
+def check_inputs(args: argparse.Namespace) -> RunInputs:
+    """Every check that can fail on user input, in one place, before the process group exists."""
     accelerator = get_accelerator()
     cpu_only = accelerator.device_name() == "cpu"
     demo = apply_defaults(args, cpu_only)
@@ -95,18 +167,24 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
     if resume is not None:
         check_resume_expert_parallel(resume.root, resume.tag, ep_size, ds_config)
+    return RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, resume, ep_size)
 
-    deepspeed.init_distributed(
-        dist_backend=accelerator.communication_backend_name(), timeout=timedelta(seconds=args.collective_timeout)
-    )
-    device = torch.device(accelerator.current_device_name())
+
+def start_process_group(args: argparse.Namespace) -> None:
+    """Join the process group with the collective timeout; seed every RNG."""
+    init_process_group(args.collective_timeout)
     deepspeed.runtime.utils.set_random_seed(args.seed)
-    if demo:
+
+
+def announce(args: argparse.Namespace, inputs: RunInputs) -> None:
+    """Rank 0 states the demonstration settings (if any) and the resolved batch arithmetic."""
+    if inputs.demo:
         print0(
             f"CPU-only machine: short demonstration run ({', '.join(f'--{k} {v}' for k, v in CPU_DEMO.items())}); "
             "pass --hidden_size 512 --num_hidden_layers 8 --max_seq_len 340 --batch_size 32 "
             "--accumulation_steps 8 --learning_rate 5e-4 for MiniMind's full run"
         )
+    batch, ds_config = inputs.batch, inputs.ds_config
     print0(
         f"batch: micro {batch.micro_batch} x accumulation {batch.accumulation} x data-parallel "
         f"{batch.data_parallel} = {batch.global_batch} samples of {args.max_seq_len} tokens per step; "
@@ -114,6 +192,10 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         f"ZeRO stage {ds_config.get('zero_optimization', {}).get('stage', 0)}; config {args.deepspeed_config}"
     )
 
+
+def load_training_data(args: argparse.Namespace, inputs: RunInputs) -> TrainingData:
+    """The token cache (built once per node), the sample view, the rank's sampler and loader."""
+    tokenizer, data_path, batch = inputs.tokenizer, inputs.data_path, inputs.batch
     token_cache = build_on_local_rank_zero_first(
         lambda: build_or_load_token_cache(
             data_path or default_corpus_path(), tokenizer, skip_bad_lines=args.skip_bad_lines, log=print0
@@ -133,86 +215,76 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         len(dataset), micro_batch_size=batch.micro_batch, accumulation_steps=batch.accumulation,
         world_size=dist.get_world_size(), rank=dist.get_rank(), seed=args.seed,
     )
-    loader = make_data_loader(dataset, sampler, pin_memory=not cpu_only)
+    loader = make_data_loader(dataset, sampler, pin_memory=not inputs.cpu_only)
     print0(f"data: {len(dataset)} {'packed windows' if args.packing else 'padded documents'}, "
            f"{sampler.steps_per_epoch} optimizer steps per epoch")
     total_steps = sampler.steps_per_epoch * args.epochs
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
+    return TrainingData(sampler, loader, total_steps)
 
-    model = MiniMindForCausalLM(model_config)
+
+def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
+    """The model and ``deepspeed.initialize``'s engine around it (schedule, AutoEP aux loss,
+    checkpoint-write reporting); returns the engine and the parameter count."""
+    model = MiniMindForCausalLM(inputs.model_config)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {n_params / 1e6:.2f}M parameters, hidden {args.hidden_size} x {args.num_hidden_layers} layers"
            f"{' (MoE)' if args.use_moe else ''}, kernels {args.kernels}"
            f"{', activation checkpointing' if args.activation_checkpointing else ''}")
-    scheduler = None if "scheduler" in ds_config else (
+    scheduler = None if "scheduler" in inputs.ds_config else (
         lambda optimizer: minimind_scheduler(optimizer, total_steps, args.warmup_steps)
     )
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=ds_config, lr_scheduler=scheduler
+        model=model, model_parameters=model.parameters(), config=inputs.ds_config, lr_scheduler=scheduler
     )
-    if ep_size is not None:
-        install_aux_loss(engine, model_config)
-        print0(f"expert parallelism: AutoEP size {ep_size}, "
-               f"{model_config.n_routed_experts // ep_size} routed experts per rank")
+    report_failed_checkpoint_writes(engine)
+    if inputs.ep_size is not None:
+        install_aux_loss(engine, inputs.model_config)
+        print0(f"expert parallelism: AutoEP size {inputs.ep_size}, "
+               f"{inputs.model_config.n_routed_experts // inputs.ep_size} routed experts per rank")
+    return engine, n_params
 
-    position = TrainingPosition()
-    wandb_run_id = None
-    if resume is not None:
-        client_state = load_training_state(engine, resume.root, resume.tag)
-        position = TrainingPosition(**client_state["position"])
-        wandb_run_id = client_state.get("wandb_run_id")
-        print0(f"resumed from {resume.tag_dir}{' (universal)' if resume.is_universal else ''} at step "
-               f"{position.step}, epoch {position.epoch}")
-    logger = MetricsLogger(save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args), engine.monitor)
-    checkpoint_dir = save_dir / "checkpoints"
+
+def resume_state(engine, inputs: RunInputs) -> tuple[TrainingPosition, str | None]:
+    """Load the resume checkpoint, if any: the position to continue from and the wandb run id."""
+    if inputs.resume is None:
+        return TrainingPosition(), None
+    client_state = load_training_state(engine, inputs.resume.root, inputs.resume.tag)
+    position = TrainingPosition(**client_state["position"])
+    print0(f"resumed from {inputs.resume.tag_dir}{' (universal)' if inputs.resume.is_universal else ''} at step "
+           f"{position.step}, epoch {position.epoch}")
+    return position, client_state.get("wandb_run_id")
+
+
+def checkpoint_writer(args: argparse.Namespace, inputs: RunInputs, engine, wandb_run_id: str | None):
+    """The loop's ``save(position)``: a DeepSpeed checkpoint with the client state, then the ``.pth``."""
+    checkpoint_dir = inputs.save_dir / "checkpoints"
     client_extra = {
-        "resolved_ds_config": ds_config,
-        "model_config": model_config.to_dict(),
+        "resolved_ds_config": inputs.ds_config,
+        "model_config": inputs.model_config.to_dict(),
         "args": vars(args),
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "wandb_run_id": logger.wandb_run_id,
+        "tokenizer_fingerprint": tokenizer_fingerprint(inputs.tokenizer),
+        "wandb_run_id": wandb_run_id,
     }
+    weights_path = inputs.save_dir / weights_name(args)
 
     def save(at: TrainingPosition) -> None:
         tag = save_training_state(engine, checkpoint_dir, at, client_extra, args.keep_checkpoints)
-        if ep_size is None:
-            weights = write_minimind_weights(engine, save_dir, args.hidden_size, bool(args.use_moe))
+        if inputs.ep_size is None:
+            weights = write_minimind_weights(engine, inputs.save_dir, args.hidden_size, bool(args.use_moe))
         else:
-            weights = write_expert_parallel_weights(engine, save_dir / minimind_weights_name(args.hidden_size, True))
+            weights = write_expert_parallel_weights(engine, weights_path)
         print0(f"step {at.step}: checkpoint {checkpoint_dir / tag}, weights {weights}")
 
-    settings = LoopSettings(
-        epochs=args.epochs,
-        total_steps=total_steps,
-        accumulation=batch.accumulation,
-        global_batch=batch.global_batch,
-        log_interval=args.log_interval,
-        save_interval=args.save_interval,
-        max_nonfinite_steps=args.max_nonfinite_steps,
-        flops_per_token=model_flops_per_token(model_config, n_params, args.max_seq_len),
-        peak_flops_total=peak_flops(device, model_dtype(ds_config)) * batch.data_parallel,
-    )
+    return save
 
-    def micro_batches_for_epoch(epoch: int, start_sample: int):
-        sampler.set_epoch(epoch, start_sample)
-        return iter(loader)
 
-    stop_request = StopRequest().install()
-    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, save, device, stop_request)
-    logger.close()
-    print0(
-        f"done at step {position.step}: checkpoints in {checkpoint_dir} (resume with --from_resume 1), "
-        f"MiniMind weights in {save_dir / minimind_weights_name(args.hidden_size, bool(args.use_moe))}, "
-        f"metrics in {save_dir / 'metrics.jsonl'}"
-    )
-    # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
-    # can abort the process ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
-    return position
+def weights_name(args: argparse.Namespace) -> str:
+    """MiniMind's ``.pth`` name for this run's model."""
+    return minimind_weights_name(args.hidden_size, bool(args.use_moe))
 
 
 def resume_target(args: argparse.Namespace, save_dir: Path) -> CheckpointLocation | None:
