@@ -148,6 +148,21 @@ def test_moe_block(seq_aux, top_k, norm, shared):
     torch.testing.assert_close(moe.aux_loss, expected_aux)
 
 
+def test_an_expert_without_tokens_still_gets_a_zero_gradient_in_training():
+    """Data-parallel ranks (ZeRO, DDP) must all reduce every parameter's gradient, whatever the routing."""
+    model = float64_model(tiny_config(use_moe=True, n_routed_experts=4, num_experts_per_tok=1), 5).train()
+    moe = model.model.layers[0].mlp
+    with torch.no_grad():  # the router sends every token to expert 2
+        moe.gate.weight.zero_()
+        moe.gate.weight[2] = 1.0
+    x = torch.ones(2, 3, 48, dtype=torch.float64)
+    moe(x).sum().backward()
+    for index, expert in enumerate(moe.experts):
+        for name, param in expert.named_parameters():
+            assert param.grad is not None, (index, name)
+            assert (param.grad.abs().sum() > 0) == (index == 2), (index, name)
+
+
 def test_moe_aux_loss_only_in_training():
     model = float64_model(tiny_config(use_moe=True), 3).eval()
     out = model(torch.randint(0, 97, (2, 6)))

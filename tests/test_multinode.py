@@ -1,15 +1,25 @@
-"""Two "nodes" on this one machine through DeepSpeed's real launcher, without ssh.
+"""Two "nodes" on this one machine through DeepSpeed's real launcher, with and without ssh.
 
-A hostfile names two hosts of one slot each; each node is its own
+``no_ssh``: a hostfile names two hosts of one slot each; each node is its own
 ``deepspeed --hostfile H --no_ssh --node_rank N --master_addr 127.0.0.1 --master_port P pretrain_ds.py ...``
 process. With ``--no_ssh`` the runner starts ``deepspeed.launcher.launch`` locally for its
 ``--node_rank`` only, so the host names are never resolved: ranks meet at ``--master_addr``.
-The world of 2 must train exactly as the session's 2-rank single-node ``reference_run`` did.
+
+``pdsh``: the cluster path. The hostfile names 127.0.0.1 and 127.0.0.2, one ``deepspeed
+--hostfile H`` starts both through DeepSpeed's default pdsh launcher over ssh, to an sshd the
+test starts bound to those two addresses (skipped where openssh-server, pdsh or root is missing).
+
+Either way the world of 2 must train exactly as the session's 2-rank single-node
+``reference_run`` did.
 """
 
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,12 +70,76 @@ def launch_two_nodes(tmp_path: Path, args: list[str], env: dict) -> list[subproc
     return results
 
 
-def test_two_nodes_train_as_one_node_with_two_ranks(tmp_path, corpus, launch_env_vars, reference_run):
-    multi = tmp_path / "two_nodes"
-    node0, _ = launch_two_nodes(tmp_path, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(multi)],
-                                launch_env_vars)
+def launch_two_nodes_over_ssh(tmp_path: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """One ``deepspeed --hostfile H --ssh_port P pretrain_ds.py ...``: DeepSpeed's default pdsh
+    launcher reaches both loopback "nodes" through an sshd this test starts on 127.0.0.1/.2."""
+    port = free_port()
+    with running_sshd(tmp_path, port) as client_key:
+        hostfile = tmp_path / "hostfile_ssh"
+        hostfile.write_text("127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
+        env_file = tmp_path / "deepspeed_env"  # what .deepspeed_env does on a cluster: exported on every node
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+        ssh_options = f"-i {client_key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DS_ENV_FILE": str(env_file),
+                    "PDSH_SSH_ARGS_APPEND": ssh_options}
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--ssh_port",
+                   str(port), "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                   "pretrain_ds.py", *args]
+        result = subprocess.run(command, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
+                                timeout=NODE_TIMEOUT_S)
+    assert result.returncode == 0, f"pdsh launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n" \
+                                   f"{result.stderr[-4000:]}"
+    return result
 
-    assert "nodeA" in node0.stdout and "nodeB" in node0.stdout  # the launcher read both hosts
+
+@contextlib.contextmanager
+def running_sshd(folder: Path, port: int):
+    """An sshd on 127.0.0.1 and 127.0.0.2 only, accepting one fresh key (yielded) for this user;
+    its keys, configuration and pid file live in ``folder``, nothing system-wide changes."""
+    for tool in ("sshd", "pdsh", "ssh-keygen"):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).is_file():
+            pytest.skip(f"{tool} is not installed (the pdsh launcher test needs openssh-server and pdsh)")
+    if os.geteuid() != 0:
+        pytest.skip("sshd needs root to start here")
+    host_key, client_key = folder / "host_key", folder / "client_key"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (folder / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
+    config = folder / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nHostKey {host_key}\n"
+                      f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPasswordAuthentication no\n"
+                      f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+                      f"PidFile {folder / 'sshd.pid'}\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    sshd_path = shutil.which("sshd") or "/usr/sbin/sshd"
+    daemon = subprocess.Popen([sshd_path, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        while not port_open("127.0.0.2", port):
+            assert daemon.poll() is None and time.time() < deadline, f"sshd did not start: {daemon.stderr.read()}"
+            time.sleep(0.2)
+        yield client_key
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=20)
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+@pytest.mark.parametrize("launcher", ["no_ssh", "pdsh"])
+def test_two_nodes_train_as_one_node_with_two_ranks(launcher, tmp_path, corpus, launch_env_vars, reference_run):
+    multi = tmp_path / "two_nodes"
+    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(multi)]
+    if launcher == "no_ssh":
+        node0, _ = launch_two_nodes(tmp_path, args, launch_env_vars)
+        assert "nodeA" in node0.stdout and "nodeB" in node0.stdout  # the launcher read both hosts
+    else:
+        result = launch_two_nodes_over_ssh(tmp_path, args, launch_env_vars)
+        assert "127.0.0.1,127.0.0.2" in result.stdout + result.stderr  # pdsh reached both hosts
+
     one, two = read_metrics(reference_run), read_metrics(multi)
     assert [m["step"] for m in two] == [m["step"] for m in one] == list(range(1, REFERENCE_STEPS + 1))
     for a, b in zip(one, two, strict=True):

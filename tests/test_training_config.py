@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_k
 from minimind.training.ds_config import ConfigError, precision_of, read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
 from minimind.training.metrics import model_flops_per_token
+from minimind.training.save_dir import disk_space_warning
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.json"))
@@ -187,3 +189,16 @@ def test_flops_per_token_counts_only_the_experts_a_token_visits():
     assert model_flops_per_token(dense, 1000, 32) == 6 * 1000 + 12 * 2 * 64 * 32
     idle_expert_params = 4 * 3 * 64 * 128 * 2  # 4 unvisited experts of 3 matrices, in 2 layers
     assert model_flops_per_token(moe, 1_000_000, 32) == 6 * (1_000_000 - idle_expert_params) + 12 * 2 * 64 * 32
+
+
+def test_disk_space_warning_counts_the_checkpoints_kept_plus_the_one_being_written(tmp_path, monkeypatch):
+    free = 500 * 2**30
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(free, 0, free))
+    # bf16 module (2 bytes) + fp32 master and two Adam moments (12 bytes) per parameter, per
+    # checkpoint, and the fp16 .pth (2 bytes): 3 checkpoints of this model just fit
+    n_params = free // (3 * 14 + 2)
+    assert disk_space_warning(tmp_path, n_params, module_bytes_per_param=2, keep=2) is None
+    assert disk_space_warning(tmp_path, n_params + 1, module_bytes_per_param=2, keep=2) is not None
+    warning = disk_space_warning(tmp_path, n_params, module_bytes_per_param=2, keep=3)
+    assert warning.startswith(f"warning: {tmp_path} has 500.0 GiB free") and "--keep_checkpoints 3" in warning
+    assert warning.count("\n") == 0

@@ -98,7 +98,9 @@ class MOEFeedForward(nn.Module):
         out = torch.zeros_like(tokens)
         start = 0
         for expert, count in zip(self.experts, counts, strict=True):
-            if count:
+            # In training every expert runs, an idle one on zero rows, so that all of them get a
+            # (zero) gradient, as in MiniMind: data-parallel ranks must reduce the same set.
+            if count or self.training:
                 slots = order[start : start + count]
                 rows = token_of_slot[start : start + count]
                 weighted = expert(tokens[rows]) * topk_weight.reshape(-1)[slots, None].to(tokens.dtype)

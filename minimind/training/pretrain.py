@@ -55,7 +55,7 @@ from minimind.training.metrics import MetricsLogger, model_flops_per_token
 from minimind.training.peak_flops import peak_flops
 from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0, world_size
-from minimind.training.save_dir import check_writable
+from minimind.training.save_dir import check_writable, disk_space_warning
 from minimind.training.stop_request import StopRequest
 
 USER_INPUT_ERRORS = (
@@ -241,6 +241,10 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
         model=model, model_parameters=model.parameters(), config=inputs.ds_config, lr_scheduler=scheduler
     )
     report_failed_checkpoint_writes(engine)
+    module_bytes = torch.finfo(model_dtype(inputs.ds_config)).bits // 8
+    warning = disk_space_warning(inputs.save_dir, n_params, module_bytes, args.keep_checkpoints)
+    if warning:
+        print0(warning)
     if inputs.ep_size is not None:
         install_aux_loss(engine, inputs.model_config)
         print0(f"expert parallelism: AutoEP size {inputs.ep_size}, "

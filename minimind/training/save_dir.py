@@ -1,6 +1,7 @@
-"""Checking the output folder before any work starts."""
+"""Checking the output folder before any work starts: writable, and room for the checkpoints."""
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -16,3 +17,21 @@ def check_writable(save_dir: Path) -> None:
         raise PermissionError(f"--save_dir {save_dir}: not writable ({error.strerror or error})") from None
     if not os.access(save_dir, os.W_OK):
         raise PermissionError(f"--save_dir {save_dir}: not writable")
+
+
+# Bytes per parameter of one checkpoint, all ranks together: the module copy in its dtype,
+# the fp32 master copy and Adam's two fp32 moments.
+OPTIMIZER_STATE_BYTES_PER_PARAM = 4 + 4 + 4
+
+
+def disk_space_warning(save_dir: Path, n_params: int, module_bytes_per_param: int, keep: int) -> str | None:
+    """A one-line warning when ``save_dir``'s disk cannot hold ``keep`` checkpoints plus the one
+    being written (pruning happens only after it is complete) and the ``.pth``; else None."""
+    per_checkpoint = n_params * (module_bytes_per_param + OPTIMIZER_STATE_BYTES_PER_PARAM)
+    needed = (max(keep, 1) + 1) * per_checkpoint + 2 * n_params
+    free = shutil.disk_usage(save_dir).free
+    if free >= needed:
+        return None
+    return (f"warning: {save_dir} has {free / 2**30:.1f} GiB free, but {max(keep, 1) + 1} checkpoints of about "
+            f"{per_checkpoint / 2**30:.1f} GiB (--keep_checkpoints {keep}, plus the one being written) and the "
+            f".pth need {needed / 2**30:.1f} GiB: a save will fail with the disk full")
