@@ -31,16 +31,13 @@ import argparse
 import json
 import os
 import resource
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.launch_part import launch_part
 from minimind.model import MiniMindForCausalLM
 from minimind.plan import PlanSettings, model_config, plan_memory
 from minimind.training.ds_config import precision_of, resolve_ds_config
@@ -95,7 +92,7 @@ def run_driver(args: argparse.Namespace) -> None:
                     part += [flag, str(value)]
             if checkpointing:
                 part.append("--activation_checkpointing")
-            launch_part(ranks, part, out)
+            launch_part("bench.plan_accuracy", ranks, part, name, out, PART_TIMEOUT_S, EXIT_GRACE_S)
             measured = json.loads(out.read_text())
             rows.append((name, ranks, checkpointing, measured))
     _, _, _, floor_run = rows[0]
@@ -123,28 +120,6 @@ def growth_bytes(measured: dict) -> int:
     return max(rank["peak_rss_bytes"] - rank["rss_before_model_bytes"] for rank in measured["ranks"])
 
 
-def launch_part(ranks: int, part_args: list[str], out: Path) -> None:
-    """``deepspeed --num_gpus ranks --module bench.plan_accuracy part_args``; its log is shown on failure."""
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), "--module", "bench.plan_accuracy", *part_args]
-    print(" ".join(command[3:]), flush=True)
-    log_path = out.with_suffix(".log")
-    with open(log_path, "w") as log:
-        launcher = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        started, written_at = time.perf_counter(), None
-        while launcher.poll() is None:
-            time.sleep(1)
-            now = time.perf_counter()
-            if written_at is None and out.is_file():
-                written_at = now
-            # A rank stuck on its way out (gloo teardown) or a run past its time is stopped.
-            if (written_at is not None and now - written_at > EXIT_GRACE_S) or now - started > PART_TIMEOUT_S:
-                os.killpg(launcher.pid, signal.SIGKILL)
-                launcher.wait()
-    if not out.is_file():
-        print(log_path.read_text()[-8000:], file=sys.stderr)
-        raise SystemExit(f"no results (launcher exit status {launcher.returncode})")
 
 
 def run_measure(args: argparse.Namespace) -> None:
@@ -195,11 +170,6 @@ def run_measure(args: argparse.Namespace) -> None:
     dist.barrier()
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def current_rss_bytes() -> int:

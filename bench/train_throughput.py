@@ -35,11 +35,7 @@ import contextlib
 import json
 import os
 import resource
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,6 +47,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from bench.launch_part import launch_part
 from minimind.data import (
     IGNORE_INDEX,
     PackedWindows,
@@ -143,49 +140,15 @@ def run_driver(args: argparse.Namespace) -> None:
         results = {}
         for name, part_args in parts.items():
             out = Path(folder) / f"{name}.json"
-            launch_part(args.ranks, [*part_args, *forwarded, "--out", str(out)], name, out)
+            launch_part("bench.train_throughput", args.ranks, [*part_args, *forwarded, "--out", str(out)], name, out,
+                        PART_TIMEOUT_S, EXIT_GRACE_S)
             results[name] = json.loads(out.read_text())
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print_report(args, results, load_before, load_after, time.perf_counter() - started)
 
 
-def launch_part(ranks: int, part_args: list[str], name: str, out: Path) -> None:
-    """Run one part under ``deepspeed --num_gpus ranks --module`` until it has written ``out``.
-
-    Its log is shown only if it fails. A launch still running EXIT_GRACE_S after the results
-    are written (a rank stuck on its way out) is stopped, as is one running past PART_TIMEOUT_S.
-    """
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), "--module", "bench.train_throughput", *part_args]
-    print(f"{name}: {' '.join(command[1:])}", flush=True)
-    started = time.perf_counter()
-    log_path = out.with_suffix(".log")
-    with open(log_path, "w") as log:
-        # Its own session, so that the launcher and its ranks can be stopped together.
-        launcher = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        written_at = None
-        while launcher.poll() is None:
-            time.sleep(1)
-            now = time.perf_counter()
-            if written_at is None and out.is_file():
-                written_at = now
-            if (written_at is not None and now - written_at > EXIT_GRACE_S) or now - started > PART_TIMEOUT_S:
-                os.killpg(launcher.pid, signal.SIGKILL)
-                launcher.wait()
-                reason = f"did not exit {EXIT_GRACE_S} s after writing its results" if written_at else "timed out"
-                print(f"{name}: launch {reason}; stopped it", flush=True)
-    if not out.is_file():
-        print(log_path.read_text()[-8000:], file=sys.stderr)
-        raise SystemExit(f"{name}: no results (launcher exit status {launcher.returncode})")
-    print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now, so that concurrent DeepSpeed jobs on this host do not clash."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cpu_model() -> str:

@@ -2,9 +2,11 @@
 training settings the launched tests share."""
 
 import base64
+import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,17 @@ REFERENCE_STEPS = 40
 REFERENCE_SAVE_INTERVAL = 10
 REFERENCE_TRAINING = [*TINY_MODEL, *FP32_CONFIG, "--batch_size", "2", "--accumulation_steps", "2", "--max_steps",
                       str(REFERENCE_STEPS), "--learning_rate", "3e-3", "--save_interval", str(REFERENCE_SAVE_INTERVAL)]
+
+
+def config_with_torch_adam(name: str, destination: Path, updates: dict | None = None) -> Path:
+    """``ds_configs/{name}`` with torch's fused AdamW, as ``zero2_fp32.json`` has (so the tests never
+    build DeepSpeed's C++ FusedAdam), and each section of ``updates`` merged in; written to ``destination``."""
+    config = json.loads((REPO_ROOT / "ds_configs" / name).read_text())
+    config["optimizer"]["params"].update(torch_adam=True, fused=True)
+    for section, values in (updates or {}).items():
+        config[section].update(values)
+    destination.write_text(json.dumps(config))
+    return destination
 
 
 def write_corpus(path: Path, lines: int = 600, seed: int = 0) -> Path:
@@ -90,6 +103,21 @@ def launch(ranks: int, args: list[str], script: str = "pretrain_ds.py", env: dic
     if check and leftover:
         raise AssertionError(f"the run left {[p.name for p in leftover]} in /dev/shm")
     return result
+
+
+@contextlib.contextmanager
+def started_job(ranks: int, args: list[str], env: dict | None = None, **popen_kwargs):
+    """``launch_command`` started in its own session (yielded while it runs); on leaving, a job
+    still running is killed, launcher and ranks, and its shared-memory buffers removed."""
+    command = launch_command(ranks, args)
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=launch_env(env), start_new_session=True, **popen_kwargs)
+    try:
+        yield launcher
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        remove_shared_memory_buffers(command)
 
 
 def read_metrics(save_dir: Path) -> list[dict]:

@@ -17,15 +17,14 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from tests.launcher import (
+    REFERENCE_SAVE_INTERVAL,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
-    REPO_ROOT,
     TINY_MODEL,
+    config_with_torch_adam,
     launch,
-    launch_command,
-    launch_env,
     read_metrics,
-    remove_shared_memory_buffers,
+    started_job,
 )
 
 pytestmark = pytest.mark.slow
@@ -36,6 +35,22 @@ ENTRY = "tests/fault_injection_entry.py"
 def module_weights(save_dir: Path, tag: str) -> dict:
     path = save_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt"
     return torch.load(path, weights_only=False)["module"]  # our own test checkpoint
+
+
+def assert_checkpoint_loads_and_matches_the_weights_file(save_dir: Path, tag: str) -> None:
+    """DeepSpeed's own ``zero_to_fp32`` loads ``tag``, and the MiniMind ``.pth`` beside it holds
+    those weights (rounded to fp16): nothing after ``tag`` overwrote it."""
+    master = get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints"), tag=tag)
+    weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
+    assert all(torch.equal(weights[key], tensor.half()) for key, tensor in master.items())
+
+
+def wait_for_logged_steps(launcher: subprocess.Popen, save_dir: Path, steps: int, timeout_s: float = 300) -> None:
+    """Return once ``{save_dir}/metrics.jsonl`` holds ``steps`` records; fail if the job ends first."""
+    deadline = time.time() + timeout_s
+    while not (save_dir / "metrics.jsonl").is_file() or len(read_metrics(save_dir)) < steps:
+        assert time.time() < deadline and launcher.poll() is None, f"training did not reach step {steps}"
+        time.sleep(0.2)
 
 
 def assert_resumed_losses_equal_the_reference(save_dir: Path, reference_run: Path, from_step: int) -> None:
@@ -53,7 +68,9 @@ def test_nonfinite_steps_are_skipped_on_both_ranks_and_too_many_in_a_row_stop_th
         launch_dir, corpus, launch_env_vars):
     """bf16: step 3 is non-finite (skipped, training goes on), steps 6-8 too (3 in a row: stop)."""
     save_dir = launch_dir / "nonfinite"
-    result = launch(2, [*TINY_MODEL, "--data_path", str(corpus), "--save_dir", str(save_dir), "--batch_size", "2",
+    bf16 = config_with_torch_adam("zero2_bf16.json", launch_dir / "bf16_test.json")
+    result = launch(2, [*TINY_MODEL, "--deepspeed_config", str(bf16), "--data_path", str(corpus), "--save_dir",
+                        str(save_dir), "--batch_size", "2",
                         "--accumulation_steps", "1", "--max_steps", "50", "--save_interval", "1",
                         "--keep_checkpoints", "20", "--max_nonfinite_steps", "3"],
                     script=ENTRY, env={**launch_env_vars, "INJECT_NONFINITE_AT": "3,6-1000"}, check=False)
@@ -77,18 +94,17 @@ def test_nonfinite_steps_are_skipped_on_both_ranks_and_too_many_in_a_row_stop_th
     assert any(not torch.equal(pth[key], weights[8][key].half()) for key in master)
 
 
-def test_a_job_killed_during_a_save_resumes_from_the_previous_complete_checkpoint(
-        launch_dir, corpus, launch_env_vars, reference_run):
+def test_a_job_killed_during_a_save_keeps_latest_on_the_previous_complete_checkpoint(
+        launch_dir, corpus, launch_env_vars):
+    """Rank 1 dies inside the step-20 save; resuming after a kill is the SIGKILL test's."""
     save_dir = launch_dir / "killed_in_save"
-    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)]
-    result = launch(2, args, script=ENTRY, env={**launch_env_vars, "KILL_DURING_SAVE": "1:2"}, check=False)
+    result = launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)],
+                    script=ENTRY, env={**launch_env_vars, "KILL_DURING_SAVE": "1:2"}, check=False)
     assert result.returncode != 0
     checkpoints = save_dir / "checkpoints"
-    assert (checkpoints / "latest").read_text() == "step_10"  # the save at step 20 never completed
-    resumed = launch(2, [*args, "--from_resume", "1"], env=launch_env_vars)
-    assert "resumed from" in resumed.stdout and "at step 10" in resumed.stdout
-    assert (checkpoints / "latest").read_text() == f"step_{REFERENCE_STEPS}"
-    assert_resumed_losses_equal_the_reference(save_dir, reference_run, from_step=10)
+    assert not (checkpoints / "step_20" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").exists()  # incomplete
+    assert (checkpoints / "latest").read_text() == "step_10"
+    assert_checkpoint_loads_and_matches_the_weights_file(save_dir, "step_10")
 
 
 def test_a_full_disk_during_a_save_stops_in_one_line_with_the_previous_checkpoint_intact(
@@ -104,54 +120,40 @@ def test_a_full_disk_during_a_save_stops_in_one_line_with_the_previous_checkpoin
     assert f"{checkpoints / 'latest'} still names step_10" in reports[0]
     assert result.stderr.count("unexpected pos") == 1  # torch's own wording only inside that line
     assert (checkpoints / "latest").read_text() == "step_10"
-    # the step-10 checkpoint loads, and the MiniMind weights beside it are still step 10's
-    master = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag="step_10")
-    weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
-    assert all(torch.equal(weights[key], tensor.half()) for key, tensor in master.items())
+    assert_checkpoint_loads_and_matches_the_weights_file(save_dir, "step_10")
 
 
-def test_a_killed_rank_ends_the_job_promptly_with_an_error(launch_dir, corpus, launch_env_vars):
+def test_a_killed_rank_ends_the_job_promptly_and_the_resume_loses_only_the_steps_since_the_checkpoint(
+        launch_dir, corpus, launch_env_vars, reference_run):
     save_dir = launch_dir / "sigkill"
-    command = launch_command(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir),
-                                 "--max_steps", "500", "--save_interval", "1000"])
-    launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=launch_env(launch_env_vars), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while not (save_dir / "metrics.jsonl").is_file() or len(read_metrics(save_dir)) < 2:
-            assert time.time() < deadline and launcher.poll() is None, "training did not start"
-            time.sleep(0.5)
+    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)]
+    with started_job(2, args, launch_env_vars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as launcher:
+        wait_for_logged_steps(launcher, save_dir, 12)
         victim = next(p for p in psutil.Process(launcher.pid).children(recursive=True)
                       if "--local_rank=1" in " ".join(p.cmdline()))
         killed_at = time.time()
         victim.kill()
         status = launcher.wait(timeout=120)
         elapsed = time.time() - killed_at
-        print(f"job exited with status {status} {elapsed:.2f} s after rank 1 was killed")
-        assert status != 0
-        assert elapsed < 30
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        remove_shared_memory_buffers(launcher.args)
+    print(f"job exited with status {status} {elapsed:.2f} s after rank 1 was killed")
+    assert status != 0
+    assert elapsed < 30
+    last_logged = read_metrics(save_dir)[-1]["step"]
+    assert last_logged < REFERENCE_STEPS, "the run finished before rank 1 was killed"
+    checkpointed = int((save_dir / "checkpoints" / "latest").read_text().removeprefix("step_"))
+    assert checkpointed % REFERENCE_SAVE_INTERVAL == 0 and 0 <= last_logged - checkpointed <= REFERENCE_SAVE_INTERVAL
+    resumed = launch(2, [*args, "--from_resume", "1"], env=launch_env_vars)
+    assert f"at step {checkpointed}" in resumed.stdout
+    assert_resumed_losses_equal_the_reference(save_dir, reference_run, from_step=checkpointed)
 
 
 def test_sigterm_saves_the_current_step_and_resumes_exactly(launch_dir, corpus, launch_env_vars, reference_run):
     save_dir = launch_dir / "sigterm"
     args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)]
-    launcher = subprocess.Popen(launch_command(2, args), cwd=REPO_ROOT, env=launch_env(launch_env_vars),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not (save_dir / "metrics.jsonl").is_file() or len(read_metrics(save_dir)) < 2:
-            assert time.time() < deadline and launcher.poll() is None, "training did not start"
-            time.sleep(0.2)
+    with started_job(2, args, launch_env_vars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as launcher:
+        wait_for_logged_steps(launcher, save_dir, 2)
         os.killpg(launcher.pid, signal.SIGTERM)  # what a scheduler does to a job before preemption
         output, _ = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        remove_shared_memory_buffers(launcher.args)
     stopped_at = read_metrics(save_dir)[-1]["step"]
     assert stopped_at < REFERENCE_STEPS, "the run finished before the signal arrived"
     assert f"stopped by a signal after step {stopped_at}" in output

@@ -4,7 +4,6 @@ Most tests read the session's ``reference_run`` (2 ranks, ZeRO-2 fp32, micro-bat
 accumulation 2, 40 steps, checkpoints every 10); the others launch the one variation they test.
 """
 
-import json
 import math
 
 import pytest
@@ -17,8 +16,8 @@ from minimind.model.pth_weights import load_minimind_pth
 from tests.launcher import (
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
-    REPO_ROOT,
     TINY_MODEL,
+    config_with_torch_adam,
     launch,
     read_metrics,
 )
@@ -73,10 +72,8 @@ def test_checkpoints_are_pruned_and_minimind_weights_written(reference_run):
 
 
 def test_fp16_loss_scaler_skips_an_infinite_loss_on_both_ranks(launch_dir, corpus, launch_env_vars):
-    config = json.loads((REPO_ROOT / "ds_configs" / "zero2_fp16.json").read_text())
-    config["fp16"].update(initial_scale_power=8, loss_scale_window=2, hysteresis=1)
-    config_path = launch_dir / "fp16_test.json"
-    config_path.write_text(json.dumps(config))
+    config_path = config_with_torch_adam("zero2_fp16.json", launch_dir / "fp16_test.json",
+                                         {"fp16": {"initial_scale_power": 8, "loss_scale_window": 2, "hysteresis": 1}})
     save_dir = launch_dir / "fp16"
     launch(2, [*TINY_MODEL, "--deepspeed_config", str(config_path), "--data_path", str(corpus), "--save_dir",
                str(save_dir), "--batch_size", "2", "--accumulation_steps", "1", "--max_steps", "6",
