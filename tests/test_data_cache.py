@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from minimind.data import DataError, build_or_load_token_cache
+from minimind.data import DataError, build_or_load_token_cache, has_token_cache
 from minimind.tokenizer import load_tokenizer
 from minimind.tokenizer.train import train_tokenizer
 
@@ -55,6 +55,17 @@ def test_unchanged_source_reuses_the_cache(tmp_path, corpus, tokenizer):
     assert second.reused and second.path == first.path and "reused" in lines[-1]
     assert (second.path / "tokens.bin").stat().st_mtime_ns == built_at
     assert np.array_equal(second.tokens, first.tokens)
+
+
+def test_has_token_cache_answers_for_this_content_tokenizer_and_setting_only(tmp_path, corpus, tokenizer):
+    cache_dir = tmp_path / "cache"
+    assert not has_token_cache(corpus, tokenizer, cache_dir=cache_dir)
+    build(corpus, tokenizer, cache_dir)
+    assert has_token_cache(corpus, tokenizer, cache_dir=cache_dir)
+    assert not has_token_cache(corpus, tokenizer, cache_dir=cache_dir, skip_bad_lines=True)
+    with corpus.open("a", encoding="utf-8") as handle:
+        handle.write("not json\n")  # an edit the cache never saw: the file must be checked again
+    assert not has_token_cache(corpus, tokenizer, cache_dir=cache_dir)
 
 
 def test_same_size_edit_with_restored_mtime_rebuilds(tmp_path, corpus, tokenizer):

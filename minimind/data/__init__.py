@@ -10,7 +10,7 @@ from minimind.data.default_corpus import build_corpus, default_corpus_path
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts, validate_jsonl
 from minimind.data.loader import make_data_loader
 from minimind.data.sampler import RankInvariantSampler
-from minimind.data.token_cache import TokenCache, build_or_load_token_cache
+from minimind.data.token_cache import TokenCache, build_or_load_token_cache, has_token_cache
 from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "build_or_load_token_cache",
     "cache_root",
     "default_corpus_path",
+    "has_token_cache",
     "make_data_loader",
     "validate_jsonl",
 ]

@@ -83,15 +83,8 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
         raise ValueError(f"{tokenizer.name_or_path}: tokenizer needs bos and eos tokens")
     if len(tokenizer) > np.iinfo(TOKEN_DTYPE).max + 1:
         raise ValueError(f"{tokenizer.name_or_path}: {len(tokenizer)} tokens do not fit in uint16")
-    key_inputs = {
-        "format": CACHE_FORMAT,
-        "source": source_identity(data_path),
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "settings": {"bos_id": bos_id, "eos_id": eos_id, "skip_bad_lines": skip_bad_lines},
-    }
-    key = hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
-    parent = Path(cache_dir) if cache_dir is not None else cache_root() / "tokens"
-    folder = parent / f"{data_path.stem}-{key}"
+    folder, key_inputs = token_cache_location(data_path, tokenizer, cache_dir=cache_dir,
+                                              skip_bad_lines=skip_bad_lines)
     reused = (folder / "meta.json").is_file()
     if not reused:
         _build(folder, data_path, tokenizer, key_inputs, batch_texts=batch_texts, show_progress=show_progress,
@@ -99,6 +92,30 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
     cache = _load(folder, reused=reused)
     log(cache.describe())
     return cache
+
+
+def token_cache_location(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
+                         cache_dir: str | Path | None = None, skip_bad_lines: bool = False) -> tuple[Path, dict]:
+    """The folder the token cache of ``data_path`` under ``tokenizer`` has (built or not) and what its key hashes."""
+    data_path = Path(data_path).resolve()
+    key_inputs = {
+        "format": CACHE_FORMAT,
+        "source": source_identity(data_path),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "settings": {"bos_id": tokenizer.bos_token_id, "eos_id": tokenizer.eos_token_id,
+                     "skip_bad_lines": skip_bad_lines},
+    }
+    key = hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
+    parent = Path(cache_dir) if cache_dir is not None else cache_root() / "tokens"
+    return parent / f"{data_path.stem}-{key}", key_inputs
+
+
+def has_token_cache(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
+                    cache_dir: str | Path | None = None, skip_bad_lines: bool = False) -> bool:
+    """Whether a finished token cache of this exact file content, tokenizer and settings exists
+    (hashing the file is much cheaper than parsing it again)."""
+    folder, _ = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines)
+    return (folder / "meta.json").is_file()
 
 
 def source_identity(path: Path) -> dict:

@@ -26,6 +26,7 @@ from minimind.data import (
     RankInvariantSampler,
     build_or_load_token_cache,
     default_corpus_path,
+    has_token_cache,
     make_data_loader,
     validate_jsonl,
 )
@@ -159,7 +160,9 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     model_config = MiniMindConfig(**model_config_kwargs(args), vocab_size=max(len(tokenizer), 6400))
     kernels.resolve_impl(args.kernels, torch.device(accelerator.device_name()))
     data_path = Path(args.data_path) if args.data_path else None
-    if data_path is not None:
+    # Every rank checks the whole file here, so that all reject bad data together before the
+    # process group starts; a file whose token cache exists was checked when it was built.
+    if data_path is not None and not has_token_cache(data_path, tokenizer, skip_bad_lines=args.skip_bad_lines):
         validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
     resume = resume_target(args, save_dir)
     if resume is not None and resume.is_universal:
