@@ -15,13 +15,12 @@ machine). ``--help`` lists every flag; MiniMind's flag names keep their meaning.
 
 import sys
 
-import torch.distributed as dist
-
 from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.training.arguments import parse_args
 from minimind.training.checkpointing import CheckpointWriteError
 from minimind.training.loop import NonFiniteStepsError
 from minimind.training.pretrain import USER_INPUT_ERRORS, pretrain
+from minimind.training.process_group import lost_a_peer
 from minimind.training.rank_print import global_rank
 
 
@@ -43,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointWriteError as error:
         print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
         return 4
-    except dist.DistError as error:  # the usual sign that another rank died: it says why itself
+    except RuntimeError as error:  # DistError, or gloo's plain RuntimeError: another rank died
+        if not lost_a_peer(error):
+            raise
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(f"pretrain_ds.py: stopped: rank {global_rank()}: a collective with the other ranks failed ({reason}); "
               "another rank has probably died or stalled, see its own message", file=sys.stderr, flush=True)

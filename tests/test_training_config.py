@@ -14,6 +14,7 @@ from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_k
 from minimind.training.ds_config import ConfigError, precision_of, read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
 from minimind.training.metrics import model_flops_per_token
+from minimind.training.process_group import lost_a_peer
 from minimind.training.save_dir import disk_space_warning
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
@@ -202,3 +203,13 @@ def test_disk_space_warning_counts_the_checkpoints_kept_plus_the_one_being_writt
     warning = disk_space_warning(tmp_path, n_params, module_bytes_per_param=2, keep=3)
     assert warning.startswith(f"warning: {tmp_path} has 500.0 GiB free") and "--keep_checkpoints 3" in warning
     assert warning.count("\n") == 0
+
+
+def test_a_collective_failing_because_a_peer_died_is_told_apart_from_other_errors():
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:8110. This is typically caused by a remote worker crashing.")
+    assert lost_a_peer(RuntimeError(gloo))
+    assert lost_a_peer(RuntimeError(gloo.replace("closed", "reset")))
+    assert lost_a_peer(torch.distributed.DistBackendError("NCCL communicator was aborted"))
+    assert not lost_a_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not lost_a_peer(ValueError(gloo))

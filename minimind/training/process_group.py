@@ -40,3 +40,14 @@ def unlink_allreduce_buffer() -> None:
     """After every rank has started (a barrier), remove this rank's buffer name. Collective."""
     dist.barrier()
     allreduce_buffer_path(dist.get_rank()).unlink(missing_ok=True)
+
+
+# What gloo says on a surviving rank when a peer's connection drops (it raises a plain RuntimeError).
+GLOO_PEER_LOST = ("Connection closed by peer", "Connection reset by peer")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank went away (or timed out)."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and "gloo" in str(error) and any(m in str(error) for m in GLOO_PEER_LOST)
