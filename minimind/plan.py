@@ -72,6 +72,7 @@ from minimind.model.presets import PRESETS, preset_config_kwargs
 
 GIB = 2**30
 PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+OPTIMIZER_STATE_BYTES_PER_PARAM = 4 + 4 + 4  # fp32 master weight, Adam's two fp32 moments
 OFFLOAD_CHOICES = ("none", "optimizer", "params")
 DEFAULT_RESERVE = 0.10
 DEFAULT_REDUCE_BUCKET_SIZE = 50_000_000  # ds_configs/*.json
@@ -193,7 +194,7 @@ def _states(params: int, ranks: int, largest: int, settings: PlanSettings) -> tu
         param = w * params
         grad = w * params / n if settings.zero == 2 else w * params
     fp32_grad_partition = 4 * params / n
-    optimizer = 12 * params / n
+    optimizer = OPTIMIZER_STATE_BYTES_PER_PARAM * params / n
     if settings.zero == 0 and w == 4:  # plain fp32 Adam steps on the module's own weights and gradients
         fp32_grad_partition, optimizer = 0, 8 * params
     if settings.offload == "none":

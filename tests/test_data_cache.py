@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from minimind.data import DataError, build_or_load_token_cache, has_token_cache
+from minimind.data import DataError, build_or_load_token_cache, token_cache_location
 from minimind.tokenizer import load_tokenizer
 from minimind.tokenizer.train import train_tokenizer
 
@@ -57,15 +57,18 @@ def test_unchanged_source_reuses_the_cache(tmp_path, corpus, tokenizer):
     assert np.array_equal(second.tokens, first.tokens)
 
 
-def test_has_token_cache_answers_for_this_content_tokenizer_and_setting_only(tmp_path, corpus, tokenizer):
+def test_cache_location_is_built_for_this_content_tokenizer_and_setting_only(tmp_path, corpus, tokenizer):
     cache_dir = tmp_path / "cache"
-    assert not has_token_cache(corpus, tokenizer, cache_dir=cache_dir)
-    build(corpus, tokenizer, cache_dir)
-    assert has_token_cache(corpus, tokenizer, cache_dir=cache_dir)
-    assert not has_token_cache(corpus, tokenizer, cache_dir=cache_dir, skip_bad_lines=True)
+    assert not token_cache_location(corpus, tokenizer, cache_dir=cache_dir).built
+    cache, _ = build(corpus, tokenizer, cache_dir)
+    location = token_cache_location(corpus, tokenizer, cache_dir=cache_dir)
+    assert location.built and location.folder == cache.path
+    reused, _ = build(corpus, tokenizer, cache_dir, location=location)
+    assert reused.reused and np.array_equal(reused.tokens, cache.tokens)
+    assert not token_cache_location(corpus, tokenizer, cache_dir=cache_dir, skip_bad_lines=True).built
     with corpus.open("a", encoding="utf-8") as handle:
         handle.write("not json\n")  # an edit the cache never saw: the file must be checked again
-    assert not has_token_cache(corpus, tokenizer, cache_dir=cache_dir)
+    assert not token_cache_location(corpus, tokenizer, cache_dir=cache_dir).built
 
 
 def test_same_size_edit_with_restored_mtime_rebuilds(tmp_path, corpus, tokenizer):

@@ -10,7 +10,7 @@ from minimind.data.default_corpus import build_corpus, default_corpus_path
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts, validate_jsonl
 from minimind.data.loader import make_data_loader
 from minimind.data.sampler import RankInvariantSampler
-from minimind.data.token_cache import TokenCache, build_or_load_token_cache, has_token_cache
+from minimind.data.token_cache import TokenCache, TokenCacheLocation, build_or_load_token_cache, token_cache_location
 from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments
 
 __all__ = [
@@ -22,11 +22,12 @@ __all__ = [
     "RankInvariantSampler",
     "ReadCounts",
     "TokenCache",
+    "TokenCacheLocation",
     "build_corpus",
     "build_or_load_token_cache",
     "cache_root",
     "default_corpus_path",
-    "has_token_cache",
     "make_data_loader",
+    "token_cache_location",
     "validate_jsonl",
 ]

@@ -67,15 +67,30 @@ class TokenCache:
                 f"skipped {self.blank_texts} blank texts, {self.bad_lines} bad lines)")
 
 
+@dataclass(frozen=True)
+class TokenCacheLocation:
+    """Where the token cache of one file's content, tokenizer and settings lives, and what its key hashes."""
+
+    folder: Path
+    key_inputs: dict
+
+    @property
+    def built(self) -> bool:
+        """Whether a finished cache is there (one whose build checked every line of the file)."""
+        return (self.folder / "meta.json").is_file()
+
+
 def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
                               cache_dir: str | Path | None = None, skip_bad_lines: bool = False,
                               batch_texts: int = BATCH_TEXTS, show_progress: bool = True,
-                              log: Callable[[str], None] = print) -> TokenCache:
+                              log: Callable[[str], None] = print,
+                              location: TokenCacheLocation | None = None) -> TokenCache:
     """Return the token cache of ``data_path`` under ``tokenizer``, building it if there is none.
 
     ``cache_dir`` holds one folder per cache (default ``cache_root() / "tokens"``). Bad input
     raises DataError (or is skipped and counted with ``skip_bad_lines``); ``log`` receives a
-    line saying whether the cache was built or reused, and its counts.
+    line saying whether the cache was built or reused, and its counts. ``location``, from
+    ``token_cache_location`` with the same arguments, saves hashing the file again.
     """
     data_path = Path(data_path).resolve()
     bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -83,20 +98,20 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
         raise ValueError(f"{tokenizer.name_or_path}: tokenizer needs bos and eos tokens")
     if len(tokenizer) > np.iinfo(TOKEN_DTYPE).max + 1:
         raise ValueError(f"{tokenizer.name_or_path}: {len(tokenizer)} tokens do not fit in uint16")
-    folder, key_inputs = token_cache_location(data_path, tokenizer, cache_dir=cache_dir,
-                                              skip_bad_lines=skip_bad_lines)
-    reused = (folder / "meta.json").is_file()
+    if location is None:
+        location = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines)
+    reused = location.built
     if not reused:
-        _build(folder, data_path, tokenizer, key_inputs, batch_texts=batch_texts, show_progress=show_progress,
-               log=log)
-    cache = _load(folder, reused=reused)
+        _build(location.folder, data_path, tokenizer, location.key_inputs, batch_texts=batch_texts,
+               show_progress=show_progress, log=log)
+    cache = _load(location.folder, reused=reused)
     log(cache.describe())
     return cache
 
 
 def token_cache_location(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
-                         cache_dir: str | Path | None = None, skip_bad_lines: bool = False) -> tuple[Path, dict]:
-    """The folder the token cache of ``data_path`` under ``tokenizer`` has (built or not) and what its key hashes."""
+                         cache_dir: str | Path | None = None, skip_bad_lines: bool = False) -> TokenCacheLocation:
+    """The location of the token cache of ``data_path`` under ``tokenizer``, built or not (hashes the file)."""
     data_path = Path(data_path).resolve()
     key_inputs = {
         "format": CACHE_FORMAT,
@@ -107,15 +122,7 @@ def token_cache_location(data_path: str | Path, tokenizer: PreTrainedTokenizerFa
     }
     key = hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
     parent = Path(cache_dir) if cache_dir is not None else cache_root() / "tokens"
-    return parent / f"{data_path.stem}-{key}", key_inputs
-
-
-def has_token_cache(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
-                    cache_dir: str | Path | None = None, skip_bad_lines: bool = False) -> bool:
-    """Whether a finished token cache of this exact file content, tokenizer and settings exists
-    (hashing the file is much cheaper than parsing it again)."""
-    folder, _ = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines)
-    return (folder / "meta.json").is_file()
+    return TokenCacheLocation(parent / f"{data_path.stem}-{key}", key_inputs)
 
 
 def source_identity(path: Path) -> dict:

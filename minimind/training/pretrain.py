@@ -24,15 +24,17 @@ from minimind.data import (
     PackedWindows,
     PaddedDocuments,
     RankInvariantSampler,
+    TokenCacheLocation,
     build_or_load_token_cache,
     default_corpus_path,
-    has_token_cache,
     make_data_loader,
+    token_cache_location,
     validate_jsonl,
 )
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.config import ModelConfigError
 from minimind.model.pth_weights import WeightsMismatchError
+from minimind.plan import PRECISION_BYTES
 from minimind.tokenizer.loader import TokenizerLayoutError, load_tokenizer, tokenizer_fingerprint
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs
 from minimind.training.checkpointing import (
@@ -84,6 +86,7 @@ class RunInputs:
     tokenizer: PreTrainedTokenizerFast
     model_config: MiniMindConfig
     data_path: Path | None
+    cache_location: TokenCacheLocation | None  # of data_path; None for the bundled corpus
     resume: CheckpointLocation | None
     ep_size: int | None
 
@@ -162,15 +165,19 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     data_path = Path(args.data_path) if args.data_path else None
     # Every rank checks the whole file here, so that all reject bad data together before the
     # process group starts; a file whose token cache exists was checked when it was built.
-    if data_path is not None and not has_token_cache(data_path, tokenizer, skip_bad_lines=args.skip_bad_lines):
-        validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
+    cache_location = None
+    if data_path is not None:
+        cache_location = token_cache_location(data_path, tokenizer, skip_bad_lines=args.skip_bad_lines)
+        if not cache_location.built:
+            validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
     resume = resume_target(args, save_dir)
     if resume is not None and resume.is_universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
     if resume is not None:
         check_resume_expert_parallel(resume.root, resume.tag, ep_size, ds_config)
-    return RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, resume, ep_size)
+    return RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
+                     resume, ep_size)
 
 
 def start_process_group(args: argparse.Namespace) -> None:
@@ -201,7 +208,8 @@ def load_training_data(args: argparse.Namespace, inputs: RunInputs) -> TrainingD
     tokenizer, data_path, batch = inputs.tokenizer, inputs.data_path, inputs.batch
     token_cache = build_on_local_rank_zero_first(
         lambda: build_or_load_token_cache(
-            data_path or default_corpus_path(), tokenizer, skip_bad_lines=args.skip_bad_lines, log=print0
+            data_path or default_corpus_path(), tokenizer, skip_bad_lines=args.skip_bad_lines, log=print0,
+            location=inputs.cache_location,
         )
     )
     if args.packing:
@@ -244,7 +252,7 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
         model=model, model_parameters=model.parameters(), config=inputs.ds_config, lr_scheduler=scheduler
     )
     report_failed_checkpoint_writes(engine)
-    module_bytes = torch.finfo(model_dtype(inputs.ds_config)).bits // 8
+    module_bytes = PRECISION_BYTES[precision_of(inputs.ds_config)]
     warning = disk_space_warning(inputs.save_dir, n_params, module_bytes, args.keep_checkpoints)
     if warning:
         print0(warning)

@@ -5,6 +5,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from minimind.plan import OPTIMIZER_STATE_BYTES_PER_PARAM
+
 
 def check_writable(save_dir: Path) -> None:
     """Create ``save_dir`` if needed and prove it writable with a trial file; raises PermissionError."""
@@ -19,14 +21,12 @@ def check_writable(save_dir: Path) -> None:
         raise PermissionError(f"--save_dir {save_dir}: not writable")
 
 
-# Bytes per parameter of one checkpoint, all ranks together: the module copy in its dtype,
-# the fp32 master copy and Adam's two fp32 moments.
-OPTIMIZER_STATE_BYTES_PER_PARAM = 4 + 4 + 4
-
-
 def disk_space_warning(save_dir: Path, n_params: int, module_bytes_per_param: int, keep: int) -> str | None:
     """A one-line warning when ``save_dir``'s disk cannot hold ``keep`` checkpoints plus the one
-    being written (pruning happens only after it is complete) and the ``.pth``; else None."""
+    being written (pruning happens only after it is complete) and the ``.pth``; else None.
+
+    A checkpoint holds, over all ranks, the module copy and the optimizer states of every parameter.
+    """
     per_checkpoint = n_params * (module_bytes_per_param + OPTIMIZER_STATE_BYTES_PER_PARAM)
     needed = (max(keep, 1) + 1) * per_checkpoint + 2 * n_params
     free = shutil.disk_usage(save_dir).free
