@@ -21,7 +21,7 @@ from minimind.training.checkpointing import CheckpointWriteError
 from minimind.training.loop import NonFiniteStepsError
 from minimind.training.pretrain import USER_INPUT_ERRORS, pretrain
 from minimind.training.process_group import lost_a_peer
-from minimind.training.rank_print import global_rank
+from minimind.training.world import global_rank
 
 
 def main(argv: list[str] | None = None) -> int:

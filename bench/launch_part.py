@@ -8,11 +8,12 @@ or one running past ``timeout_s``.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from minimind.training.process_group import free_local_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ def launch_part(module: str, ranks: int, part_args: list[str], name: str, out: P
                 exit_grace_s: float = 30) -> None:
     """``deepspeed --num_gpus ranks --module module part_args`` until ``out`` exists; exits on failure."""
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), "--module", module, *part_args]
+               "--master_port", str(free_local_port()), "--module", module, *part_args]
     print(f"{name}: {' '.join(command[3:])}", flush=True)
     started = time.perf_counter()
     log_path = out.with_suffix(".log")
@@ -44,10 +45,3 @@ def launch_part(module: str, ranks: int, part_args: list[str], name: str, out: P
         print(log_path.read_text()[-8000:], file=sys.stderr)
         raise SystemExit(f"{name}: no results (launcher exit status {launcher.returncode})")
     print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now, so that concurrent DeepSpeed jobs on this host do not clash."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

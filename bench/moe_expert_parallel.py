@@ -39,6 +39,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.training.collectives import all_gather, all_reduce, barrier
 from minimind.training.ds_config import resolve_ds_config
 from minimind.training.expert_parallel import install_aux_loss, resolve_expert_parallel
 from minimind.training.loop import train_step
@@ -140,18 +141,16 @@ def run_variant(args: argparse.Namespace) -> None:
             rows = torch.randint(0, model_config.vocab_size, (world, args.batch_size, args.max_seq_len + 1),
                                  generator=generator)[rank]
             micro_batches.append({"input_ids": rows[:, :-1], "labels": rows[:, 1:]})
-        dist.barrier()
+        barrier()
         started = time.perf_counter()
         result = train_step(engine, micro_batches, device)
-        elapsed = torch.tensor([time.perf_counter() - started])
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        elapsed = all_reduce(torch.tensor([time.perf_counter() - started]), op=dist.ReduceOp.MAX)
         if step >= args.warmup_steps:
             step_seconds.append(elapsed.item())
         loss = result.loss
     memory = torch.tensor([module_param_bytes(engine.module), optimizer_bytes(engine.optimizer),
                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024], dtype=torch.float64)
-    gathered = [torch.zeros_like(memory) for _ in range(world)]
-    dist.all_gather(gathered, memory)
+    gathered = [part.cpu() for part in all_gather(memory)]
     median = statistics.median(step_seconds)
     tokens = batch.global_batch * args.max_seq_len
     results = {"parameters": parameters, "median_step_s": median, "tokens_per_s": tokens / median,
@@ -160,7 +159,7 @@ def run_variant(args: argparse.Namespace) -> None:
     if rank == 0:
         args.out.write_text(json.dumps(results))
     print0(f"{args.variant}: {results}")
-    dist.barrier()
+    barrier()
 
 
 def storage_bytes(tensors) -> int:

@@ -40,6 +40,7 @@ import torch
 from bench.launch_part import launch_part
 from minimind.model import MiniMindForCausalLM
 from minimind.plan import PlanSettings, model_config, plan_memory
+from minimind.training.collectives import all_gather_object, barrier
 from minimind.training.ds_config import precision_of, resolve_ds_config
 from minimind.training.process_group import init_process_group
 
@@ -154,8 +155,7 @@ def run_measure(args: argparse.Namespace) -> None:
     for micro in batches:
         train_step(engine, micro, device)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    ranks: list = [None] * world
-    dist.all_gather_object(ranks, {"peak_rss_bytes": peak_rss, "rss_before_model_bytes": rss_before_model})
+    ranks = all_gather_object({"peak_rss_bytes": peak_rss, "rss_before_model_bytes": rss_before_model})
     precision = precision_of(ds_config)
     plan = plan_memory(config, PlanSettings(
         world_size=world, zero=args.zero, micro_batch=args.micro_batch, max_seq_len=args.max_seq_len,
@@ -167,7 +167,7 @@ def run_measure(args: argparse.Namespace) -> None:
         partial = args.out.with_name(args.out.name + ".partial")
         partial.write_text(json.dumps(result, indent=1))
         partial.replace(args.out)
-    dist.barrier()
+    barrier()
 
 
 

@@ -59,6 +59,7 @@ from minimind.data import (
 )
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer import load_tokenizer
+from minimind.training.collectives import all_gather_object, all_reduce, barrier
 from minimind.training.ds_config import precision_of, resolve_ds_config
 from minimind.training.loop import StepResult, all_reduce_sum, take, train_step
 from minimind.training.process_group import init_process_group
@@ -294,8 +295,7 @@ def run_part(args: argparse.Namespace) -> None:
         (run,) = time_interleaved({"deepspeed": engine_step}, batches, args.warmup_steps)
         hook.remove()
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-        ranks: list = [None] * dist.get_world_size()
-        dist.all_gather_object(ranks, {"peak_rss_bytes": peak_rss, "rss_before_model_bytes": rss_before_model,
+        ranks = all_gather_object({"peak_rss_bytes": peak_rss, "rss_before_model_bytes": rss_before_model,
                                        "rss_after_initialize_bytes": rss_after_initialize, "counted": counted})
         result.update(stage=args.stage, ranks=ranks, tokens_per_s=run.tokens_per_s)
     if dist.get_rank() == 0 and args.out is not None:
@@ -304,7 +304,7 @@ def run_part(args: argparse.Namespace) -> None:
         partial.replace(args.out)  # the driver never reads a half-written file
     # No destroy_process_group(): with gloo it sometimes hangs on a rank whose peer has already
     # exited (pytorch/pytorch#75097); process exit tears the group down.
-    dist.barrier()
+    barrier()
 
 
 def current_rss_bytes() -> int:
@@ -393,7 +393,7 @@ def time_interleaved(steps: dict[str, Callable[[list[dict]], StepResult]], batch
         for data in datas:
             micro = batches[data][step_index]
             for name in names:
-                dist.barrier()
+                barrier()
                 started = time.perf_counter()
                 result = steps[name](micro)
                 (seconds,) = max_over_ranks([time.perf_counter() - started], world_device)
@@ -409,9 +409,7 @@ def time_interleaved(steps: dict[str, Callable[[list[dict]], StepResult]], batch
 
 
 def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
+    return all_reduce(torch.tensor(values, dtype=torch.float64, device=device), op=dist.ReduceOp.MAX).tolist()
 
 
 def inner_optimizer(engine) -> torch.optim.Optimizer:

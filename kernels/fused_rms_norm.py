@@ -40,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.device_guard import on_device_of
+
 # One program holds a whole row in registers; beyond this the tile no longer fits.
 MAX_FUSED_HIDDEN = 65536
 # Tiles aim at this many elements: several short rows per tile, or one long row.
@@ -222,23 +224,24 @@ def rms_norm_forward(
     rstd = _empty((n_rows,), torch.float32, x.device)
     if n_rows > 0:
         block_m = _rows_per_tile(block_n, n_rows)
-        _rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
-            x_rows,
-            residual_rows,
-            h_rows,
-            weight,
-            y,
-            rstd,
-            x_rows.stride(0),
-            residual_rows.stride(0),
-            n_rows,
-            hidden,
-            eps,
-            HAS_RESIDUAL=residual is not None,
-            BLOCK_M=block_m,
-            BLOCK_N=block_n,
-            num_warps=_num_warps(block_m * block_n),
-        )
+        with on_device_of(x_rows):
+            _rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+                x_rows,
+                residual_rows,
+                h_rows,
+                weight,
+                y,
+                rstd,
+                x_rows.stride(0),
+                residual_rows.stride(0),
+                n_rows,
+                hidden,
+                eps,
+                HAS_RESIDUAL=residual is not None,
+                BLOCK_M=block_m,
+                BLOCK_N=block_n,
+                num_warps=_num_warps(block_m * block_n),
+            )
     return y, h, h_rows, rstd
 
 
@@ -268,25 +271,26 @@ def rms_norm_backward(
     rows_per_program = triton.cdiv(n_rows, _backward_programs(h_rows.device))
     n_programs = triton.cdiv(n_rows, rows_per_program)
     dw_partial = _empty((n_programs, hidden), torch.float32, h_rows.device)
-    _rms_norm_bwd_kernel[(n_programs,)](
-        dy_rows,
-        h_rows,
-        dsum_rows,
-        weight,
-        rstd,
-        dh,
-        dw_partial,
-        dy_rows.stride(0),
-        h_rows.stride(0),
-        dsum_rows.stride(0),
-        n_rows,
-        hidden,
-        rows_per_program,
-        HAS_DSUM=dsum is not None,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        num_warps=_num_warps(block_m * block_n),
-    )
+    with on_device_of(h_rows):
+        _rms_norm_bwd_kernel[(n_programs,)](
+            dy_rows,
+            h_rows,
+            dsum_rows,
+            weight,
+            rstd,
+            dh,
+            dw_partial,
+            dy_rows.stride(0),
+            h_rows.stride(0),
+            dsum_rows.stride(0),
+            n_rows,
+            hidden,
+            rows_per_program,
+            HAS_DSUM=dsum is not None,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=_num_warps(block_m * block_n),
+        )
     return dh, dw_partial.sum(dim=0).to(weight.dtype)
 
 

@@ -40,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.device_guard import on_device_of
+
 # Each program rotates all heads of up to _MAX_POSITIONS_PER_TILE positions, ~_TILE_ELEMENTS values.
 _TILE_ELEMENTS = 4096
 _MAX_POSITIONS_PER_TILE = 16
@@ -231,30 +233,31 @@ def rope_launch(
     block_s = 1
     while block_s < max_block_s and 2 * block_s * per_position <= _TILE_ELEMENTS:
         block_s *= 2
-    _rope_kernel[(triton.cdiv(n_positions, block_s),)](
-        q,
-        k,
-        q_out,
-        k_out,
-        cos,
-        sin,
-        *q.stride()[:3],
-        *k.stride()[:3],
-        cos.stride(0),
-        sin.stride(0),
-        n_positions,
-        seq,
-        position_offset,
-        n_q_heads,
-        n_kv_heads,
-        half_dim,
-        BLOCK_S=block_s,
-        BLOCK_QH=block_qh,
-        BLOCK_KH=block_kh,
-        BLOCK_D=block_d,
-        BACKWARD=backward,
-        num_warps=4 if block_s * per_position <= 4096 else 8,
-    )
+    with on_device_of(q):
+        _rope_kernel[(triton.cdiv(n_positions, block_s),)](
+            q,
+            k,
+            q_out,
+            k_out,
+            cos,
+            sin,
+            *q.stride()[:3],
+            *k.stride()[:3],
+            cos.stride(0),
+            sin.stride(0),
+            n_positions,
+            seq,
+            position_offset,
+            n_q_heads,
+            n_kv_heads,
+            half_dim,
+            BLOCK_S=block_s,
+            BLOCK_QH=block_qh,
+            BLOCK_KH=block_kh,
+            BLOCK_D=block_d,
+            BACKWARD=backward,
+            num_warps=4 if block_s * per_position <= 4096 else 8,
+        )
     return q_out, k_out
 
 

@@ -1,13 +1,16 @@
 import os
 from pathlib import Path
 
+import torch
+
 # Triton decides at kernel-decoration time whether to interpret, so this must be set before
-# any test imports the kernels: on CPU-only machines the Triton kernels run interpreted.
-# On a GPU machine run `TRITON_INTERPRET=0 pytest` to test the compiled kernels instead.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# any test imports the kernels. Without a CUDA device the Triton kernels run interpreted on
+# CPU; on a GPU machine the tests compile them (set TRITON_INTERPRET=1 to interpret there too).
+# torch.cuda.is_available() only counts devices; it creates no CUDA context to inherit.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from kernels.dispatch import triton_interpreted  # noqa: E402
 from tests.launcher import REFERENCE_TRAINING, launch, write_corpus  # noqa: E402

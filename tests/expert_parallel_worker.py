@@ -24,6 +24,7 @@ from deepspeed.utils import safe_get_full_grad
 
 from minimind.data import IGNORE_INDEX
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.training.collectives import all_reduce, barrier
 from minimind.training.ds_config import resolve_ds_config
 from minimind.training.expert_parallel import (
     install_aux_loss,
@@ -64,8 +65,7 @@ def train(engine, case: dict, steps: range, rank: int, world: int, record: dict)
     names = [name for name, _ in engine.module.named_parameters()]
     for step in steps:
         inputs, labels_of_step = all_inputs[step, rank], all_labels[step, rank]
-        total = torch.tensor([float((labels_of_step != IGNORE_INDEX).sum())], dtype=torch.float64)
-        dist.all_reduce(total)
+        total = all_reduce(torch.tensor([float((labels_of_step != IGNORE_INDEX).sum())], dtype=torch.float64))
         scale = accumulation * world / total.item()  # as minimind.training.loop.train_step
         ce_sum = aux_sum = 0.0
         for input_ids, labels in zip(inputs, labels_of_step, strict=True):
@@ -78,8 +78,7 @@ def train(engine, case: dict, steps: range, rank: int, world: int, record: dict)
             engine.step()
             ce_sum += token_loss.item()
             aux_sum += output.aux_loss.item()
-        sums = torch.tensor([ce_sum, aux_sum], dtype=torch.float64)
-        dist.all_reduce(sums)
+        sums = all_reduce(torch.tensor([ce_sum, aux_sum], dtype=torch.float64))
         record["ce"].append(sums[0].item() / total.item())
         record["aux"].append(sums[1].item() / (accumulation * world))
         record["grads"].append(minimind_named_tensors(engine.module, {n: grads[n] for n in names}))
@@ -106,9 +105,8 @@ def run_scenario(case: dict, rank: int, world: int) -> dict:
     if case.get("weights_path"):
         write_expert_parallel_weights(engine, Path(case["weights_path"]))
     # tokens routed to each expert, summed over steps, layers and ranks (forced-routing check)
-    routed = torch.stack([layer.tokens_per_expert for layer in layers]).sum(0)
-    dist.all_reduce(routed)
-    record["tokens_per_expert"] = routed
+    routed = all_reduce(torch.stack([layer.tokens_per_expert for layer in layers]).sum(0))
+    record["tokens_per_expert"] = routed.cpu()
     aux_hooks.remove()
     engine.destroy()
     if checkpoint_dir:
@@ -138,7 +136,7 @@ def main(cases_path: str, results_path: str) -> None:
         results[case["name"]] = run_scenario(case, rank, world)
     if rank == 0:
         torch.save(results, results_path)
-    dist.barrier()
+    barrier()
 
 
 if __name__ == "__main__":

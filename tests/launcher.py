@@ -7,10 +7,11 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from minimind.training.process_group import free_local_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORDS = (
@@ -30,12 +31,10 @@ REFERENCE_TRAINING = [*TINY_MODEL, *FP32_CONFIG, "--batch_size", "2", "--accumul
                       str(REFERENCE_STEPS), "--learning_rate", "3e-3", "--save_interval", str(REFERENCE_SAVE_INTERVAL)]
 
 
-def config_with_torch_adam(name: str, destination: Path, updates: dict | None = None) -> Path:
-    """``ds_configs/{name}`` with torch's fused AdamW, as ``zero2_fp32.json`` has (so the tests never
-    build DeepSpeed's C++ FusedAdam), and each section of ``updates`` merged in; written to ``destination``."""
+def config_with_updates(name: str, destination: Path, updates: dict) -> Path:
+    """``ds_configs/{name}`` with each section of ``updates`` merged in, written to ``destination``."""
     config = json.loads((REPO_ROOT / "ds_configs" / name).read_text())
-    config["optimizer"]["params"].update(torch_adam=True, fused=True)
-    for section, values in (updates or {}).items():
+    for section, values in updates.items():
         config[section].update(values)
     destination.write_text(json.dumps(config))
     return destination
@@ -51,12 +50,6 @@ def write_corpus(path: Path, lines: int = 600, seed: int = 0) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") -> list[str]:
     """What ``deepspeed --num_gpus ranks script args`` runs on this node, on a free port.
 
@@ -66,19 +59,23 @@ def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") 
     """
     world = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(ranks))}).encode()).decode()
     return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
-            "--master_addr=127.0.0.1", "--master_port", str(free_port()), script, *args]
+            "--master_addr=127.0.0.1", "--master_port", str(free_local_port()), script, *args]
 
 
-def shared_memory_buffers(command: list[str]) -> list[Path]:
-    """The ``/dev/shm`` all-reduce buffers of DeepSpeed's CPU backend that exist for this launch's port."""
-    port = command[command.index("--master_port") + 1]
+def master_port(command: list[str]) -> int:
+    """The port after ``--master_port`` in a launch command."""
+    return int(command[command.index("--master_port") + 1])
+
+
+def shared_memory_buffers(port: int) -> list[Path]:
+    """The ``/dev/shm`` all-reduce buffers of DeepSpeed's CPU backend that exist for a job on ``port``."""
     return list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
-def remove_shared_memory_buffers(command: list[str]) -> None:
+def remove_shared_memory_buffers(port: int) -> None:
     """Delete what ``shared_memory_buffers`` finds: a run killed before its ranks unlinked them
     leaves 69 MB per rank, and dozens of such launches would fill ``/dev/shm``."""
-    for buffer in shared_memory_buffers(command):
+    for buffer in shared_memory_buffers(port):
         buffer.unlink(missing_ok=True)
 
 
@@ -89,15 +86,22 @@ def launch_env(env: dict | None = None) -> dict:
 
 def launch(ranks: int, args: list[str], script: str = "pretrain_ds.py", env: dict | None = None,
            timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``launch_command`` from the repository root, output captured; fails the test on a
-    non-zero exit, or on shared-memory buffers a successful run left behind, unless ``check`` is False."""
+    """Run ``launch_command`` from the repository root; see ``run_job``."""
     command = launch_command(ranks, args, script)
+    return run_job(command, master_port(command), env, timeout, check)
+
+
+def run_job(command: list[str], port: int, env: dict | None = None, timeout: int = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``command``, a job whose ranks meet on ``port``, from the repository root, output
+    captured; fails the test on a non-zero exit, or on shared-memory buffers a successful run
+    left behind, unless ``check`` is False."""
     try:
         result = subprocess.run(command, cwd=REPO_ROOT, env=launch_env(env), capture_output=True, text=True,
                                 timeout=timeout)
-        leftover = shared_memory_buffers(command)
+        leftover = shared_memory_buffers(port)
     finally:
-        remove_shared_memory_buffers(command)
+        remove_shared_memory_buffers(port)
     if check and result.returncode != 0:
         raise AssertionError(f"launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     if check and leftover:
@@ -117,7 +121,7 @@ def started_job(ranks: int, args: list[str], env: dict | None = None, **popen_kw
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
-        remove_shared_memory_buffers(command)
+        remove_shared_memory_buffers(master_port(command))
 
 
 def read_metrics(save_dir: Path) -> list[dict]:

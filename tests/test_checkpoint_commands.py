@@ -24,7 +24,7 @@ from minimind.checkpoint.safe_load import checkpoint_loading, load_checkpoint_fi
 from minimind.checkpoint.standalone_code import standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import REFERENCE_STEPS, REPO_ROOT, free_port, write_corpus
+from tests.launcher import REFERENCE_STEPS, REPO_ROOT, free_local_port, write_corpus
 
 PROMPT = [[1, 45, 300, 77, 1200, 9, 3000, 12]]
 
@@ -226,7 +226,7 @@ def test_universal_checkpoint_loads_on_one_rank(trained, universal_root, tmp_pat
     result_path = tmp_path / "loaded.pt"
     # one rank needs no launcher: the env:// rendezvous variables are all deepspeed.init_distributed reads
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+           "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_local_port())}
     result = subprocess.run([sys.executable, "tests/universal_load_worker.py", str(universal_root), str(result_path)],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

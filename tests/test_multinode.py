@@ -9,11 +9,16 @@ process. With ``--no_ssh`` the runner starts ``deepspeed.launcher.launch`` local
 --hostfile H`` starts both through DeepSpeed's default pdsh launcher over ssh, to an sshd the
 test starts bound to those two addresses (skipped where openssh-server, pdsh or root is missing).
 
-Either way the world of 2 must train exactly as the session's 2-rank single-node
-``reference_run`` did.
+``openmpi``: ``deepspeed --launcher openmpi --force_multi`` with a one-host hostfile, so that
+mpirun (not the local launcher) starts the ranks, with only OpenMPI's variables set (skipped
+where OpenMPI or mpi4py is missing).
+
+Each way the world of 2 must train exactly as the session's 2-rank single-node
+``reference_run`` did. A ``--save_dir`` that is a different folder on each node is refused.
 """
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -28,9 +33,11 @@ from tests.launcher import (
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
     REPO_ROOT,
-    free_port,
+    free_local_port,
+    master_port,
     read_metrics,
     remove_shared_memory_buffers,
+    run_job,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,19 +45,25 @@ pytestmark = pytest.mark.slow
 NODE_TIMEOUT_S = 240
 
 
-def launch_two_nodes(tmp_path: Path, args: list[str], env: dict) -> list[subprocess.CompletedProcess]:
-    """Start node 0 and node 1 concurrently through ``deepspeed --no_ssh``; wait for both."""
+def launch_two_nodes(tmp_path: Path, args: list[str], env: dict, own_folders: bool = False,
+                     check: bool = True) -> list[subprocess.CompletedProcess]:
+    """Start node 0 and node 1 concurrently through ``deepspeed --no_ssh``; wait for both.
+
+    ``own_folders``: each node runs in its own working directory (``tmp_path/node{N}``), so
+    relative paths name a different folder on each, as per-node disks would."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")
-    port = free_port()
+    port = free_local_port()
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
     nodes = []
     for node_rank in (0, 1):
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh",
                    "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
-                   "pretrain_ds.py", *args]
+                   str(REPO_ROOT / "pretrain_ds.py"), *args]
+        folder = tmp_path / f"node{node_rank}" if own_folders else REPO_ROOT
+        folder.mkdir(exist_ok=True)
         log = open(tmp_path / f"node{node_rank}.log", "w+")  # noqa: SIM115 - closed below
-        nodes.append((subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        nodes.append((subprocess.Popen(command, cwd=folder, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True), log))
     results = []
     for process, log in nodes:
@@ -61,19 +74,20 @@ def launch_two_nodes(tmp_path: Path, args: list[str], env: dict) -> list[subproc
                 if other.poll() is None:
                     os.killpg(other.pid, 9)
                     other.wait()
-        remove_shared_memory_buffers(process.args)
+        remove_shared_memory_buffers(master_port(process.args))
         log.seek(0)
         results.append(subprocess.CompletedProcess(process.args, process.returncode, log.read()))
         log.close()
     for node_rank, result in enumerate(results):
-        assert result.returncode == 0, f"node {node_rank} failed ({result.returncode}):\n{result.stdout[-4000:]}"
+        assert result.returncode == 0 or not check, f"node {node_rank} failed ({result.returncode}):\n" \
+                                                    f"{result.stdout[-4000:]}"
     return results
 
 
 def launch_two_nodes_over_ssh(tmp_path: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
     """One ``deepspeed --hostfile H --ssh_port P pretrain_ds.py ...``: DeepSpeed's default pdsh
     launcher reaches both loopback "nodes" through an sshd this test starts on 127.0.0.1/.2."""
-    port = free_port()
+    port = free_local_port()
     with running_sshd(tmp_path, port) as client_key:
         hostfile = tmp_path / "hostfile_ssh"
         hostfile.write_text("127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
@@ -83,7 +97,7 @@ def launch_two_nodes_over_ssh(tmp_path: Path, args: list[str], env: dict) -> sub
         full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DS_ENV_FILE": str(env_file),
                     "PDSH_SSH_ARGS_APPEND": ssh_options}
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--ssh_port",
-                   str(port), "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                   str(port), "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", str(free_local_port()),
                    "pretrain_ds.py", *args]
         result = subprocess.run(command, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
                                 timeout=NODE_TIMEOUT_S)
@@ -145,4 +159,44 @@ def test_two_nodes_train_as_one_node_with_two_ranks(launcher, tmp_path, corpus, 
     for a, b in zip(one, two, strict=True):
         # Same world, data split and seeds; only the torch thread count per rank may differ,
         # which can change float summation order.
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), a["step"]
+
+
+def test_a_save_dir_the_nodes_do_not_share_is_refused_in_one_line(tmp_path, corpus, launch_env_vars, reference_run):
+    """``--save_dir out`` resolved on per-node disks: only rank 0 writes ``latest`` and the model
+    states, so node B could never resume; every rank stops at start with status 2."""
+    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", "out"]
+    results = launch_two_nodes(tmp_path, args, launch_env_vars, own_folders=True, check=False)
+    for result in results:
+        assert result.returncode != 0
+        errors = [line for line in result.stdout.splitlines() if "pretrain_ds.py: error:" in line]
+        assert len(errors) == 1 and "not the same folder on every node" in errors[0], result.stdout[-3000:]
+        assert "Traceback" not in result.stdout
+    assert not (tmp_path / "node0" / "out" / "checkpoints").exists()
+
+
+def test_openmpi_launcher_trains_as_one_node_with_two_ranks(tmp_path, corpus, launch_env_vars, reference_run):
+    """``deepspeed --launcher openmpi``: mpirun starts the ranks with only OMPI_COMM_WORLD_* set;
+    the batch arithmetic must see a world of 2 before DeepSpeed's MPI discovery runs."""
+    for tool in ("mpirun", "ompi_info"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (the OpenMPI launcher test needs openmpi-bin)")
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpi4py is not installed (DeepSpeed's MPI discovery needs it)")
+    hostfile = tmp_path / "hostfile_mpi"
+    hostfile.write_text("localhost slots=2\n")
+    save_dir = tmp_path / "openmpi"
+    port = free_local_port()
+    mpirun_args = "--oversubscribe --mca btl_tcp_if_include lo" + (" --allow-run-as-root" if os.geteuid() == 0 else "")
+    # --force_multi: with one host in the hostfile the runner would otherwise quietly use its local launcher
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--launcher", "openmpi", "--force_multi",
+               "--no_ssh_check", "--hostfile", str(hostfile), "--launcher_args", mpirun_args, "--master_addr",
+               "127.0.0.1", "--master_port", str(port), "pretrain_ds.py", *REFERENCE_TRAINING, "--data_path",
+               str(corpus), "--save_dir", str(save_dir)]
+    result = run_job(command, port, env={**launch_env_vars, "MASTER_PORT": str(port)}, timeout=NODE_TIMEOUT_S)
+    assert "cmd = mpirun -n 2" in result.stdout + result.stderr  # the runner really went through mpirun
+    assert "launcher: openmpi, 2 processes" in result.stdout  # and the ranks saw only OpenMPI's variables
+    one, two = read_metrics(reference_run), read_metrics(save_dir)
+    assert [m["step"] for m in two] == list(range(1, REFERENCE_STEPS + 1))
+    for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), a["step"]

@@ -17,14 +17,16 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from tests.launcher import (
+    FP32_CONFIG,
     REFERENCE_SAVE_INTERVAL,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
+    REPO_ROOT,
     TINY_MODEL,
-    config_with_torch_adam,
     launch,
     read_metrics,
     started_job,
+    write_corpus,
 )
 
 pytestmark = pytest.mark.slow
@@ -68,7 +70,7 @@ def test_nonfinite_steps_are_skipped_on_both_ranks_and_too_many_in_a_row_stop_th
         launch_dir, corpus, launch_env_vars):
     """bf16: step 3 is non-finite (skipped, training goes on), steps 6-8 too (3 in a row: stop)."""
     save_dir = launch_dir / "nonfinite"
-    bf16 = config_with_torch_adam("zero2_bf16.json", launch_dir / "bf16_test.json")
+    bf16 = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
     result = launch(2, [*TINY_MODEL, "--deepspeed_config", str(bf16), "--data_path", str(corpus), "--save_dir",
                         str(save_dir), "--batch_size", "2",
                         "--accumulation_steps", "1", "--max_steps", "50", "--save_interval", "1",
@@ -162,3 +164,24 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(launch_dir, corpus, 
     assert (save_dir / "checkpoints" / "latest").read_text() == f"step_{stopped_at}"
     launch(2, [*args, "--from_resume", "1"], env=launch_env_vars)
     assert_resumed_losses_equal_the_reference(save_dir, reference_run, from_step=stopped_at)
+
+
+def test_a_token_cache_build_longer_than_the_collective_timeout_does_not_stop_the_job(tmp_path):
+    """Rank 0 tokenizes a corpus for several collective timeouts while rank 1 waits on the cache's
+    lock file, not in a collective; the job then trains. (Waiting in a barrier, rank 1's gloo
+    timeout used to end the job; NCCL's watchdog would do the same.)"""
+    timeout_s = 5
+    corpus = write_corpus(tmp_path / "part.jsonl", lines=100_000)
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as out:
+        for _ in range(5):  # ~100 MB: about 20 s of tokenization on this project's 2-core machine
+            out.write(corpus.read_bytes())
+    cache = tmp_path / "cache"
+    launch(2, [*TINY_MODEL, *FP32_CONFIG, "--data_path", str(big), "--save_dir", str(tmp_path / "out"),
+               "--batch_size", "2", "--accumulation_steps", "1", "--max_steps", "2",
+               "--collective_timeout", str(timeout_s)], env={"MINIMIND_CACHE_DIR": str(cache)})
+    # the builder's last progress line in the lock file says how long it held the lock
+    (progress,) = [path.read_text() for path in (cache / "tokens").glob(".*.lock")]
+    held_s = float(progress.split(", ", 1)[1].split(" s:", 1)[0])
+    assert held_s > 2 * timeout_s, progress
+    assert len(read_metrics(tmp_path / "out")) == 2

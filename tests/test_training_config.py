@@ -34,6 +34,18 @@ def test_shipped_configs_are_valid(path):
     assert plan.grad_clip == 1.0
 
 
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_configs_never_need_a_cuda_toolkit_build(path):
+    """DeepSpeed's own AdamW JIT-builds its FusedAdam CUDA extension (nvcc, a matching CUDA_HOME);
+    every config uses torch's fused AdamW instead, except CPU offload, which keeps DeepSpeedCPUAdam."""
+    config = read_ds_config(path)
+    if config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu":
+        assert not config["optimizer"]["params"].get("torch_adam")
+        return
+    assert config["optimizer"]["type"] == "AdamW"
+    assert config["optimizer"]["params"]["torch_adam"] is True and config["optimizer"]["params"]["fused"] is True
+
+
 def test_required_configs_exist_with_their_precision():
     expected = {
         "zero2_bf16.json": ("bf16", 2), "zero2_fp16.json": ("fp16", 2), "zero2_fp32.json": ("fp32", 2),
@@ -211,5 +223,12 @@ def test_a_collective_failing_because_a_peer_died_is_told_apart_from_other_error
     assert lost_a_peer(RuntimeError(gloo))
     assert lost_a_peer(RuntimeError(gloo.replace("closed", "reset")))
     assert lost_a_peer(torch.distributed.DistBackendError("NCCL communicator was aborted"))
+    # NCCL's watchdog, as older torch raises it (a RuntimeError) and as a remote failure
+    watchdog = ("[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=12, OpType=ALLREDUCE, "
+                "NumelIn=2, NumelOut=2, Timeout(ms)=600000) ran for 600117 milliseconds before timing out.")
+    assert lost_a_peer(RuntimeError(watchdog))
+    assert lost_a_peer(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there "
+                                    "was a network error, NCCL version 2.21.5 ncclRemoteError"))
+    assert not lost_a_peer(RuntimeError("NCCL error: invalid usage (run with NCCL_DEBUG=WARN for details)"))
     assert not lost_a_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not lost_a_peer(ValueError(gloo))

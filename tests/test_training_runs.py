@@ -5,6 +5,7 @@ accumulation 2, 40 steps, checkpoints every 10); the others launch the one varia
 """
 
 import math
+import sys
 
 import pytest
 import torch
@@ -17,9 +18,11 @@ from tests.launcher import (
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
     TINY_MODEL,
-    config_with_torch_adam,
+    config_with_updates,
+    free_local_port,
     launch,
     read_metrics,
+    run_job,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,8 +41,13 @@ def assert_losses_follow(actual: list[dict], expected: list[dict], exact_steps: 
 
 @pytest.fixture(scope="module")
 def one_rank(launch_dir, corpus, launch_env_vars):
+    """The whole batch in one process started as MiniMind's users start its trainer, with no
+    launcher at all: ``python pretrain_ds.py ...``."""
     save_dir = launch_dir / "one_rank"
-    launch(1, [*ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus), "--save_dir", str(save_dir)], env=launch_env_vars)
+    port = free_local_port()  # where the single process's group meets (the run picks one itself otherwise)
+    result = run_job([sys.executable, "pretrain_ds.py", *ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus),
+                      "--save_dir", str(save_dir)], port, env={**launch_env_vars, "MASTER_PORT": str(port)})
+    assert "launcher: none, a single process (rank 0 of 1)" in result.stdout
     return save_dir
 
 
@@ -48,6 +56,17 @@ def test_two_ranks_reproduce_one_rank_with_the_whole_batch(reference_run, one_ra
     assert [m["step"] for m in sharded] == list(range(1, REFERENCE_STEPS + 1))
     assert_losses_follow(sharded, single, exact_steps=6, rel=1e-5)
     assert sharded[0]["loss"] == pytest.approx(math.log(6400), rel=0.05)  # near-uniform start
+
+
+def test_torchrun_trains_as_deepspeed_s_launcher_does(reference_run, launch_dir, corpus, launch_env_vars):
+    save_dir = launch_dir / "torchrun"
+    port = free_local_port()
+    result = run_job([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                      "127.0.0.1", "--master_port", str(port), "pretrain_ds.py", *REFERENCE_TRAINING, "--data_path",
+                      str(corpus), "--save_dir", str(save_dir)], port, env=launch_env_vars)
+    assert "launcher: deepspeed/torchrun, 2 processes" in result.stdout
+    # same world, data split and seeds; torchrun's one thread per rank may change summation order
+    assert_losses_follow(read_metrics(save_dir), read_metrics(reference_run), exact_steps=REFERENCE_STEPS, rel=1e-5)
 
 
 def test_metrics_file_has_the_documented_fields(reference_run):
@@ -72,8 +91,8 @@ def test_checkpoints_are_pruned_and_minimind_weights_written(reference_run):
 
 
 def test_fp16_loss_scaler_skips_an_infinite_loss_on_both_ranks(launch_dir, corpus, launch_env_vars):
-    config_path = config_with_torch_adam("zero2_fp16.json", launch_dir / "fp16_test.json",
-                                         {"fp16": {"initial_scale_power": 8, "loss_scale_window": 2, "hysteresis": 1}})
+    config_path = config_with_updates("zero2_fp16.json", launch_dir / "fp16_test.json",
+                                      {"fp16": {"initial_scale_power": 8, "loss_scale_window": 2, "hysteresis": 1}})
     save_dir = launch_dir / "fp16"
     launch(2, [*TINY_MODEL, "--deepspeed_config", str(config_path), "--data_path", str(corpus), "--save_dir",
                str(save_dir), "--batch_size", "2", "--accumulation_steps", "1", "--max_steps", "6",

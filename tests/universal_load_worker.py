@@ -18,6 +18,7 @@ from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_st
 
 from minimind.checkpoint.locate import locate_checkpoint, model_config_dict, read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.training.collectives import barrier
 from minimind.training.ds_config import resolve_ds_config
 from minimind.training.process_group import init_process_group
 
@@ -45,7 +46,7 @@ def main(universal_root: str, result_path: str) -> None:
         result["params"][name] = {key: value.detach().cpu().clone() for key, value in state.items()}
     if dist.get_rank() == 0:
         torch.save(result, result_path)
-    dist.barrier()
+    barrier()
 
 
 if __name__ == "__main__":

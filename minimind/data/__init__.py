@@ -11,7 +11,7 @@ from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts, v
 from minimind.data.loader import make_data_loader
 from minimind.data.sampler import RankInvariantSampler
 from minimind.data.token_cache import TokenCache, TokenCacheLocation, build_or_load_token_cache, token_cache_location
-from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments
+from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments, RepeatedSamples
 
 __all__ = [
     "DataError",
@@ -21,6 +21,7 @@ __all__ = [
     "PaddedDocuments",
     "RankInvariantSampler",
     "ReadCounts",
+    "RepeatedSamples",
     "TokenCache",
     "TokenCacheLocation",
     "build_corpus",

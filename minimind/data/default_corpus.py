@@ -20,12 +20,13 @@ import re
 import sysconfig
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
+from minimind.data.build_lock import build_once
 from minimind.data.cache_root import cache_root
 
 CORPUS_FORMAT = 1  # bump when the extraction rules change, so that cached corpora are rebuilt
@@ -38,16 +39,18 @@ _DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctio
 _STATEMENT_LISTS = ("body", "orelse", "finalbody", "handlers", "cases")
 
 
-def default_corpus_path(cache_dir: str | Path | None = None, *, show_progress: bool = True) -> Path:
-    """Return the default corpus file, building it first (~30 s on 2 cores) if it is not cached.
+def default_corpus_path(cache_dir: str | Path | None = None, *, show_progress: bool = True,
+                        log: Callable[[str], None] = print) -> Path:
+    """Return the default corpus file, building it first (~30 s on 2 cores) if it is not cached
+    (one process at a time; the others wait for its file).
 
-    ``cache_dir`` defaults to ``cache_root()``.
+    ``cache_dir`` defaults to ``cache_root()``; ``log`` gets the waiting processes' lines.
     """
     folder = Path(cache_dir) if cache_dir is not None else cache_root()
     versions = "-".join(f"{name}{version}" for name, version in _environment_versions())
     path = folder / f"default_corpus-v{CORPUS_FORMAT}-{versions}.jsonl"
-    if not path.is_file():
-        build_corpus(default_source_roots(), path, show_progress=show_progress)
+    build_once(path, path.is_file, lambda _: build_corpus(default_source_roots(), path, show_progress=show_progress),
+               log=log)
     return path
 
 

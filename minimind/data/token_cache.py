@@ -10,9 +10,9 @@ reused. It holds:
     meta.json    the key's inputs and the counts, written last
 
 It is built in a temporary folder renamed into place at the end, so a crashed or failed build
-(bad input raises DataError during the pass) is never taken for a finished cache. The function
-knows nothing of torch.distributed: with several ranks, call it on local rank 0, then on the
-other ranks after a barrier, where it finds and loads the cache rank 0 built.
+(bad input raises DataError during the pass) is never taken for a finished cache. Every rank
+may call it at once, before any process group exists: one process builds under a file lock
+(``minimind.data.build_lock``) while the others wait on the lock, then load what it built.
 """
 
 import contextlib
@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from minimind.data.build_lock import BuildProgress, build_once
 from minimind.data.cache_root import cache_root
 from minimind.data.jsonl_reader import DataError, JsonlTextReader
 from minimind.tokenizer import tokenizer_fingerprint
@@ -100,11 +101,13 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
         raise ValueError(f"{tokenizer.name_or_path}: {len(tokenizer)} tokens do not fit in uint16")
     if location is None:
         location = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines)
-    reused = location.built
-    if not reused:
-        _build(location.folder, data_path, tokenizer, location.key_inputs, batch_texts=batch_texts,
-               show_progress=show_progress, log=log)
-    cache = _load(location.folder, reused=reused)
+    built_here = build_once(
+        location.folder, lambda: location.built,
+        lambda progress: _build(location.folder, data_path, tokenizer, location.key_inputs, batch_texts=batch_texts,
+                                show_progress=show_progress, log=log, lock_progress=progress),
+        log=log,
+    )
+    cache = _load(location.folder, reused=not built_here)
     log(cache.describe())
     return cache
 
@@ -143,8 +146,9 @@ def source_identity(path: Path) -> dict:
 
 
 def _build(folder: Path, data_path: Path, tokenizer: PreTrainedTokenizerFast, key_inputs: dict, *,
-           batch_texts: int, show_progress: bool, log: Callable[[str], None]) -> None:
-    """Tokenize ``data_path`` into a temporary folder, then rename it to ``folder``."""
+           batch_texts: int, show_progress: bool, log: Callable[[str], None], lock_progress: BuildProgress) -> None:
+    """Tokenize ``data_path`` into a temporary folder, then rename it to ``folder``; the bytes done
+    go to ``lock_progress`` for the processes waiting on the build."""
     log(f"token cache: tokenizing {data_path} into {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
@@ -165,6 +169,7 @@ def _build(folder: Path, data_path: Path, tokenizer: PreTrainedTokenizerFast, ke
                 offsets.append(num_tokens + np.cumsum(lengths))
                 num_tokens += int(lengths.sum())
                 progress.update(reader.counts.bytes_read - progress.n)
+                lock_progress.report(f"tokenized {progress.n / 2**20:.1f} of {progress.total / 2**20:.1f} MiB")
         np.save(staging / "offsets.npy", np.concatenate(offsets))
         meta = {**key_inputs, "documents": reader.counts.texts, "tokens": num_tokens,
                 "blank_texts": reader.counts.blank, "bad_lines": reader.counts.bad_lines}

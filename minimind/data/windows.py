@@ -93,3 +93,22 @@ def shifted_sample(ids: np.ndarray, max_seq_len: int, pad_id: int) -> dict[str, 
     input_ids[:min(len(ids), max_seq_len)] = ids[:max_seq_len]
     labels[:len(ids) - 1] = ids[1:]
     return {"input_ids": input_ids, "labels": labels}
+
+
+class RepeatedSamples(Dataset):
+    """``samples`` ``repeats`` times over: sample i is ``samples[i % len(samples)]``.
+
+    For a corpus smaller than a few global batches (the bundled corpus on a large cluster).
+    """
+
+    def __init__(self, samples: Dataset, repeats: int):
+        if repeats < 1:
+            raise ValueError(f"repeats must be positive, got {repeats}")
+        self.samples = samples
+        self.repeats = repeats
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeats
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.samples[index % len(self.samples)]

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_nonfinite_steps", type=int, default=20,
                      help="stop (with a checkpoint of the last good state) after this many consecutive "
                           "optimizer steps skipped for non-finite gradients")
+    run.add_argument("--tf32", type=int, choices=(0, 1), default=1,
+                     help="1: fp32 training on CUDA runs its matmuls on TF32 tensor cores; 0: full fp32 matmuls")
     run.add_argument("--use_wandb", action="store_true")
     run.add_argument("--wandb_project", default="MiniMind-Pretrain")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)

@@ -9,16 +9,17 @@ rank, resolved config, tokenizer identity, wandb id), prunes old tags and writes
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from deepspeed.utils import safe_get_full_fp32_param
 
 from minimind.model.pth_weights import save_minimind_state
-from minimind.training.rank_print import global_rank
+from minimind.training.collectives import all_gather_object, barrier
+from minimind.training.world import global_rank, world_size
 
 TAG_PREFIX = "step_"
 
@@ -38,30 +39,29 @@ class TrainingPosition:
 
 
 def rng_state() -> dict:
-    """This rank's Python, NumPy and torch RNG states."""
+    """This rank's Python, NumPy and torch RNG states, and its own GPU's generator.
+
+    Only the current device's: a rank uses one GPU, and a resume where a rank sees fewer GPUs
+    (Slurm's one GPU per task, another node shape) must not index a device that is not there.
+    """
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
 def restore_rng_state(state: dict) -> None:
-    """Put back what ``rng_state`` captured."""
+    """Put back what ``rng_state`` captured (the GPU generator onto this rank's current device)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
 
 
 def all_rng_states() -> list[dict]:
     """Every rank's RNG state, gathered to all ranks (saved in the client state)."""
-    mine = rng_state()
-    if not dist.is_initialized():
-        return [mine]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, mine)
-    return gathered
+    return all_gather_object(rng_state())
 
 
 def save_training_state(engine, checkpoint_dir: Path, position: TrainingPosition, client_extra: dict,
@@ -79,8 +79,7 @@ def save_training_state(engine, checkpoint_dir: Path, position: TrainingPosition
     if global_rank() == 0:
         point_latest_at(checkpoint_dir, tag)
         prune_checkpoints(checkpoint_dir, keep)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return tag
 
 
@@ -150,7 +149,7 @@ def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:
     if load_path is None:
         raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint could be loaded (tag {tag or 'latest'})")
     states = client_state["rng_states"]
-    if len(states) == dist.get_world_size() if dist.is_initialized() else len(states) == 1:
+    if len(states) == world_size():
         restore_rng_state(states[global_rank()])
     return client_state
 
@@ -162,7 +161,7 @@ def write_minimind_weights(engine, save_dir: Path, hidden_size: int, use_moe: bo
     updates smaller than the module dtype's rounding are kept. Collective: call on every rank.
     """
     state = master_weights_state_dict(engine)
-    if global_rank() != 0:
+    if state is None:
         return None
     return save_weights_file(state, save_dir / minimind_weights_name(hidden_size, use_moe))
 
@@ -176,18 +175,31 @@ def save_weights_file(state: dict[str, torch.Tensor], path: Path) -> Path:
         raise CheckpointWriteError(failed_write_message(path, error, intact)) from error
 
 
-def master_weights_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The module's state dict with every parameter replaced by its full fp32 master value.
+def master_weights_state_dict(
+    engine, gather: Callable[[str, torch.Tensor], torch.Tensor] | None = None
+) -> dict[str, torch.Tensor] | None:
+    """On global rank 0, the module's state dict with every parameter replaced by its full fp32
+    master value, on the host; None on the other ranks.
 
-    Uses DeepSpeed's ``safe_get_full_fp32_param`` (gathers across ranks under ZeRO 1-3);
-    tied keys (``lm_head.weight``) take their source parameter's value. Collective.
+    Uses DeepSpeed's ``safe_get_full_fp32_param`` (gathers across ranks under ZeRO 1-3, on the
+    accelerator); ``gather(name, tensor)``, when given, completes a tensor further (AutoEP's
+    experts). Every rank takes part in each gather, but only rank 0 keeps the result: the
+    others drop each tensor at once, so no rank but one ever holds the whole model on its host.
+    Tied keys (``lm_head.weight``) take their source parameter's value. Collective.
     """
+    keep = global_rank() == 0
     names_by_id = {}
     state = {}
     for name, param in engine.module.named_parameters():
         full = safe_get_full_fp32_param(param)
-        state[name] = (full if full is not None else param.detach()).float().cpu()
+        full = full if full is not None else param.detach()
+        if gather is not None:
+            full = gather(name, full)
+        if keep:
+            state[name] = full.float().cpu()
         names_by_id[id(param)] = name
+    if not keep:
+        return None
     for key, value in engine.module.state_dict(keep_vars=True).items():
         if key not in state:
             state[key] = state[names_by_id[id(value)]] if id(value) in names_by_id else value.detach().float().cpu()

@@ -16,11 +16,10 @@ experts replicated. This module
   writes MiniMind's ``.pth`` from them.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from deepspeed.checkpoint.autoep_affine import autoep_experts_for_rank
 from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 from torch import nn
@@ -29,8 +28,8 @@ from minimind.checkpoint.safe_load import load_checkpoint_file
 from minimind.model import MiniMindConfig
 from minimind.model.moe import MoEGate
 from minimind.training.checkpointing import master_weights_state_dict, save_weights_file
+from minimind.training.collectives import all_gather
 from minimind.training.ds_config import ConfigError
-from minimind.training.rank_print import global_rank
 
 # Where AutoEP finds MiniMind's pieces (module and config attribute names of minimind/model).
 MINIMIND_AUTOEP_NAMES = {
@@ -219,20 +218,33 @@ def check_resume_expert_parallel(checkpoint_dir: Path, tag: str | None, ep_size:
     )
 
 
-def minimind_named_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``tensors`` named as in an AutoEP ``model``, renamed to MiniMind's keys, experts gathered.
+def autoep_layers(model: nn.Module) -> dict[str, AutoEPMoELayer]:
+    """The AutoEP layers of ``model`` by module path (``model.layers.{i}.mlp``)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, AutoEPMoELayer)}
 
-    Each grouped ``experts.w{1,2,3}`` (local experts, out, in) is gathered over its
-    expert-parallel group, then ``minimind_expert_keys`` renames everything. Collective on
-    the expert-parallel groups: every rank calls it with the same names.
+
+def expert_gatherer(model: nn.Module) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """``gather(name, tensor)`` for tensors named as in an AutoEP ``model``: each grouped
+    ``experts.w{1,2,3}`` (local experts, out, in) is gathered over its expert-parallel group
+    into every expert (on the accelerator); other tensors pass unchanged. Collective on the
+    expert-parallel groups: every rank calls it with the same names in the same order.
     """
-    layers = {name: module for name, module in model.named_modules() if isinstance(module, AutoEPMoELayer)}
-    whole = {}
-    for name, tensor in tensors.items():
+    layers = autoep_layers(model)
+
+    def gather(name: str, tensor: torch.Tensor) -> torch.Tensor:
         prefix, _, local = name.rpartition(".experts.")
         layer = layers.get(prefix)
-        whole[name] = gather_experts(layer, tensor) if layer is not None and local in EXPERT_TENSOR_NAMES else tensor
-    return minimind_expert_keys(whole, layers)
+        return gather_experts(layer, tensor) if layer is not None and local in EXPERT_TENSOR_NAMES else tensor
+
+    return gather
+
+
+def minimind_named_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` named as in an AutoEP ``model``, renamed to MiniMind's keys, experts gathered
+    (``expert_gatherer``, then ``minimind_expert_keys``). Collective on the expert-parallel groups."""
+    gather = expert_gatherer(model)
+    return minimind_expert_keys({name: gather(name, tensor) for name, tensor in tensors.items()},
+                                autoep_layers(model))
 
 
 def minimind_expert_keys(tensors: dict[str, torch.Tensor], moe_layers: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -260,12 +272,12 @@ def minimind_expert_keys(tensors: dict[str, torch.Tensor], moe_layers: Iterable[
 
 
 def gather_experts(layer: AutoEPMoELayer, local: torch.Tensor) -> torch.Tensor:
-    """(local experts, ...) on each rank of the layer's group -> (all experts, ...) in global expert order."""
+    """(local experts, ...) on each rank of the layer's group -> (all experts, ...) in global expert order,
+    on the accelerator device."""
     if layer.ep_size == 1:
         return local
-    parts = [torch.empty_like(local) for _ in range(layer.ep_size)]
-    dist.all_gather(parts, local.contiguous(), group=layer.ep_group)
-    full = torch.empty((layer.num_experts, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    parts = all_gather(local, group=layer.ep_group)
+    full = torch.empty((layer.num_experts, *local.shape[1:]), dtype=local.dtype, device=parts[0].device)
     for rank, part in enumerate(parts):
         full[list(autoep_experts_for_rank(layer.expert_placement_descriptor, rank))] = part
     return full
@@ -274,9 +286,9 @@ def gather_experts(layer: AutoEPMoELayer, local: torch.Tensor) -> torch.Tensor:
 def write_expert_parallel_weights(engine, path: Path) -> Path | None:
     """MiniMind's ``.pth`` of an AutoEP engine's model (fp32 master weights, every expert); rank 0 writes it.
 
-    Collective: call on every rank.
+    Collective: call on every rank; only rank 0 holds the gathered weights.
     """
-    state = minimind_named_tensors(engine.module, master_weights_state_dict(engine))
-    if global_rank() != 0:
+    state = master_weights_state_dict(engine, gather=expert_gatherer(engine.module))
+    if state is None:
         return None
-    return save_weights_file(state, path)
+    return save_weights_file(minimind_expert_keys(state, autoep_layers(engine.module)), path)

@@ -12,14 +12,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from minimind.data import IGNORE_INDEX
 from minimind.training.checkpointing import TrainingPosition
+from minimind.training.collectives import all_reduce
 from minimind.training.metrics import MetricsLogger, StepMetrics
 from minimind.training.rank_print import print0
 from minimind.training.stop_request import StopRequest
+from minimind.training.world import world_size
 
 
 @dataclass
@@ -33,11 +34,8 @@ class StepResult:
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum ``values`` over all ranks (float64, one collective)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor.tolist()
+    """Sum ``values`` over all ranks (float64, one collective on ``device``)."""
+    return all_reduce(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False) -> StepResult:
@@ -47,7 +45,7 @@ def train_step(engine, micro_batches: list[dict], device: torch.device, stop_req
     ``StepResult.stop`` is True on every rank when any rank asked.
     """
     accumulation = len(micro_batches)
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = world_size()
     local_targets = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
     global_targets, stop_votes = all_reduce_sum([local_targets, float(stop_requested)], device)
     # engine.backward divides by accumulation and gradients are averaged over ranks:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from minimind.training.rank_print import global_rank, print0
+from minimind.training.rank_print import print0
+from minimind.training.world import global_rank
 
 
 @dataclass

@@ -6,14 +6,15 @@ model exist, so bad input costs a second and one line, never a DeepSpeed traceba
 """
 
 import argparse
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 import kernels
@@ -24,6 +25,7 @@ from minimind.data import (
     PackedWindows,
     PaddedDocuments,
     RankInvariantSampler,
+    RepeatedSamples,
     TokenCacheLocation,
     build_or_load_token_cache,
     default_corpus_path,
@@ -45,6 +47,8 @@ from minimind.training.checkpointing import (
     save_training_state,
     write_minimind_weights,
 )
+from minimind.training.collectives import accelerator_device, barrier
+from minimind.training.corpus_fit import fit_batch_to_corpus
 from minimind.training.ds_config import BatchPlan, ConfigError, precision_of, resolve_ds_config
 from minimind.training.expert_parallel import (
     check_resume_expert_parallel,
@@ -56,10 +60,11 @@ from minimind.training.loop import LoopSettings, run_training
 from minimind.training.lr_schedule import minimind_scheduler
 from minimind.training.metrics import MetricsLogger, model_flops_per_token
 from minimind.training.peak_flops import peak_flops
-from minimind.training.process_group import init_process_group
-from minimind.training.rank_print import print0, world_size
-from minimind.training.save_dir import check_writable, disk_space_warning
+from minimind.training.process_group import init_process_group, local_device_index
+from minimind.training.rank_print import print0
+from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
 from minimind.training.stop_request import StopRequest
+from minimind.training.world import LaunchedWorld, LauncherError, launched_world, world_size
 
 USER_INPUT_ERRORS = (
     ConfigError,
@@ -69,6 +74,7 @@ USER_INPUT_ERRORS = (
     WeightsMismatchError,
     ModelConfigError,
     kernels.KernelUnavailableError,
+    LauncherError,
     FileNotFoundError,
     PermissionError,
 )
@@ -89,6 +95,7 @@ class RunInputs:
     cache_location: TokenCacheLocation | None  # of data_path; None for the bundled corpus
     resume: CheckpointLocation | None
     ep_size: int | None
+    fit_batch_to_corpus: bool  # the bundled corpus with a batch the user did not choose
 
 
 @dataclass
@@ -103,11 +110,15 @@ class TrainingData:
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
     """Run the whole job described by ``args``; returns where training stopped."""
     inputs = check_inputs(args)
-    start_process_group(args)
-    announce(args, inputs)
-    data = load_training_data(args, inputs)
+    # The token cache is built before the process group exists: the ranks that need it wait on
+    # a file lock, never in a collective that a long tokenization would outlast.
+    samples = load_samples(args, inputs)
+    inputs, samples, fit_note = fit_to_bundled_corpus(inputs, samples)
+    announce(args, inputs, launched_world(), fit_note)
+    start_process_group(args, inputs)
+    data = training_data(args, inputs, samples)
     engine, n_params = build_engine(args, inputs, data.total_steps)
-    device = torch.device(get_accelerator().current_device_name())
+    device = accelerator_device()
     position, wandb_run_id = resume_state(engine, inputs)
     logger = MetricsLogger(inputs.save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args),
                            engine.monitor)
@@ -121,7 +132,8 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         save_interval=args.save_interval,
         max_nonfinite_steps=args.max_nonfinite_steps,
         flops_per_token=model_flops_per_token(inputs.model_config, n_params, args.max_seq_len),
-        peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config)) * inputs.batch.data_parallel,
+        peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config), tf32=tf32_matmuls(args, inputs, device))
+        * inputs.batch.data_parallel,
     )
 
     def micro_batches_for_epoch(epoch: int, start_sample: int):
@@ -138,7 +150,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     )
     # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
     # can abort the process ("terminate called without an active exception").
-    dist.barrier()
+    barrier()
     dist.destroy_process_group()
     return position
 
@@ -147,6 +159,7 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     """Every check that can fail on user input, in one place, before the process group exists."""
     accelerator = get_accelerator()
     cpu_only = accelerator.device_name() == "cpu"
+    batch_chosen = args.batch_size is not None or args.accumulation_steps is not None
     demo = apply_defaults(args, cpu_only)
     ds_config, batch = resolve_ds_config(
         args.deepspeed_config,
@@ -161,7 +174,7 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     check_writable(save_dir)
     tokenizer = load_tokenizer(args.tokenizer_path)
     model_config = MiniMindConfig(**model_config_kwargs(args), vocab_size=max(len(tokenizer), 6400))
-    kernels.resolve_impl(args.kernels, torch.device(accelerator.device_name()))
+    kernels.resolve_impl(args.kernels, torch.device(accelerator.device_name(local_device_index())))
     data_path = Path(args.data_path) if args.data_path else None
     # Every rank checks the whole file here, so that all reject bad data together before the
     # process group starts; a file whose token cache exists was checked when it was built.
@@ -177,23 +190,36 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     if resume is not None:
         check_resume_expert_parallel(resume.root, resume.tag, ep_size, ds_config)
     return RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
-                     resume, ep_size)
+                     resume, ep_size, fit_batch_to_corpus=data_path is None and (demo or not batch_chosen))
 
 
-def start_process_group(args: argparse.Namespace) -> None:
-    """Join the process group with the collective timeout; seed every RNG."""
+def start_process_group(args: argparse.Namespace, inputs: RunInputs) -> None:
+    """Join the process group with the collective timeout on this rank's device, check that
+    every node sees the same ``--save_dir``, seed every RNG and set the fp32 matmul precision."""
     init_process_group(args.collective_timeout)
+    check_shared(inputs.save_dir)
     deepspeed.runtime.utils.set_random_seed(args.seed)
+    if tf32_matmuls(args, inputs, accelerator_device()):
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
 
 
-def announce(args: argparse.Namespace, inputs: RunInputs) -> None:
-    """Rank 0 states the demonstration settings (if any) and the resolved batch arithmetic."""
+def tf32_matmuls(args: argparse.Namespace, inputs: RunInputs, device: torch.device) -> bool:
+    """Whether fp32 matmuls run on TF32 tensor cores: fp32 training on CUDA, unless ``--tf32 0``."""
+    return bool(args.tf32) and device.type == "cuda" and precision_of(inputs.ds_config) == "fp32"
+
+
+def announce(args: argparse.Namespace, inputs: RunInputs, world: LaunchedWorld, fit_note: str | None) -> None:
+    """Rank 0 states the launcher, the demonstration settings and the corpus fit (if any), and the
+    resolved batch arithmetic."""
+    print0(world.describe())
     if inputs.demo:
         print0(
             f"CPU-only machine: short demonstration run ({', '.join(f'--{k} {v}' for k, v in CPU_DEMO.items())}); "
             "pass --hidden_size 512 --num_hidden_layers 8 --max_seq_len 340 --batch_size 32 "
             "--accumulation_steps 8 --learning_rate 5e-4 for MiniMind's full run"
         )
+    if fit_note is not None:
+        print0(fit_note)
     batch, ds_config = inputs.batch, inputs.ds_config
     print0(
         f"batch: micro {batch.micro_batch} x accumulation {batch.accumulation} x data-parallel "
@@ -203,23 +229,39 @@ def announce(args: argparse.Namespace, inputs: RunInputs) -> None:
     )
 
 
-def load_training_data(args: argparse.Namespace, inputs: RunInputs) -> TrainingData:
-    """The token cache (built once per node), the sample view, the rank's sampler and loader."""
-    tokenizer, data_path, batch = inputs.tokenizer, inputs.data_path, inputs.batch
-    token_cache = build_on_local_rank_zero_first(
-        lambda: build_or_load_token_cache(
-            data_path or default_corpus_path(), tokenizer, skip_bad_lines=args.skip_bad_lines, log=print0,
-            location=inputs.cache_location,
-        )
+def load_samples(args: argparse.Namespace, inputs: RunInputs) -> Dataset:
+    """The token cache (one process per node, or per shared cache folder, builds it; the others wait
+    on its file) cut into samples: packed windows or padded documents."""
+    tokenizer = inputs.tokenizer
+    token_cache = build_or_load_token_cache(
+        inputs.data_path or default_corpus_path(log=print0), tokenizer, skip_bad_lines=args.skip_bad_lines,
+        log=print0, location=inputs.cache_location,
     )
     if args.packing:
-        dataset = PackedWindows(token_cache.tokens, args.max_seq_len, pad_id=tokenizer.pad_token_id)
-    else:
-        dataset = PaddedDocuments(token_cache.tokens, token_cache.offsets, args.max_seq_len,
-                                  pad_id=tokenizer.pad_token_id)
+        return PackedWindows(token_cache.tokens, args.max_seq_len, pad_id=tokenizer.pad_token_id)
+    return PaddedDocuments(token_cache.tokens, token_cache.offsets, args.max_seq_len, pad_id=tokenizer.pad_token_id)
+
+
+def fit_to_bundled_corpus(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset, str | None]:
+    """Where the run trains on the bundled corpus with a batch nobody chose, the batch (and, if need
+    be, a repetition of the corpus) that gives an epoch enough steps; a line saying what changed."""
+    if not inputs.fit_batch_to_corpus:
+        return inputs, samples, None
+    fit = fit_batch_to_corpus(len(samples), inputs.batch)
+    if fit.note is None:
+        return inputs, samples, None
+    ds_config = {**inputs.ds_config, "gradient_accumulation_steps": fit.batch.accumulation,
+                 "train_batch_size": fit.batch.global_batch}
+    fitted = replace(inputs, ds_config=ds_config, batch=fit.batch)
+    return fitted, RepeatedSamples(samples, fit.repeats) if fit.repeats > 1 else samples, fit.note
+
+
+def training_data(args: argparse.Namespace, inputs: RunInputs, dataset: Dataset) -> TrainingData:
+    """This rank's sampler and loader over ``dataset``, and the number of optimizer steps to train."""
+    batch = inputs.batch
     if len(dataset) < batch.global_batch:
         raise ConfigError(
-            f"{data_path or 'the bundled corpus'}: {len(dataset)} samples do not fill one global batch "
+            f"{inputs.data_path or 'the bundled corpus'}: {len(dataset)} samples do not fill one global batch "
             f"of {batch.global_batch}"
         )
     sampler = RankInvariantSampler(
@@ -249,7 +291,8 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
         lambda optimizer: minimind_scheduler(optimizer, total_steps, args.warmup_steps)
     )
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=inputs.ds_config, lr_scheduler=scheduler
+        args=SimpleNamespace(device_rank=local_device_index()), model=model, model_parameters=model.parameters(),
+        config=inputs.ds_config, lr_scheduler=scheduler,
     )
     report_failed_checkpoint_writes(engine)
     module_bytes = PRECISION_BYTES[precision_of(inputs.ds_config)]
@@ -309,17 +352,6 @@ def resume_target(args: argparse.Namespace, save_dir: Path) -> CheckpointLocatio
     if args.from_resume:
         return locate_checkpoint(save_dir / "checkpoints")
     return None
-
-
-def build_on_local_rank_zero_first(build):
-    """Run ``build`` on each node's local rank 0, then on the others (which then reuse its cache)."""
-    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    if first:
-        result = build()
-    dist.barrier()
-    if not first:
-        result = build()
-    return result
 
 
 def model_dtype(ds_config: dict) -> torch.dtype:

@@ -1,11 +1,16 @@
-"""Checking the output folder before any work starts: writable, and room for the checkpoints."""
+"""Checking the output folder before any work starts: writable, the same folder on every node,
+and room for the checkpoints."""
 
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
 from minimind.plan import OPTIMIZER_STATE_BYTES_PER_PARAM
+from minimind.training.collectives import all_gather_object, barrier, broadcast_object
+from minimind.training.ds_config import ConfigError
+from minimind.training.world import global_rank
 
 
 def check_writable(save_dir: Path) -> None:
@@ -19,6 +24,27 @@ def check_writable(save_dir: Path) -> None:
         raise PermissionError(f"--save_dir {save_dir}: not writable ({error.strerror or error})") from None
     if not os.access(save_dir, os.W_OK):
         raise PermissionError(f"--save_dir {save_dir}: not writable")
+
+
+def check_shared(save_dir: Path) -> None:
+    """Refuse, on every rank, a ``save_dir`` that is not the same folder on every node. Collective.
+
+    Only global rank 0 writes ``latest``, prunes old checkpoints and writes DeepSpeed's model
+    states and the ``.pth``, so a folder on per-node disks would leave the other nodes unable
+    to resume (and their disks filling). Rank 0 writes a file with a random name there; every
+    rank must see it.
+    """
+    probe = save_dir / broadcast_object(f".shared-check-{uuid.uuid4().hex}" if global_rank() == 0 else None)
+    if global_rank() == 0:
+        probe.write_text(probe.name)
+    barrier()
+    verdicts = all_gather_object((socket.gethostname(), probe.is_file()))
+    if global_rank() == 0:
+        probe.unlink()
+    blind = sorted({host for host, sees in verdicts if not sees})
+    if blind:
+        raise ConfigError(f"--save_dir {save_dir}: not the same folder on every node ({', '.join(blind)} cannot see "
+                          "a file rank 0 wrote there); checkpoints need a file system all nodes share")
 
 
 def disk_space_warning(save_dir: Path, n_params: int, module_bytes_per_param: int, keep: int) -> str | None:

@@ -1,0 +1,96 @@
+"""Who this process is in the job: its rank, the world size and its local rank.
+
+Once the process group exists these come from it. Before that (the checks that run before
+anything heavy, the batch arithmetic among them) they come from the variables the launcher
+set, read the way ``deepspeed.init_distributed`` and torch read them:
+
+- ``deepspeed`` (pdsh, ``--no_ssh``, its local launcher) and ``torchrun``: ``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``;
+- OpenMPI's ``mpirun`` (``deepspeed --launcher openmpi``): ``OMPI_COMM_WORLD_RANK``,
+  ``OMPI_COMM_WORLD_SIZE``, ``OMPI_COMM_WORLD_LOCAL_RANK``;
+- MPICH and Intel MPI (``--launcher mpich``, ``impi``): ``PMI_RANK``, ``PMI_SIZE``,
+  ``MPI_LOCALRANKID``;
+- Slurm's ``srun`` (``--launcher slurm``): ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``,
+  ``SLURM_LOCALID`` (a step's task count, not the allocation's ``SLURM_NTASKS``, which a
+  batch script sees without being one of several tasks);
+- none of them (``python pretrain_ds.py``, as MiniMind's users run its trainer): rank 0 of 1.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+# (launcher, rank variable, world-size variable, local-rank variable), in order of precedence.
+LAUNCHER_VARIABLES = (
+    ("deepspeed/torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+    ("slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"),
+)
+NO_LAUNCHER = "none"
+
+
+class LauncherError(ValueError):
+    """The launcher's variables do not describe a usable world (one line)."""
+
+
+@dataclass(frozen=True)
+class LaunchedWorld:
+    """This process's place in the job as its launcher describes it."""
+
+    launcher: str
+    rank: int
+    size: int
+    local_rank: int
+
+    def describe(self) -> str:
+        """One line: which launcher started the job and the world it gave."""
+        if self.launcher == NO_LAUNCHER:
+            return "launcher: none, a single process (rank 0 of 1)"
+        return f"launcher: {self.launcher}, {self.size} processes"
+
+
+def launched_world(environ: Mapping[str, str] | None = None) -> LaunchedWorld:
+    """The world the launcher's variables in ``environ`` (default: this process's) describe."""
+    environ = os.environ if environ is None else environ
+    for launcher, rank_name, size_name, local_name in LAUNCHER_VARIABLES:
+        if rank_name in environ and size_name in environ:
+            rank, size = integer_variable(environ, rank_name), integer_variable(environ, size_name)
+            if local_name in environ:
+                local_rank = integer_variable(environ, local_name)
+            elif size == 1:
+                local_rank = 0
+            else:
+                raise LauncherError(f"{launcher} set {rank_name} and {size_name} but not {local_name}; "
+                                    "set LOCAL_RANK (this process's index on its node)")
+            if not 0 <= rank < size:
+                raise LauncherError(f"{rank_name}={rank} is outside the world of {size_name}={size}")
+            return LaunchedWorld(launcher, rank, size, local_rank)
+    return LaunchedWorld(NO_LAUNCHER, 0, 1, 0)
+
+
+def integer_variable(environ: Mapping[str, str], name: str) -> int:
+    """``environ[name]`` as a non-negative integer, or a one-line ``LauncherError``."""
+    value = environ[name]
+    if not value.strip().isdigit():
+        raise LauncherError(f"environment variable {name}={value!r} is not a non-negative integer")
+    return int(value)
+
+
+def global_rank() -> int:
+    """This process's rank: the process group's, or the launcher's before it exists."""
+    return dist.get_rank() if dist.is_initialized() else launched_world().rank
+
+
+def world_size() -> int:
+    """Number of processes in the job: the process group's, or the launcher's before it exists."""
+    return dist.get_world_size() if dist.is_initialized() else launched_world().size
+
+
+def local_rank() -> int:
+    """This process's index on its node, as the launcher (or DeepSpeed's MPI discovery) set it."""
+    if "LOCAL_RANK" in os.environ:
+        return integer_variable(os.environ, "LOCAL_RANK")
+    return launched_world().local_rank
