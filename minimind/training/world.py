@@ -49,7 +49,7 @@ class LaunchedWorld:
         """One line: which launcher started the job and the world it gave."""
         if self.launcher == NO_LAUNCHER:
             return "launcher: none, a single process (rank 0 of 1)"
-        return f"launcher: {self.launcher}, {self.size} processes"
+        return f"launcher: {self.launcher}, {self.size} process{'es' if self.size > 1 else ''}"
 
 
 def launched_world(environ: Mapping[str, str] | None = None) -> LaunchedWorld:
