@@ -3,7 +3,8 @@
 import pytest
 
 from minimind.training.corpus_fit import MIN_STEPS_PER_EPOCH, fit_batch_to_corpus
-from minimind.training.ds_config import BatchPlan
+from minimind.training.ds_config import BatchPlan, ConfigError
+from minimind.training.pretrain import RunInputs, fit_samples
 
 # The bundled corpus at max_seq_len 340: 2,549,233 tokens in windows of 341.
 BUNDLED_WINDOWS = -(-2_549_233 // 341)
@@ -41,3 +42,29 @@ def test_8_gpus_lower_accumulation_and_32_repeat_the_corpus():
     thirty_two = fit_batch_to_corpus(BUNDLED_WINDOWS, BatchPlan(32, 8, 32, 1.0))
     assert (thirty_two.batch.accumulation, thirty_two.repeats) == (1, 2)
     assert thirty_two.note.endswith("repeated 2 times per epoch, 14 steps per epoch")
+
+
+def run_inputs(batch: BatchPlan, fit: bool) -> RunInputs:
+    ds_config = {"train_micro_batch_size_per_gpu": batch.micro_batch,
+                 "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_batch}
+    return RunInputs(cpu_only=False, demo=False, ds_config=ds_config, batch=batch, save_dir=None, tokenizer=None,
+                     model_config=None, data_path=None, cache_location=None, resume=None, ep_size=None,
+                     fit_batch_to_corpus=fit)
+
+
+def test_the_run_trains_with_the_fitted_batch_and_repeated_samples():
+    samples = [{"sample": index} for index in range(300)]
+    inputs, fitted_samples, note = fit_samples(run_inputs(BatchPlan(4, 8, 32, 1.0), fit=True), samples)
+    # 300 samples, 128 a step at accumulation 1: 2 steps; repeated 5 times, 11 steps
+    assert inputs.batch == BatchPlan(4, 1, 32, 1.0) and note is not None
+    assert inputs.ds_config["gradient_accumulation_steps"] == 1 and inputs.ds_config["train_batch_size"] == 128
+    assert len(fitted_samples) == 1500 and [fitted_samples[i] for i in (0, 299, 300, 1499)] == \
+        [samples[0], samples[299], samples[0], samples[299]]
+
+
+def test_a_batch_the_user_chose_is_left_alone_and_refused_where_the_samples_cannot_fill_it():
+    chosen = run_inputs(BatchPlan(4, 2, 32, 1.0), fit=False)
+    samples = list(range(256))
+    assert fit_samples(chosen, samples) == (chosen, samples, None)
+    with pytest.raises(ConfigError, match="^the bundled corpus: 255 samples do not fill one global batch of 256$"):
+        fit_samples(chosen, samples[:-1])

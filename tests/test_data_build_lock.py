@@ -1,11 +1,14 @@
 """One process builds, the others wait on the lock file (no collective), and a dead builder frees it."""
 
+import fcntl
 import subprocess
 import sys
 import threading
 import time
 
-from minimind.data import build_lock
+import pytest
+
+from minimind.data import DataError, build_lock
 from minimind.data.build_lock import build_once
 
 
@@ -57,3 +60,17 @@ def test_a_killed_builder_does_not_leave_the_others_waiting(tmp_path):
     finally:
         holder.kill()
     assert built and target.read_text() == "done"
+
+
+def test_a_holder_whose_progress_stands_still_is_taken_for_dead(tmp_path, monkeypatch):
+    """A network file system may keep a crashed node's lock: the waiters stop in one line."""
+    monkeypatch.setattr(build_lock, "STALE_AFTER_S", 1.0)
+    monkeypatch.setattr(build_lock, "POLL_S", 0.1)
+    target = tmp_path / "artifact"
+    lock_path = tmp_path / ".artifact.lock"
+    with open(lock_path, "a+") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        holder.write("node7 pid 12, 30 s: tokenized 5.0 of 90.0 MiB\n")
+        holder.flush()
+        with pytest.raises(DataError, match=r"\.artifact\.lock: held with no progress for .* \(node7 pid 12"):
+            build_once(target, target.exists, lambda progress: pytest.fail("built while locked"))

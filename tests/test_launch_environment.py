@@ -85,9 +85,12 @@ def test_mpi_without_a_master_and_without_mpi4py_is_one_line(monkeypatch):
 
 def test_mpi_without_a_master_leaves_discovery_to_deepspeed_when_mpi4py_is_there(monkeypatch):
     monkeypatch.setattr(process_group.importlib.util, "find_spec", lambda name: object())
-    environ = dict(LAUNCHERS["openmpi"])
+    discoveries = []
+    monkeypatch.setattr(process_group, "mpi_discovery", lambda **kwargs: discoveries.append(kwargs))
+    environ = {**LAUNCHERS["openmpi"], "MASTER_PORT": "23456"}
     export_torch_variables(launched_world(environ), environ)
-    assert environ == LAUNCHERS["openmpi"]
+    assert discoveries == [{"distributed_port": 23456, "verbose": False}]
+    assert environ == {**LAUNCHERS["openmpi"], "MASTER_PORT": "23456"}  # DeepSpeed's discovery sets the rest
 
 
 def test_slurm_s_master_is_the_first_host_of_the_step(monkeypatch):
@@ -105,10 +108,95 @@ def test_slurm_s_master_is_the_first_host_of_the_step(monkeypatch):
         ("gpu07", "5", "8", "1")
 
 
-@pytest.mark.parametrize("local_rank, visible, expected", [(3, 8, 3), (3, 1, 0), (5, 4, 1)])
-def test_a_rank_uses_its_local_rank_s_device_among_those_it_sees(monkeypatch, local_rank, visible, expected):
+@pytest.mark.parametrize("local_rank, visible, expected", [(3, 8, 3), (3, 1, 0), (0, 1, 0)])
+def test_a_rank_uses_its_local_rank_s_device_or_the_one_it_sees(monkeypatch, local_rank, visible, expected):
     """Slurm's one-GPU-per-task jobs show each task only its own GPU, as device 0."""
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
-    monkeypatch.setattr(process_group, "get_accelerator",
-                        lambda: type("Accelerator", (), {"device_count": lambda self: visible})())
+    monkeypatch.setattr(process_group, "get_accelerator", lambda: FakeAccelerator(visible))
     assert process_group.local_device_index() == expected
+
+
+def test_two_ranks_are_never_put_on_one_gpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    monkeypatch.setattr(process_group, "get_accelerator", lambda: FakeAccelerator(4))
+    with pytest.raises(LauncherError, match="local rank 5 but this process sees 4 devices"):
+        process_group.local_device_index()
+
+
+def test_a_remapped_gpu_becomes_deepspeed_s_local_rank(monkeypatch):
+    """DeepSpeed takes the engine's device and NCCL's bound device from LOCAL_RANK."""
+    accelerator = FakeAccelerator(1)
+    monkeypatch.setattr(process_group, "get_accelerator", lambda: accelerator)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_RANK", raising=False)
+    process_group.use_device(0)
+    assert accelerator.current == 0 and process_group.os.environ["LOCAL_RANK"] == "0"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")  # DeepSpeed asserts the two agree
+    with pytest.raises(LauncherError, match="OpenMPI local rank 3 sees one GPU"):
+        process_group.use_device(0)
+
+
+class FakeAccelerator:
+    """DeepSpeed's accelerator surface that device selection uses, with ``count`` visible GPUs."""
+
+    def __init__(self, count: int):
+        self.count, self.current = count, None
+
+    def device_name(self, index=None):
+        return "cuda"
+
+    def device_count(self):
+        return self.count
+
+    def set_device(self, index):
+        self.current = index
+
+
+def test_srun_with_slurm_s_pmi2_plugin_is_slurm(monkeypatch):
+    """PMI-2 sets PMI_RANK and PMI_SIZE for every srun task, but no MPICH local rank."""
+    environ = {**LAUNCHERS["slurm"], "PMI_RANK": "5", "PMI_SIZE": "8"}
+    world = launched_world(environ)
+    assert (world.launcher, world.rank, world.size, world.local_rank) == ("slurm", 5, 8, 1)
+
+
+def test_a_leftover_master_in_the_shell_does_not_reach_a_single_process():
+    environ = {"MASTER_ADDR": "10.1.2.3"}
+    export_torch_variables(launched_world(environ), environ)
+    assert environ["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_slurm_jobs_sharing_a_node_meet_on_different_ports(monkeypatch):
+    ports = set()
+    for job in ("81234", "81235"):
+        environ = {**LAUNCHERS["slurm"], "MASTER_ADDR": "gpu07", "SLURM_JOB_ID": job}
+        export_torch_variables(launched_world(environ), environ)
+        ports.add(int(environ["MASTER_PORT"]))
+    assert len(ports) == 2 and all(1024 < port < 65536 for port in ports)
+
+
+class CountingStore:
+    """The ``add`` of a rendezvous store, with ``others`` ranks arriving one per poll."""
+
+    def __init__(self, others: int):
+        self.value, self.others = 0, others
+
+    def add(self, key, amount):
+        if amount == 0 and self.others:
+            self.others -= 1
+            self.value += 1
+        self.value += amount
+        return self.value
+
+
+def test_ranks_wait_in_the_store_until_every_rank_arrived(monkeypatch):
+    monkeypatch.setattr(process_group, "RENDEZVOUS_POLL_S", 0.0)
+    store = CountingStore(others=3)
+    process_group.wait_for_every_rank(store, size=4, timeout_s=10)
+    assert store.value == 4 and store.others == 0
+
+
+def test_a_rank_that_never_arrives_is_one_line_after_the_rendezvous_timeout(monkeypatch):
+    monkeypatch.setattr(process_group, "RENDEZVOUS_POLL_S", 0.01)
+    with pytest.raises(LauncherError, match=r"^1 of 2 ranks started within 0 s \(--rendezvous_timeout\)"):
+        process_group.wait_for_every_rank(CountingStore(others=0), size=2, timeout_s=0.1)

@@ -45,6 +45,15 @@ def test_a_rank_saves_only_its_own_gpu_s_generator_and_restores_it_where_it_sees
     assert torch.equal(one.states[0], torch.tensor([5], dtype=torch.uint8))
 
 
+def test_a_checkpoint_holding_every_visible_gpu_s_generator_still_restores(monkeypatch):
+    """The earlier format (``get_rng_state_all``, a list): the current device's entry is taken."""
+    one = FakeGpus(count=1, current=0)
+    one.install(monkeypatch)
+    saved = {**rng_state(), "cuda": [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)]}
+    restore_rng_state(saved)
+    assert torch.equal(one.states[0], torch.tensor([7], dtype=torch.uint8))
+
+
 def test_host_generators_round_trip():
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     saved = rng_state()

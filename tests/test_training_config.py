@@ -4,12 +4,14 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import pretrain_ds
 from minimind.model import MiniMindConfig
+from minimind.training import pretrain
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs, parse_args
 from minimind.training.ds_config import ConfigError, precision_of, read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
@@ -232,3 +234,14 @@ def test_a_collective_failing_because_a_peer_died_is_told_apart_from_other_error
     assert not lost_a_peer(RuntimeError("NCCL error: invalid usage (run with NCCL_DEBUG=WARN for details)"))
     assert not lost_a_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not lost_a_peer(ValueError(gloo))
+
+
+@pytest.mark.parametrize("tf32, device, config, expected", [
+    (1, "cuda", {}, True),
+    (0, "cuda", {}, False),
+    (1, "cuda", {"bf16": {"enabled": True}}, False),
+    (1, "cpu", {}, False),
+])
+def test_tf32_matmuls_only_for_fp32_training_on_cuda_unless_turned_off(tf32, device, config, expected):
+    inputs = SimpleNamespace(ds_config=config)
+    assert pretrain.tf32_matmuls(SimpleNamespace(tf32=tf32), inputs, torch.device(device)) is expected

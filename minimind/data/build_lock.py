@@ -6,7 +6,9 @@ the others poll the lock, now and then logging the progress the builder writes i
 then find the finished result. No collective is involved: under NCCL a barrier that waits
 longer than the collective timeout is aborted by the watchdog, and tokenizing a large corpus
 takes longer than that. The lock is ``fcntl.flock``, released by the kernel when its holder
-dies, so a killed builder never leaves the others waiting.
+dies, so a killed builder never leaves the others waiting; where a network file system keeps
+a dead node's lock, the waiters give up once its progress line has stood still for
+``STALE_AFTER_S``.
 """
 
 import fcntl
@@ -16,8 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from minimind.data.jsonl_reader import DataError
+
 POLL_S = 0.5
 REPORT_EVERY_S = 30.0
+STALE_AFTER_S = 600.0  # the builder rewrites its progress line at least every few seconds
 
 
 class BuildProgress:
@@ -64,8 +69,13 @@ def build_once(target: Path, is_built: Callable[[], bool], build: Callable[[Buil
 
 def wait_for_lock(handle, lock_path: Path, log: Callable[[str], None]) -> bool:
     """Take the exclusive lock on ``handle``, logging the holder's progress every ``REPORT_EVERY_S``
-    while waiting; False when the file system does not support locks."""
+    while waiting; False when the file system does not support locks.
+
+    A holder whose progress line has not changed for ``STALE_AFTER_S`` is taken for dead (a
+    network file system can keep the lock of a crashed node): ``DataError`` naming the lock file.
+    """
     last_report = None
+    holder, unchanged_since = None, time.monotonic()
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,8 +85,13 @@ def wait_for_lock(handle, lock_path: Path, log: Callable[[str], None]) -> bool:
         except OSError:  # ENOLCK and the like: no locking here
             return False
         now = time.monotonic()
+        line = lock_path.read_text(encoding="utf-8").strip() or "starting"
+        if line != holder:
+            holder, unchanged_since = line, now
+        elif now - unchanged_since > STALE_AFTER_S:
+            raise DataError(lock_path, None, f"held with no progress for {now - unchanged_since:.0f} s ({holder}); "
+                                             "if that process is gone, delete this file and start again")
         if last_report is None or now - last_report >= REPORT_EVERY_S:
-            holder = lock_path.read_text(encoding="utf-8").strip() or "starting"
             log(f"waiting for another process to finish {lock_path.name[1:-5]} ({holder})")
             last_report = now
         time.sleep(POLL_S)

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume_from", default=None, help="checkpoint folder or tag to resume from")
     run.add_argument("--trust_checkpoint", action="store_true",
                      help="unpickle the resumed checkpoint without the weights-only check (runs code from it)")
+    run.add_argument("--rendezvous_timeout", type=int, default=7200,
+                     help="seconds the ranks wait for each other at start (a node still building its token "
+                          "cache arrives late); no collective runs before they all arrive")
     run.add_argument("--collective_timeout", type=int, default=600,
                      help="seconds a collective may wait for a dead or stuck rank before the job fails")
     run.add_argument("--max_nonfinite_steps", type=int, default=20,
@@ -106,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for flag in ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
                  "max_steps", "epochs", "log_interval", "save_interval", "keep_checkpoints", "collective_timeout",
-                 "max_nonfinite_steps"):
+                 "rendezvous_timeout", "max_nonfinite_steps"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1, got {value}")

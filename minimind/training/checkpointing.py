@@ -51,12 +51,23 @@ def rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Put back what ``rng_state`` captured (the GPU generator onto this rank's current device)."""
+    """Put back what ``rng_state`` captured (the GPU generator onto this rank's current device).
+
+    Checkpoints written before this format hold every visible GPU's generator (a list): the
+    entry of the current device is taken when there is one.
+    """
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    current = torch.cuda.current_device()
+    if isinstance(cuda, list):
+        if current >= len(cuda):
+            return
+        cuda = cuda[current]
+    torch.cuda.set_rng_state(cuda, current)
 
 
 def all_rng_states() -> list[dict]:

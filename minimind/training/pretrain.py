@@ -59,7 +59,7 @@ from minimind.training.expert_parallel import (
 from minimind.training.loop import LoopSettings, run_training
 from minimind.training.lr_schedule import minimind_scheduler
 from minimind.training.metrics import MetricsLogger, model_flops_per_token
-from minimind.training.peak_flops import peak_flops
+from minimind.training.peak_flops import peak_flops, tf32_enabled
 from minimind.training.process_group import init_process_group, local_device_index
 from minimind.training.rank_print import print0
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
@@ -113,7 +113,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     # The token cache is built before the process group exists: the ranks that need it wait on
     # a file lock, never in a collective that a long tokenization would outlast.
     samples = load_samples(args, inputs)
-    inputs, samples, fit_note = fit_to_bundled_corpus(inputs, samples)
+    inputs, samples, fit_note = fit_samples(inputs, samples)
     announce(args, inputs, launched_world(), fit_note)
     start_process_group(args, inputs)
     data = training_data(args, inputs, samples)
@@ -132,7 +132,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         save_interval=args.save_interval,
         max_nonfinite_steps=args.max_nonfinite_steps,
         flops_per_token=model_flops_per_token(inputs.model_config, n_params, args.max_seq_len),
-        peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config), tf32=tf32_matmuls(args, inputs, device))
+        peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config), tf32=tf32_enabled())
         * inputs.batch.data_parallel,
     )
 
@@ -196,7 +196,7 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
 def start_process_group(args: argparse.Namespace, inputs: RunInputs) -> None:
     """Join the process group with the collective timeout on this rank's device, check that
     every node sees the same ``--save_dir``, seed every RNG and set the fp32 matmul precision."""
-    init_process_group(args.collective_timeout)
+    init_process_group(args.collective_timeout, args.rendezvous_timeout)
     check_shared(inputs.save_dir)
     deepspeed.runtime.utils.set_random_seed(args.seed)
     if tf32_matmuls(args, inputs, accelerator_device()):
@@ -242,28 +242,30 @@ def load_samples(args: argparse.Namespace, inputs: RunInputs) -> Dataset:
     return PaddedDocuments(token_cache.tokens, token_cache.offsets, args.max_seq_len, pad_id=tokenizer.pad_token_id)
 
 
-def fit_to_bundled_corpus(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset, str | None]:
-    """Where the run trains on the bundled corpus with a batch nobody chose, the batch (and, if need
-    be, a repetition of the corpus) that gives an epoch enough steps; a line saying what changed."""
-    if not inputs.fit_batch_to_corpus:
-        return inputs, samples, None
-    fit = fit_batch_to_corpus(len(samples), inputs.batch)
-    if fit.note is None:
-        return inputs, samples, None
-    ds_config = {**inputs.ds_config, "gradient_accumulation_steps": fit.batch.accumulation,
-                 "train_batch_size": fit.batch.global_batch}
-    fitted = replace(inputs, ds_config=ds_config, batch=fit.batch)
-    return fitted, RepeatedSamples(samples, fit.repeats) if fit.repeats > 1 else samples, fit.note
+def fit_samples(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset, str | None]:
+    """The batch and samples the run trains with, and a line saying what changed (or None).
+
+    Where the run trains on the bundled corpus with a batch nobody chose, the batch (and, if
+    need be, a repetition of the corpus) gives an epoch enough steps. Otherwise samples that
+    do not fill one global batch are a one-line ``ConfigError``, raised before the process group.
+    """
+    fit = fit_batch_to_corpus(len(samples), inputs.batch) if inputs.fit_batch_to_corpus else None
+    if fit is not None and fit.note is not None:
+        ds_config = {**inputs.ds_config, "gradient_accumulation_steps": fit.batch.accumulation,
+                     "train_batch_size": fit.batch.global_batch}
+        fitted = replace(inputs, ds_config=ds_config, batch=fit.batch)
+        return fitted, RepeatedSamples(samples, fit.repeats) if fit.repeats > 1 else samples, fit.note
+    if len(samples) < inputs.batch.global_batch:
+        raise ConfigError(
+            f"{inputs.data_path or 'the bundled corpus'}: {len(samples)} samples do not fill one global batch "
+            f"of {inputs.batch.global_batch}"
+        )
+    return inputs, samples, None
 
 
 def training_data(args: argparse.Namespace, inputs: RunInputs, dataset: Dataset) -> TrainingData:
     """This rank's sampler and loader over ``dataset``, and the number of optimizer steps to train."""
     batch = inputs.batch
-    if len(dataset) < batch.global_batch:
-        raise ConfigError(
-            f"{inputs.data_path or 'the bundled corpus'}: {len(dataset)} samples do not fill one global batch "
-            f"of {batch.global_batch}"
-        )
     sampler = RankInvariantSampler(
         len(dataset), micro_batch_size=batch.micro_batch, accumulation_steps=batch.accumulation,
         world_size=dist.get_world_size(), rank=dist.get_rank(), seed=args.seed,

@@ -27,41 +27,73 @@ import importlib.util
 import os
 import socket
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import deepspeed
+import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from deepspeed.comm.comm import mpi_discovery
 
 from minimind.training.collectives import barrier
 from minimind.training.world import NO_LAUNCHER, LaunchedWorld, LauncherError, launched_world, local_rank
 
 SHARED_MEMORY = Path("/dev/shm")
 DEFAULT_MASTER_PORT = 29500
+# How long ranks wait for each other at start (a node still tokenizing arrives late).
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 2 * 3600
+RENDEZVOUS_POLL_S = 1.0
 
 
-def init_process_group(timeout_s: float | None = None) -> LaunchedWorld:
-    """Join the job's process group (collectives give up after ``timeout_s``, default torch's) on
-    this rank's own device; returns the launcher's world. On CPU ranks, then unlink this rank's
-    all-reduce buffer name. Collective."""
+def init_process_group(timeout_s: float | None = None,
+                       rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S) -> LaunchedWorld:
+    """Join the job's process group on this rank's own device; returns the launcher's world.
+
+    Collectives give up after ``timeout_s`` (default torch's). Meeting the other ranks may
+    take up to ``rendezvous_timeout_s``: a node that is still building its token cache
+    arrives late, and that wait happens in the rendezvous store, before any collective exists
+    for NCCL's watchdog to abort. On CPU ranks, then unlink this rank's all-reduce buffer
+    name. Collective.
+    """
     world = launched_world()
     export_torch_variables(world)
     accelerator = get_accelerator()
+    device_index = local_device_index()
     if accelerator.device_name() != "cpu":
-        accelerator.set_device(local_device_index())
-    # Tear the communicator down on a NCCL error or timeout (the job ends) instead of hanging.
-    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-    port = int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT))
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), distributed_port=port,
-                               **timeout)
-    if (dist.get_rank(), dist.get_world_size()) != (world.rank, world.size):
-        raise LauncherError(f"the process group made this rank {dist.get_rank()} of {dist.get_world_size()}, "
-                            f"but {world.launcher} said {world.rank} of {world.size}")
+        use_device(device_index)
+    # torch's own default (tear down on a NCCL error or timeout, so the job ends instead of hanging),
+    # made explicit so that an inherited setting that turned it off does not survive
+    os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "3"
+    timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
+    # torch's env:// rendezvous (rank 0's store, or torchrun's agent store), with the long timeout
+    store, rank, size = next(dist.rendezvous("env://", timeout=timedelta(seconds=rendezvous_timeout_s)))
+    wait_for_every_rank(store, size, rendezvous_timeout_s)
+    if timeout is not None:
+        store.set_timeout(timeout)
+    backend = accelerator.communication_backend_name()
+    # NCCL: bind the rank's GPU at start (as deepspeed.init_distributed does for a world above one).
+    device_id = torch.device("cuda", device_index) if backend == "nccl" and size > 1 else None
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout, device_id=device_id)
+    deepspeed.init_distributed(dist_backend=backend, **({} if timeout is None else {"timeout": timeout}))
     if accelerator.device_name() == "cpu":
         unlink_allreduce_buffer()
     return world
+
+
+def wait_for_every_rank(store: dist.Store, size: int, timeout_s: float) -> None:
+    """Return once all ``size`` ranks have reached this point, counted in the rendezvous ``store``
+    (no collective exists yet); a one-line ``LauncherError`` after ``timeout_s``."""
+    key = f"minimind/started/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    arrived = store.add(key, 1)
+    deadline = time.monotonic() + timeout_s
+    while arrived < size:
+        if time.monotonic() > deadline:
+            raise LauncherError(f"{arrived} of {size} ranks started within {timeout_s:.0f} s "
+                                "(--rendezvous_timeout); see the missing ranks' own logs")
+        time.sleep(RENDEZVOUS_POLL_S)
+        arrived = store.add(key, 0)
 
 
 def export_torch_variables(world: LaunchedWorld, environ=None) -> None:
@@ -71,18 +103,38 @@ def export_torch_variables(world: LaunchedWorld, environ=None) -> None:
     if world.launcher == "deepspeed/torchrun":
         return
     if world.launcher == NO_LAUNCHER:
-        environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        environ["MASTER_ADDR"] = "127.0.0.1"  # never a master left over in the shell
         environ.setdefault("MASTER_PORT", str(free_local_port()))
     elif "MASTER_ADDR" not in environ:
         if world.launcher == "slurm":
             environ["MASTER_ADDR"] = first_slurm_host(environ)
         elif importlib.util.find_spec("mpi4py") is not None:
-            return  # deepspeed.init_distributed's MPI discovery sets everything
+            # DeepSpeed's MPI discovery: rank 0's address broadcast over MPI; it sets every variable
+            mpi_discovery(distributed_port=int(environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)), verbose=False)
+            return
         else:
             raise LauncherError(f"started by {world.launcher} without MASTER_ADDR: pip install mpi4py (DeepSpeed then "
                                 "finds the master through MPI), or export MASTER_ADDR and MASTER_PORT to all ranks")
-    environ.setdefault("MASTER_PORT", str(DEFAULT_MASTER_PORT))
+    environ.setdefault("MASTER_PORT", str(default_master_port(environ)))
     environ.update(RANK=str(world.rank), WORLD_SIZE=str(world.size), LOCAL_RANK=str(world.local_rank))
+
+
+def default_master_port(environ) -> int:
+    """DeepSpeed's 29500, moved by the Slurm job id so that two jobs sharing a node do not meet."""
+    job = environ.get("SLURM_JOB_ID", "")
+    return 20000 + int(job) % 20000 if job.isdigit() else DEFAULT_MASTER_PORT
+
+
+def use_device(index: int) -> None:
+    """Make GPU ``index`` this rank's device, for torch and for DeepSpeed, which takes its device
+    (and NCCL's bound device) from ``LOCAL_RANK``."""
+    get_accelerator().set_device(index)
+    if index == local_rank():
+        return
+    if "OMPI_COMM_WORLD_LOCAL_RANK" in os.environ:  # DeepSpeed asserts LOCAL_RANK equals it
+        raise LauncherError(f"OpenMPI local rank {local_rank()} sees one GPU; DeepSpeed needs every rank of a node "
+                            "to see all of the node's GPUs under OpenMPI")
+    os.environ["LOCAL_RANK"] = str(index)
 
 
 def first_slurm_host(environ) -> str:
@@ -107,9 +159,15 @@ def free_local_port() -> int:
 
 
 def local_device_index() -> int:
-    """This rank's accelerator on its node: its local rank, modulo the devices it can see
-    (Slurm's one-GPU-per-task jobs show each task only its own GPU, as device 0)."""
-    return local_rank() % max(get_accelerator().device_count(), 1)
+    """This rank's accelerator on its node: its local rank, or device 0 where it sees one device
+    only (Slurm's ``--gpus-per-task=1`` shows each task its own GPU as device 0)."""
+    index, visible = local_rank(), get_accelerator().device_count()
+    if get_accelerator().device_name() == "cpu" or index < visible:
+        return index
+    if visible == 1:
+        return 0
+    raise LauncherError(f"local rank {index} but this process sees {visible} devices (CUDA_VISIBLE_DEVICES?): give "
+                        "each rank one device or all of its node's")
 
 
 def allreduce_buffer_path(rank: int) -> Path:

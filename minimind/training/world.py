@@ -53,21 +53,27 @@ class LaunchedWorld:
 
 
 def launched_world(environ: Mapping[str, str] | None = None) -> LaunchedWorld:
-    """The world the launcher's variables in ``environ`` (default: this process's) describe."""
+    """The world the launcher's variables in ``environ`` (default: this process's) describe.
+
+    A launcher whose rank and size are set but not its local rank is passed over for the next
+    (Slurm's PMI-2 plugin sets ``PMI_RANK`` and ``PMI_SIZE`` for every ``srun`` task, without
+    ``MPI_LOCALRANKID``); it is an error only when no later launcher describes the process.
+    """
     environ = os.environ if environ is None else environ
+    partial = None
     for launcher, rank_name, size_name, local_name in LAUNCHER_VARIABLES:
-        if rank_name in environ and size_name in environ:
-            rank, size = integer_variable(environ, rank_name), integer_variable(environ, size_name)
-            if local_name in environ:
-                local_rank = integer_variable(environ, local_name)
-            elif size == 1:
-                local_rank = 0
-            else:
-                raise LauncherError(f"{launcher} set {rank_name} and {size_name} but not {local_name}; "
-                                    "set LOCAL_RANK (this process's index on its node)")
-            if not 0 <= rank < size:
-                raise LauncherError(f"{rank_name}={rank} is outside the world of {size_name}={size}")
+        if rank_name not in environ or size_name not in environ:
+            continue
+        rank, size = integer_variable(environ, rank_name), integer_variable(environ, size_name)
+        if not 0 <= rank < size:
+            raise LauncherError(f"{rank_name}={rank} is outside the world of {size_name}={size}")
+        if local_name in environ or size == 1:
+            local_rank = integer_variable(environ, local_name) if local_name in environ else 0
             return LaunchedWorld(launcher, rank, size, local_rank)
+        partial = partial or (f"{launcher} set {rank_name} and {size_name} but not {local_name}; "
+                              "set LOCAL_RANK (this process's index on its node)")
+    if partial is not None:
+        raise LauncherError(partial)
     return LaunchedWorld(NO_LAUNCHER, 0, 1, 0)
 
 
