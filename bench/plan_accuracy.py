@@ -39,9 +39,10 @@ import torch
 
 from bench.launch_part import launch_part
 from minimind.model import MiniMindForCausalLM
+from minimind.model.precision import precision_of
 from minimind.plan import PlanSettings, model_config, plan_memory
 from minimind.training.collectives import all_gather_object, barrier
-from minimind.training.ds_config import precision_of, resolve_ds_config
+from minimind.training.ds_config import resolve_ds_config
 from minimind.training.process_group import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -58,9 +58,10 @@ from minimind.data import (
     make_data_loader,
 )
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.precision import precision_of
 from minimind.tokenizer import load_tokenizer
 from minimind.training.collectives import all_gather_object, all_reduce, barrier
-from minimind.training.ds_config import precision_of, resolve_ds_config
+from minimind.training.ds_config import resolve_ds_config
 from minimind.training.loop import StepResult, all_reduce_sum, take, train_step
 from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0

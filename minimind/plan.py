@@ -68,11 +68,10 @@ from dataclasses import dataclass
 import torch
 
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.precision import OPTIMIZER_STATE_BYTES_PER_PARAM, PRECISION_BYTES
 from minimind.model.presets import PRESETS, preset_config_kwargs
 
 GIB = 2**30
-PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-OPTIMIZER_STATE_BYTES_PER_PARAM = 4 + 4 + 4  # fp32 master weight, Adam's two fp32 moments
 OFFLOAD_CHOICES = ("none", "optimizer", "params")
 DEFAULT_RESERVE = 0.10
 DEFAULT_REDUCE_BUCKET_SIZE = 50_000_000  # ds_configs/*.json

@@ -46,11 +46,12 @@ NODE_TIMEOUT_S = 240
 
 
 def launch_two_nodes(tmp_path: Path, args: list[str], env: dict, own_folders: bool = False,
-                     check: bool = True) -> list[subprocess.CompletedProcess]:
-    """Start node 0 and node 1 concurrently through ``deepspeed --no_ssh``; wait for both.
+                     check: bool = True, node1_delay_s: float = 0.0) -> list[subprocess.CompletedProcess]:
+    """Start node 0 and node 1 through ``deepspeed --no_ssh``; wait for both.
 
     ``own_folders``: each node runs in its own working directory (``tmp_path/node{N}``), so
-    relative paths name a different folder on each, as per-node disks would."""
+    relative paths name a different folder on each, as per-node disks would.
+    ``node1_delay_s``: node 1 starts that much later (a node still busy, e.g. tokenizing)."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")
     port = free_local_port()
@@ -60,6 +61,8 @@ def launch_two_nodes(tmp_path: Path, args: list[str], env: dict, own_folders: bo
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh",
                    "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
                    str(REPO_ROOT / "pretrain_ds.py"), *args]
+        if node_rank == 1:
+            time.sleep(node1_delay_s)
         folder = tmp_path / f"node{node_rank}" if own_folders else REPO_ROOT
         folder.mkdir(exist_ok=True)
         log = open(tmp_path / f"node{node_rank}.log", "w+")  # noqa: SIM115 - closed below
@@ -200,3 +203,15 @@ def test_openmpi_launcher_trains_as_one_node_with_two_ranks(tmp_path, corpus, la
     assert [m["step"] for m in two] == list(range(1, REFERENCE_STEPS + 1))
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), a["step"]
+
+
+def test_a_node_arriving_later_than_the_collective_timeout_still_joins(tmp_path, corpus, launch_env_vars,
+                                                                      reference_run):
+    """Node 1 starts 15 s after node 0 (as a node still tokenizing would) with collectives that
+    give up after 5 s: the ranks meet in the rendezvous store, which waits --rendezvous_timeout."""
+    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(tmp_path / "late"),
+            "--max_steps", "3", "--collective_timeout", "5"]
+    started = time.monotonic()
+    launch_two_nodes(tmp_path, args, launch_env_vars, node1_delay_s=15)
+    assert time.monotonic() - started > 15
+    assert [m["step"] for m in read_metrics(tmp_path / "late")] == [1, 2, 3]

@@ -14,11 +14,12 @@ import argparse
 import sys
 
 from minimind.checkpoint.errors import CheckpointError
-from minimind.checkpoint.export import DTYPES, export_checkpoint
+from minimind.checkpoint.export import export_checkpoint
 from minimind.checkpoint.locate import locate_checkpoint
 from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.checkpoint.summary import describe_checkpoint
 from minimind.checkpoint.universal import convert_to_universal
+from minimind.model.precision import PRECISION_DTYPES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     export.add_argument("source", help="checkpoint folder (with 'latest') or tag folder; ZeRO or universal")
     export.add_argument("destination", help="hf: output folder; pth: output file (or folder)")
     export.add_argument("--format", choices=("hf", "pth"), default="hf")
-    export.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp16 for pth, fp32 for hf")
+    export.add_argument("--dtype", choices=tuple(PRECISION_DTYPES), default=None,
+                        help="default: fp16 for pth, fp32 for hf")
     universal = commands.add_parser("to-universal", help="convert a ZeRO checkpoint tag to the universal format")
     universal.add_argument("source", help="checkpoint folder (with 'latest') or tag folder")
     universal.add_argument("destination", help="folder receiving {tag}/ and latest_universal")

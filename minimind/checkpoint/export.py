@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from minimind.checkpoint.autoep_names import minimind_expert_keys
 from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.locate import CheckpointLocation, model_config_dict, read_client_state
 from minimind.checkpoint.standalone_code import MODULE_FILE, standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.model.pth_weights import save_minimind_state, state_dict_mismatch
+from minimind.model.precision import PRECISION_DTYPES
+from minimind.model.pth_weights import minimind_weights_name, save_minimind_state, state_dict_mismatch
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.checkpointing import minimind_weights_name
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TIED_KEY, TIED_SOURCE = "lm_head.weight", "model.embed_tokens.weight"
 
 
@@ -50,8 +50,6 @@ def consolidated_fp32_state(location: CheckpointLocation, client_state: dict) ->
                 f"{location.tag_dir}: DeepSpeed's zero_to_fp32 cannot consolidate it ({type(error).__name__}: {error})"
             ) from None
     if moe_layers:
-        from minimind.training.expert_parallel import minimind_expert_keys
-
         state = minimind_expert_keys(state, moe_layers)
     state = {key: tensor.float() for key, tensor in state.items()}
     if TIED_KEY not in state and TIED_SOURCE in state:
@@ -135,13 +133,13 @@ def export_checkpoint(source: CheckpointLocation, destination: str | Path, fmt: 
                       dtype: str | None = None) -> Path:
     """Write checkpoint ``source`` as ``fmt`` (``hf`` or ``pth``) in ``dtype`` (default: fp16 for pth, fp32 for hf)."""
     dtype = dtype or ("fp16" if fmt == "pth" else "fp32")
-    if dtype not in DTYPES:
-        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in PRECISION_DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(PRECISION_DTYPES)}, got {dtype!r}")
     model, client_state = load_checkpoint_model(source)
     destination = Path(destination)
     if fmt == "pth":
-        return export_pth(model, destination, DTYPES[dtype])
+        return export_pth(model, destination, PRECISION_DTYPES[dtype])
     if fmt == "hf":
         tokenizer_path = (client_state.get("args") or {}).get("tokenizer_path")
-        return export_hf(model, destination, DTYPES[dtype], tokenizer_path)
+        return export_hf(model, destination, PRECISION_DTYPES[dtype], tokenizer_path)
     raise CheckpointError(f"--format must be hf or pth, got {fmt!r}")

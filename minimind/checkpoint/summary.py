@@ -1,7 +1,7 @@
 """What a checkpoint holds, in a few lines, from its metadata only (no weight or optimizer tensor is read)."""
 
 from minimind.checkpoint.locate import CheckpointLocation, read_client_state
-from minimind.training.ds_config import precision_of
+from minimind.model.precision import precision_of
 
 SUMMARY_CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                          "vocab_size", "intermediate_size", "use_moe", "n_routed_experts", "num_experts_per_tok")

@@ -71,3 +71,8 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str
         if tensor.shape != expected[key].shape:
             return f"{key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
     return None
+
+
+def minimind_weights_name(hidden_size: int, use_moe: bool) -> str:
+    """MiniMind's weights file name: ``pretrain_{hidden}[_moe].pth``."""
+    return f"pretrain_{hidden_size}{'_moe' if use_moe else ''}.pth"

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
 
-from minimind.model.pth_weights import save_minimind_state
+from minimind.model.pth_weights import minimind_weights_name, save_minimind_state
 from minimind.training.collectives import all_gather_object, barrier
 from minimind.training.world import global_rank, world_size
 
@@ -216,7 +216,3 @@ def master_weights_state_dict(
             state[key] = state[names_by_id[id(value)]] if id(value) in names_by_id else value.detach().float().cpu()
     return state
 
-
-def minimind_weights_name(hidden_size: int, use_moe: bool) -> str:
-    """MiniMind's weights file name: ``pretrain_{hidden}[_moe].pth``."""
-    return f"pretrain_{hidden_size}{'_moe' if use_moe else ''}.pth"

@@ -110,10 +110,3 @@ def resolve_ds_config(
     clip = float(config.get("gradient_clipping", 0.0))
     return config, BatchPlan(micro, accum, data_parallel, clip)
 
-
-def precision_of(config: dict) -> str:
-    """``fp16``, ``bf16`` or ``fp32``: what the config trains in."""
-    for name in ("fp16", "bf16"):
-        if config.get(name, {}).get("enabled"):
-            return name
-    return "fp32"

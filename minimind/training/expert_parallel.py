@@ -16,7 +16,7 @@ experts replicated. This module
   writes MiniMind's ``.pth`` from them.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,6 +24,8 @@ from deepspeed.checkpoint.autoep_affine import autoep_experts_for_rank
 from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 from torch import nn
 
+from minimind.checkpoint.autoep_names import EXPERT_TENSOR_NAMES, minimind_expert_keys
+from minimind.checkpoint.locate import MODEL_STATES, locate_checkpoint
 from minimind.checkpoint.safe_load import load_checkpoint_file
 from minimind.model import MiniMindConfig
 from minimind.model.moe import MoEGate
@@ -45,8 +47,6 @@ MINIMIND_AUTOEP_NAMES = {
     "has_shared_experts": True,
     "shared_experts_pattern": "shared_experts",
 }
-# AutoEP's grouped expert tensors, (experts, out, in) each, and MiniMind's Linear they stack.
-EXPERT_TENSOR_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
 def minimind_autoep_section(model_config: MiniMindConfig) -> dict:
@@ -176,13 +176,10 @@ def install_aux_loss(engine, model_config: MiniMindConfig) -> ExpertParallelAuxL
 
 
 def checkpoint_expert_parallel_size(checkpoint_dir: Path, tag: str | None) -> tuple[Path, int | None]:
-    """The model-states file of a checkpoint tag and the AutoEP size it was written with (None: no AutoEP)."""
-    checkpoint_dir = Path(checkpoint_dir)
-    if tag is None:
-        tag = (checkpoint_dir / "latest").read_text().strip()
-    path = checkpoint_dir / tag / "mp_rank_00_model_states.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model states in this checkpoint")
+    """The model-states file of a checkpoint tag (``latest`` when None) and the AutoEP size it was
+    written with (None: no AutoEP)."""
+    location = locate_checkpoint(Path(checkpoint_dir) / tag if tag else checkpoint_dir)
+    path = location.tag_dir / MODEL_STATES
     state = load_checkpoint_file(path, map_location="cpu", mmap=True)  # mmap: no tensor is read
     layers = state.get("ds_autoep_layers") or []
     # DeepSpeed saves AutoEP only when every layer has the same size.
@@ -245,30 +242,6 @@ def minimind_named_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -
     gather = expert_gatherer(model)
     return minimind_expert_keys({name: gather(name, tensor) for name, tensor in tensors.items()},
                                 autoep_layers(model))
-
-
-def minimind_expert_keys(tensors: dict[str, torch.Tensor], moe_layers: Iterable[str]) -> dict[str, torch.Tensor]:
-    """AutoEP names renamed to MiniMind's keys, for tensors that hold every expert.
-
-    ``moe_layers`` are the AutoEP layers' module paths (``model.layers.{i}.mlp``). In them
-    ``router.gate.weight`` becomes ``gate.weight`` and each grouped ``experts.w{1,2,3}``
-    (all experts in global order, out, in) is split into
-    ``experts.{e}.{gate,down,up}_proj.weight`` (views of it). Other names pass unchanged.
-    """
-    layers = set(moe_layers)
-    renamed = {}
-    for name, tensor in tensors.items():
-        prefix, _, local = name.rpartition(".experts.")
-        if prefix in layers and local in EXPERT_TENSOR_NAMES:
-            for expert, weight in enumerate(tensor):
-                renamed[f"{prefix}.experts.{expert}.{EXPERT_TENSOR_NAMES[local]}.weight"] = weight
-            continue
-        prefix, _, local = name.rpartition(".router.")
-        if prefix in layers:
-            renamed[f"{prefix}.{local}"] = tensor
-            continue
-        renamed[name] = tensor
-    return renamed
 
 
 def gather_experts(layer: AutoEPMoELayer, local: torch.Tensor) -> torch.Tensor:

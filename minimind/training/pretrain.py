@@ -35,21 +35,20 @@ from minimind.data import (
 )
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.config import ModelConfigError
-from minimind.model.pth_weights import WeightsMismatchError
-from minimind.plan import PRECISION_BYTES
+from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precision_of
+from minimind.model.pth_weights import WeightsMismatchError, minimind_weights_name
 from minimind.tokenizer.loader import TokenizerLayoutError, load_tokenizer, tokenizer_fingerprint
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs
 from minimind.training.checkpointing import (
     TrainingPosition,
     load_training_state,
-    minimind_weights_name,
     report_failed_checkpoint_writes,
     save_training_state,
     write_minimind_weights,
 )
 from minimind.training.collectives import accelerator_device, barrier
 from minimind.training.corpus_fit import fit_batch_to_corpus
-from minimind.training.ds_config import BatchPlan, ConfigError, precision_of, resolve_ds_config
+from minimind.training.ds_config import BatchPlan, ConfigError, resolve_ds_config
 from minimind.training.expert_parallel import (
     check_resume_expert_parallel,
     install_aux_loss,
@@ -358,4 +357,4 @@ def resume_target(args: argparse.Namespace, save_dir: Path) -> CheckpointLocatio
 
 def model_dtype(ds_config: dict) -> torch.dtype:
     """The dtype DeepSpeed trains the module in."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision_of(ds_config)]
+    return PRECISION_DTYPES[precision_of(ds_config)]

@@ -7,7 +7,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from minimind.plan import OPTIMIZER_STATE_BYTES_PER_PARAM
+from minimind.model.precision import OPTIMIZER_STATE_BYTES_PER_PARAM
 from minimind.training.collectives import all_gather_object, barrier, broadcast_object
 from minimind.training.ds_config import ConfigError
 from minimind.training.world import global_rank

@@ -1,0 +1,89 @@
+"""Imports run one way: kernels <- model <- tokenizer <- data <- checkpoint <- training <- entry points.
+
+Every import of every module (top-level and inside functions) is read with ``ast``. A module
+may import its own layer or a lower one, never a higher one; the layers that make up the
+model and its data (``kernels``, ``model``, ``tokenizer``, ``data``) import nothing
+distributed. Command modules (``python -m ...``) and ``bench/`` are entry points.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.launcher import REPO_ROOT
+
+LAYERS = ("kernels", "minimind.model", "minimind.tokenizer", "minimind.data", "minimind.checkpoint",
+          "minimind.training")
+ENTRY_POINTS = ("pretrain_ds", "bench", "minimind.plan", "minimind.tokenizer.train", "minimind.checkpoint.__main__")
+DISTRIBUTED = ("deepspeed", "torch.distributed")
+LOCAL = LAYERS[:4]  # the model and its data: no distribution in them
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int | None:
+    """Index of ``module``'s layer (entry points above them all); None outside the project."""
+    if any(module == entry or module.startswith(f"{entry}.") for entry in ENTRY_POINTS):
+        return len(LAYERS)
+    if module == "minimind":  # the package's own __init__: the model's public names
+        return LAYERS.index("minimind.model")
+    for index, layer in reversed(list(enumerate(LAYERS))):
+        if module == layer or module.startswith(f"{layer}."):
+            return index
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, wherever the import statement stands."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], base]).strip(".")
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # a submodule imported by name
+    return names
+
+
+def project_modules() -> list[Path]:
+    paths = [REPO_ROOT / "pretrain_ds.py"]
+    for folder in ("kernels", "minimind", "bench"):
+        paths.extend(sorted((REPO_ROOT / folder).rglob("*.py")))
+    return paths
+
+
+def crossings() -> list[str]:
+    found = []
+    for path in project_modules():
+        module = module_name(path)
+        own = layer_of(module)
+        for imported in imported_modules(path):
+            target = layer_of(imported)
+            if target is not None and target > own:
+                found.append(f"{module} imports {imported} ({LAYERS[own]} -> {LAYERS[target]})"
+                             if target < len(LAYERS) else f"{module} imports the entry point {imported}")
+            if own < len(LOCAL) and any(imported == d or imported.startswith(f"{d}.") for d in DISTRIBUTED):
+                found.append(f"{module} imports {imported}, but {LAYERS[own]} must know nothing of distribution")
+    return sorted(set(found))
+
+
+def test_imports_run_one_way():
+    assert len(project_modules()) > 50
+    assert crossings() == []
+
+
+@pytest.mark.parametrize("module, expected", [
+    ("kernels.dispatch", 0), ("minimind", 1), ("minimind.model.moe", 1), ("minimind.data.token_cache", 3),
+    ("minimind.tokenizer.train", 6), ("minimind.checkpoint.__main__", 6), ("minimind.checkpoint.export", 4),
+    ("bench.kernels", 6), ("torch", None), ("minimind.training.world", 5),
+])
+def test_every_module_has_its_layer(module, expected):
+    assert layer_of(module) == expected
