@@ -174,7 +174,7 @@ def test_a_token_cache_build_longer_than_the_collective_timeout_does_not_stop_th
     corpus = write_corpus(tmp_path / "part.jsonl", lines=100_000)
     big = tmp_path / "big.jsonl"
     with big.open("wb") as out:
-        for _ in range(5):  # ~100 MB: about 20 s of tokenization on this project's 2-core machine
+        for _ in range(8):  # ~175 MB: about 20 s of tokenization on this project's 2-core machine
             out.write(corpus.read_bytes())
     cache = tmp_path / "cache"
     launch(2, [*TINY_MODEL, *FP32_CONFIG, "--data_path", str(big), "--save_dir", str(tmp_path / "out"),
