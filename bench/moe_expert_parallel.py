@@ -140,7 +140,7 @@ def run_variant(args: argparse.Namespace) -> None:
             # the same global batch in every variant: draw all ranks' rows, keep this rank's
             rows = torch.randint(0, model_config.vocab_size, (world, args.batch_size, args.max_seq_len + 1),
                                  generator=generator)[rank]
-            micro_batches.append({"input_ids": rows[:, :-1], "labels": rows[:, 1:]})
+            micro_batches.append({"input_ids": rows[:, :-1], "targets": rows[:, 1:]})
         barrier()
         started = time.perf_counter()
         result = train_step(engine, micro_batches, device)

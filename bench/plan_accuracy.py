@@ -146,7 +146,7 @@ def run_measure(args: argparse.Namespace) -> None:
     batches = []
     for _ in range(args.steps):
         tokens = torch.randint(0, config.vocab_size, (args.micro_batch, args.max_seq_len), generator=generator)
-        batches.append([{"input_ids": tokens, "labels": tokens.clone()}])  # (batch, seq)
+        batches.append([{"input_ids": tokens, "targets": tokens.clone()}])  # (batch, seq)
 
     rss_before_model = current_rss_bytes()
     model = MiniMindForCausalLM(config)

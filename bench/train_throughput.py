@@ -44,7 +44,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from bench.launch_part import launch_part
@@ -58,6 +57,7 @@ from minimind.data import (
     make_data_loader,
 )
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.loss import token_cross_entropy
 from minimind.model.precision import precision_of
 from minimind.tokenizer import load_tokenizer
 from minimind.training.collectives import all_gather_object, all_reduce, barrier
@@ -344,7 +344,7 @@ def make_plain_step(model: nn.Module, ds_config: dict, grad_clip: float,
 
     def step(micro: list[dict]) -> StepResult:
         accumulation = len(micro)
-        local_targets = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro)
+        local_targets = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro)
         (global_targets,) = all_reduce_sum([local_targets], device)
         scale = world / max(global_targets, 1.0)
         loss_sum = aux_sum = 0.0
@@ -352,12 +352,7 @@ def make_plain_step(model: nn.Module, ds_config: dict, grad_clip: float,
             last = index == accumulation - 1
             with contextlib.nullcontext() if last or ddp is model else ddp.no_sync():
                 output = ddp(input_ids=batch["input_ids"].to(device))
-                token_loss = F.cross_entropy(
-                    output.logits.float().reshape(-1, output.logits.shape[-1]),
-                    batch["labels"].to(device).reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
+                token_loss = token_cross_entropy(output.logits, batch["targets"].to(device), reduction="sum")
                 (token_loss * scale + output.aux_loss / accumulation).backward()
             loss_sum += token_loss.item()
             aux_sum += float(output.aux_loss)

@@ -34,7 +34,7 @@ def step_sets(streams: list[list[int]], *, micro: int, accumulation: int) -> lis
 
 def window_tokens(sample: dict[str, torch.Tensor]) -> list[int]:
     """The real tokens of a window: its first input plus every unmasked label."""
-    real_labels = sample["labels"][sample["labels"] != IGNORE_INDEX]
+    real_labels = sample["targets"][sample["targets"] != IGNORE_INDEX]
     return [int(sample["input_ids"][0])] + real_labels.tolist()
 
 
@@ -51,8 +51,8 @@ def test_ranks_cover_every_token_once_per_epoch(world_size, micro, accumulation)
         sampler.set_epoch(1)
         rank_windows = []
         for batch in make_data_loader(windows, sampler):
-            assert batch["input_ids"].shape == batch["labels"].shape == (micro, MAX_SEQ_LEN)
-            rank_windows += [{"input_ids": batch["input_ids"][i], "labels": batch["labels"][i]}
+            assert batch["input_ids"].shape == batch["targets"].shape == (micro, MAX_SEQ_LEN)
+            rank_windows += [{"input_ids": batch["input_ids"][i], "targets": batch["targets"][i]}
                              for i in range(micro)]
         seen.append([tuple(window_tokens(window)) for window in rank_windows])
     first_tokens = [window[0] for rank_windows in seen for window in rank_windows]

@@ -33,11 +33,11 @@ def test_packed_windows_cover_the_stream_exactly_once(max_seq_len):
         sample = windows[index]
         chunk = stream[index * (max_seq_len + 1):(index + 1) * (max_seq_len + 1)]
         input_ids, labels = expected_row(chunk, max_seq_len)
-        assert sample["input_ids"].dtype == sample["labels"].dtype == torch.long
-        assert sample["input_ids"].shape == sample["labels"].shape == (max_seq_len,)
+        assert sample["input_ids"].dtype == sample["targets"].dtype == torch.long
+        assert sample["input_ids"].shape == sample["targets"].shape == (max_seq_len,)
         assert sample["input_ids"].tolist() == input_ids
-        assert sample["labels"].tolist() == labels
-        label_tokens += int((sample["labels"] != IGNORE_INDEX).sum())
+        assert sample["targets"].tolist() == labels
+        label_tokens += int((sample["targets"] != IGNORE_INDEX).sum())
     assert windows.num_label_tokens == label_tokens == len(stream) - len(windows)
     with pytest.raises(IndexError):
         windows[len(windows)]
@@ -47,7 +47,7 @@ def test_full_windows_have_no_padding():
     tokens, _ = synthetic_cache([30, 30, 30])
     windows = PackedWindows(tokens[:96], 31)
     assert len(windows) == 3
-    assert all((windows[i]["labels"] != IGNORE_INDEX).all() for i in range(3))
+    assert all((windows[i]["targets"] != IGNORE_INDEX).all() for i in range(3))
 
 
 @pytest.mark.parametrize("max_seq_len", [2, 5, 16, 200])
@@ -64,8 +64,8 @@ def test_padded_documents_truncate_pad_and_mask(max_seq_len):
         input_ids, labels = expected_row(kept, max_seq_len)
         sample = dataset[index]
         assert sample["input_ids"].tolist() == input_ids
-        assert sample["labels"].tolist() == labels
-        label_tokens += int((sample["labels"] != IGNORE_INDEX).sum())
+        assert sample["targets"].tolist() == labels
+        label_tokens += int((sample["targets"] != IGNORE_INDEX).sum())
     assert dataset.num_label_tokens == label_tokens
 
 

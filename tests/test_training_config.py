@@ -14,6 +14,7 @@ from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
 from minimind.training import pretrain
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs, parse_args
+from minimind.training.checkpointing import TrainingPosition
 from minimind.training.ds_config import ConfigError, read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
 from minimind.training.metrics import model_flops_per_token
@@ -246,3 +247,8 @@ def test_a_collective_failing_because_a_peer_died_is_told_apart_from_other_error
 def test_tf32_matmuls_only_for_fp32_training_on_cuda_unless_turned_off(tf32, device, config, expected):
     inputs = SimpleNamespace(ds_config=config)
     assert pretrain.tf32_matmuls(SimpleNamespace(tf32=tf32), inputs, torch.device(device)) is expected
+
+
+def test_a_position_saved_by_an_earlier_format_still_resumes():
+    saved = {"epoch": 1, "step": 5, "sample_in_epoch": 40, "extra": {}}  # "extra": a field since removed
+    assert TrainingPosition.from_client_state(saved) == TrainingPosition(epoch=1, step=5, sample_in_epoch=40)

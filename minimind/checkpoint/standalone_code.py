@@ -21,6 +21,7 @@ BUNDLED_MODULES = (
     "minimind.model.rope",
     "minimind.model.layers",
     "minimind.model.moe",
+    "minimind.model.loss",
     "minimind.model.modeling",
 )
 PROJECT_PACKAGES = ("kernels", "minimind")

@@ -9,7 +9,7 @@ def make_data_loader(dataset: Dataset, sampler: RankInvariantSampler, *, num_wor
                      pin_memory: bool = False) -> DataLoader:
     """Return a loader over this rank's micro-batches, in the sampler's order.
 
-    Each batch is ``{"input_ids": (micro_batch_size, L), "labels": (micro_batch_size, L)}``, int64.
+    Each batch is ``{"input_ids": (micro_batch_size, L), "targets": (micro_batch_size, L)}``, int64.
     Reading a sample is a slice of a memory-mapped array, so ``num_workers=0`` is usually enough.
     Workers share the memory map when forked (Linux); a spawned worker gets a pickled copy of it.
     """

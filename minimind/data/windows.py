@@ -1,8 +1,9 @@
 """Training samples cut from a token cache: packed windows (the default) or one padded document per row.
 
-Every sample is ``{"input_ids": LongTensor(L), "labels": LongTensor(L)}`` with L = max_seq_len.
-Labels are already shifted (``labels[t]`` is the target for ``input_ids[t]``) and
-``IGNORE_INDEX`` marks positions left out of the loss. Both datasets read straight from the
+Every sample is ``{"input_ids": LongTensor(L), "targets": LongTensor(L)}`` with L = max_seq_len.
+Targets are already shifted (``targets[t]`` is the token to predict at ``input_ids[t]``'s
+position; not Hugging Face's ``labels``, which the model shifts itself) and ``IGNORE_INDEX``
+marks positions left out of the loss. Both datasets read straight from the
 cache arrays (``TokenCache.tokens`` / ``.offsets``), so nothing is copied at construction.
 """
 
@@ -10,18 +11,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from minimind.model.loss import IGNORE_INDEX
 from minimind.tokenizer import PAD_ID
-
-IGNORE_INDEX = -100
 
 
 class PackedWindows(Dataset):
     """The whole token stream cut into consecutive, non-overlapping windows of max_seq_len + 1 tokens.
 
     Window i is ``tokens[i * (L + 1) : (i + 1) * (L + 1)]``; ``input_ids = w[:-1]`` and
-    ``labels = w[1:]``. Documents keep their ``[bos] ... [eos]`` framing and follow each other
+    ``targets = w[1:]``. Documents keep their ``[bos] ... [eos]`` framing and follow each other
     inside a window (attention is not cut at document boundaries, as in GPT-style pretraining).
-    The last, partial window is padded with ``pad_id`` and its padding masked out of the labels,
+    The last, partial window is padded with ``pad_id`` and its padding masked out of the targets,
     so every token of the corpus lies in exactly one window and no compute goes to padding
     elsewhere.
     """
@@ -53,7 +53,7 @@ class PaddedDocuments(Dataset):
 
     A document longer than max_seq_len + 1 tokens keeps ``[bos]``, its first max_seq_len - 1
     text tokens and ``[eos]``; a shorter one is padded with ``pad_id`` to max_seq_len + 1. Then
-    ``input_ids = ids[:-1]``, ``labels = ids[1:]`` with padding positions masked. Short
+    ``input_ids = ids[:-1]``, ``targets = ids[1:]`` with padding positions masked. Short
     documents waste most of each row on padding; ``PackedWindows`` avoids that.
     """
 
@@ -85,14 +85,14 @@ def shifted_sample(ids: np.ndarray, max_seq_len: int, pad_id: int) -> dict[str, 
     """Turn n <= max_seq_len + 1 real tokens into a padded, shifted sample.
 
     The ids are padded with ``pad_id`` to L + 1 (L = max_seq_len); returns ``input_ids`` (L,) =
-    padded[:-1] and ``labels`` (L,) = padded[1:] with the padding replaced by IGNORE_INDEX, int64.
+    padded[:-1] and ``targets`` (L,) = padded[1:] with the padding replaced by IGNORE_INDEX, int64.
     """
     ids = torch.from_numpy(np.array(ids, dtype=np.int64))
     input_ids = torch.full((max_seq_len,), pad_id, dtype=torch.long)
-    labels = torch.full((max_seq_len,), IGNORE_INDEX, dtype=torch.long)
+    targets = torch.full((max_seq_len,), IGNORE_INDEX, dtype=torch.long)
     input_ids[:min(len(ids), max_seq_len)] = ids[:max_seq_len]
-    labels[:len(ids) - 1] = ids[1:]
-    return {"input_ids": input_ids, "labels": labels}
+    targets[:len(ids) - 1] = ids[1:]
+    return {"input_ids": input_ids, "targets": targets}
 
 
 class RepeatedSamples(Dataset):

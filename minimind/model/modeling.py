@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
@@ -12,10 +11,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from minimind.model.config import MiniMindConfig
 from minimind.model.layers import Attention, FeedForward, RMSNorm
+from minimind.model.loss import token_cross_entropy
 from minimind.model.moe import MOEFeedForward
 from minimind.model.rope import rope_tables
-
-IGNORE_INDEX = -100
 
 
 class MiniMindBlock(GradientCheckpointingLayer):
@@ -146,11 +144,7 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                labels[:, 1:].reshape(-1),
-                ignore_index=IGNORE_INDEX,
-            )
+            loss = token_cross_entropy(logits[:, :-1], labels[:, 1:])
         return MiniMindCausalLMOutput(
             loss=loss, logits=logits, cache=cache if use_cache else None, aux_loss=aux_loss
         )

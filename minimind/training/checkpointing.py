@@ -10,7 +10,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,11 @@ class TrainingPosition:
     epoch: int = 0
     step: int = 0
     sample_in_epoch: int = 0
-    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_client_state(cls, saved: dict) -> "TrainingPosition":
+        """The position a checkpoint's client state recorded (keys of earlier formats ignored)."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 def rng_state() -> dict:

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from minimind.data import IGNORE_INDEX
+from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.collectives import all_reduce
 from minimind.training.metrics import MetricsLogger, StepMetrics
@@ -39,14 +38,14 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False) -> StepResult:
-    """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``labels`` (batch, seq)).
+    """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``targets`` (batch, seq)).
 
     ``stop_requested`` (this rank got a signal) rides on the step's first collective;
     ``StepResult.stop`` is True on every rank when any rank asked.
     """
     accumulation = len(micro_batches)
     world = world_size()
-    local_targets = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
+    local_targets = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro_batches)
     global_targets, stop_votes = all_reduce_sum([local_targets, float(stop_requested)], device)
     # engine.backward divides by accumulation and gradients are averaged over ranks:
     # scaling by accumulation * world / global_targets leaves sum(token losses) / global_targets.
@@ -54,14 +53,9 @@ def train_step(engine, micro_batches: list[dict], device: torch.device, stop_req
     loss_sum = aux_sum = 0.0
     for batch in micro_batches:
         input_ids = batch["input_ids"].to(device, non_blocking=True)
-        labels = batch["labels"].to(device, non_blocking=True)
+        targets = batch["targets"].to(device, non_blocking=True)
         output = engine(input_ids=input_ids)
-        token_loss = F.cross_entropy(
-            output.logits.float().reshape(-1, output.logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        token_loss = token_cross_entropy(output.logits, targets, reduction="sum")
         engine.backward(token_loss * scale + output.aux_loss)
         engine.step()
         loss_sum += token_loss.item()

@@ -312,7 +312,7 @@ def resume_state(engine, inputs: RunInputs) -> tuple[TrainingPosition, str | Non
     if inputs.resume is None:
         return TrainingPosition(), None
     client_state = load_training_state(engine, inputs.resume.root, inputs.resume.tag)
-    position = TrainingPosition(**client_state["position"])
+    position = TrainingPosition.from_client_state(client_state["position"])
     print0(f"resumed from {inputs.resume.tag_dir}{' (universal)' if inputs.resume.is_universal else ''} at step "
            f"{position.step}, epoch {position.epoch}")
     return position, client_state.get("wandb_run_id")

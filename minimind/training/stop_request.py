@@ -14,7 +14,6 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
-        self.signal_name: str | None = None
 
     def install(self) -> "StopRequest":
         """Handle SIGTERM and SIGINT in this process from now on."""
@@ -24,4 +23,3 @@ class StopRequest:
 
     def _record(self, signum, frame) -> None:
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
