@@ -187,21 +187,6 @@ class GpuMemoryPeak:
         return self.peak_mib - self.baseline_mib
 
 
-@contextlib.contextmanager
-def environment_variables(values: dict):
-    """Set ``values`` in this process's environment (inherited by what it starts) for the ``with`` block."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 class Check:
     """One run of the acceptance check: its settings, deadline, folders and the results so far."""
 
@@ -224,15 +209,17 @@ class Check:
             raise PartFailed(f"not run: the check's time budget (--budget_s) was spent ({left:.0f} s left)")
         return min(limit_s, left)
 
-    def run_command(self, command: list[str], log_name: str, limit_s: float) -> tuple[int, Path]:
-        """Run ``command`` from the repository root, output to ``logs/{log_name}.log``; (exit status, log).
+    def run_command(self, command: list[str], log_name: str, limit_s: float,
+                    env: dict | None = None) -> tuple[int, Path]:
+        """Run ``command`` from the repository root with ``env`` added to this environment, output to
+        ``logs/{log_name}.log``; (exit status, log).
 
         Its own session, so a timeout stops everything it started; a timeout fails the part."""
         log_path = self.logs / f"{log_name}.log"
         timeout_s = self.time_left(limit_s)
         with open(log_path, "w") as log:
-            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 return process.wait(timeout=timeout_s), log_path
             except subprocess.TimeoutExpired:
@@ -274,8 +261,7 @@ def run_pytest(check: Check, name: str, selection: list[str], limit_s: float, en
     """``pytest -q selection`` with ``env`` set; its counts. Fails the part on a failure, error or no test."""
     junit = check.logs / f"{name}.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *selection]
-    with environment_variables(env):
-        status, log_path = check.run_command(command, name, limit_s)
+    status, log_path = check.run_command(command, name, limit_s, env)
     if not junit.is_file():
         raise PartFailed(failure_reason(f"pytest exited {status}", log_path))
     counts = pytest_counts(junit)
@@ -391,8 +377,9 @@ def launch_training(check: Check, run: TrainingRun, ds_config: Path, save_dir: P
     log_path = check.logs / f"{run.name}.log"
     memory = GpuMemoryPeak() if not check.dry_run else None
     try:
-        with environment_variables(run.env), memory or contextlib.nullcontext():
-            launch_part("pretrain_ds", 1, flags, run.name, latest, check.time_left(run.timeout_s), exit_grace_s=60)
+        with memory or contextlib.nullcontext():
+            launch_part("pretrain_ds", 1, flags, run.name, latest, check.time_left(run.timeout_s), exit_grace_s=60,
+                        env=run.env)
     except SystemExit as stopped:
         raise PartFailed(failure_reason(str(stopped), log_path)) from None
     finally:
@@ -527,8 +514,8 @@ def part_hf_generate(check: Check) -> PartResult:
         max_new_tokens = 8 if check.dry_run else 32
         generate = [sys.executable, "-m", "bench.gpu_check", "--part", "generate", "--hf_dir", str(hf_dir),
                     "--device", device, "--max_new_tokens", str(max_new_tokens), "--result", str(generated_json)]
-        with environment_variables({"HF_MODULES_CACHE": str(modules_cache)}):  # where remote code is copied
-            status, log_path = check.run_command(generate, "hf-generate", 180)
+        # HF_MODULES_CACHE: where transformers copies the exported folder's remote code
+        status, log_path = check.run_command(generate, "hf-generate", 180, {"HF_MODULES_CACHE": str(modules_cache)})
         if status != 0 or not generated_json.is_file():
             raise PartFailed(failure_reason(f"generation exited {status}", log_path))
     finally:

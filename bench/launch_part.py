@@ -19,8 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def launch_part(module: str, ranks: int, part_args: list[str], name: str, out: Path, timeout_s: float,
-                exit_grace_s: float = 30) -> None:
-    """``deepspeed --num_gpus ranks --module module part_args`` until ``out`` exists; exits on failure."""
+                exit_grace_s: float = 30, env: dict | None = None) -> None:
+    """``deepspeed --num_gpus ranks --module module part_args``, with ``env`` added to this environment,
+    until ``out`` exists; exits on failure."""
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
                "--master_port", str(free_local_port()), "--module", module, *part_args]
     print(f"{name}: {' '.join(command[3:])}", flush=True)
@@ -28,8 +29,8 @@ def launch_part(module: str, ranks: int, part_args: list[str], name: str, out: P
     log_path = out.with_suffix(".log")
     with open(log_path, "w") as log:
         # Its own session, so that the launcher and its ranks can be stopped together.
-        launcher = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        launcher = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         written_at = None
         while launcher.poll() is None:
             time.sleep(1)

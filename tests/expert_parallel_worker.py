@@ -22,13 +22,15 @@ import torch.nn.functional as F
 from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 from deepspeed.utils import safe_get_full_grad
 
+from minimind.checkpoint.autoep_names import minimind_expert_keys
 from minimind.data import IGNORE_INDEX
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.training.collectives import all_reduce, barrier
 from minimind.training.ds_config import resolve_ds_config
 from minimind.training.expert_parallel import (
+    autoep_layers,
+    expert_gatherer,
     install_aux_loss,
-    minimind_named_tensors,
     resolve_expert_parallel,
     write_expert_parallel_weights,
 )
@@ -36,6 +38,13 @@ from minimind.training.process_group import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
+
+
+def minimind_named_tensors(model, tensors: dict) -> dict:
+    """``tensors`` named as in an AutoEP ``model``, experts gathered and renamed to MiniMind's keys
+    (the path the trainer's ``.pth`` takes). Collective on the expert-parallel groups."""
+    gather = expert_gatherer(model)
+    return minimind_expert_keys({name: gather(name, tensor) for name, tensor in tensors.items()}, autoep_layers(model))
 
 
 def build_engine(case: dict, world: int):

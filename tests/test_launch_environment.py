@@ -200,3 +200,13 @@ def test_a_rank_that_never_arrives_is_one_line_after_the_rendezvous_timeout(monk
     monkeypatch.setattr(process_group, "RENDEZVOUS_POLL_S", 0.01)
     with pytest.raises(LauncherError, match=r"^1 of 2 ranks started within 0 s \(--rendezvous_timeout\)"):
         process_group.wait_for_every_rank(CountingStore(others=0), size=2, timeout_s=0.1)
+
+
+@pytest.mark.parametrize("backend, size, torch_version, expected", [
+    ("nccl", 8, "2.13.0", True), ("nccl", 1, "2.13.0", False), ("gloo", 8, "2.13.0", False),
+    ("nccl", 8, "2.6.1", False), ("nccl", 8, "2.7.1", True), ("nccl", 8, "2.6.0", True),
+])
+def test_the_gpu_is_bound_at_start_as_deepspeed_binds_it(monkeypatch, backend, size, torch_version, expected):
+    """DeepSpeed binds NCCL's device for a world above one, except on the torch releases where it hangs."""
+    monkeypatch.setattr(process_group.torch, "__version__", torch_version)
+    assert process_group.binds_nccl_device(backend, size) is expected

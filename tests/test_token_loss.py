@@ -42,6 +42,12 @@ def test_the_model_s_loss_on_labels_equals_the_loop_s_loss_on_targets(seq_len, t
     result = train_step(PlainEngine(model), [batch], torch.device("cpu"))
     assert result.target_tokens == int((batch["targets"] != IGNORE_INDEX).sum())
     assert result.loss == pytest.approx(expected.item(), rel=1e-6)
+    # both against a float64 negative log-likelihood written here, not the project's loss function
+    with torch.no_grad():
+        log_probs = model(batch["input_ids"]).logits.double().log_softmax(-1)  # (batch, seq, vocab)
+    kept = batch["targets"] != IGNORE_INDEX
+    nll = -log_probs.gather(-1, batch["targets"].clamp(min=0)[..., None])[..., 0]
+    assert result.loss == pytest.approx(nll[kept].mean().item(), rel=1e-5)
 
 
 def test_labels_are_shifted_by_the_model_and_targets_are_not():

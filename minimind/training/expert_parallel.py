@@ -236,14 +236,6 @@ def expert_gatherer(model: nn.Module) -> Callable[[str, torch.Tensor], torch.Ten
     return gather
 
 
-def minimind_named_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``tensors`` named as in an AutoEP ``model``, renamed to MiniMind's keys, experts gathered
-    (``expert_gatherer``, then ``minimind_expert_keys``). Collective on the expert-parallel groups."""
-    gather = expert_gatherer(model)
-    return minimind_expert_keys({name: gather(name, tensor) for name, tensor in tensors.items()},
-                                autoep_layers(model))
-
-
 def gather_experts(layer: AutoEPMoELayer, local: torch.Tensor) -> torch.Tensor:
     """(local experts, ...) on each rank of the layer's group -> (all experts, ...) in global expert order,
     on the accelerator device."""

@@ -8,7 +8,6 @@ model exist, so bad input costs a second and one line, never a DeepSpeed traceba
 import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import deepspeed
 import torch
@@ -292,8 +291,7 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
         lambda optimizer: minimind_scheduler(optimizer, total_steps, args.warmup_steps)
     )
     engine, _, _, _ = deepspeed.initialize(
-        args=SimpleNamespace(device_rank=local_device_index()), model=model, model_parameters=model.parameters(),
-        config=inputs.ds_config, lr_scheduler=scheduler,
+        model=model, model_parameters=model.parameters(), config=inputs.ds_config, lr_scheduler=scheduler
     )
     report_failed_checkpoint_writes(engine)
     module_bytes = PRECISION_BYTES[precision_of(inputs.ds_config)]

@@ -36,9 +36,17 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from deepspeed.comm.comm import mpi_discovery
+from packaging import version
 
 from minimind.training.collectives import barrier
-from minimind.training.world import NO_LAUNCHER, LaunchedWorld, LauncherError, launched_world, local_rank
+from minimind.training.world import (
+    NO_LAUNCHER,
+    TORCH_LAUNCHER,
+    LaunchedWorld,
+    LauncherError,
+    launched_world,
+    local_rank,
+)
 
 SHARED_MEMORY = Path("/dev/shm")
 DEFAULT_MASTER_PORT = 29500
@@ -73,13 +81,19 @@ def init_process_group(timeout_s: float | None = None,
     if timeout is not None:
         store.set_timeout(timeout)
     backend = accelerator.communication_backend_name()
-    # NCCL: bind the rank's GPU at start (as deepspeed.init_distributed does for a world above one).
-    device_id = torch.device("cuda", device_index) if backend == "nccl" and size > 1 else None
+    device_id = torch.device("cuda", device_index) if binds_nccl_device(backend, size) else None
     dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout, device_id=device_id)
     deepspeed.init_distributed(dist_backend=backend, **({} if timeout is None else {"timeout": timeout}))
     if accelerator.device_name() == "cpu":
         unlink_allreduce_buffer()
     return world
+
+
+def binds_nccl_device(backend: str, size: int) -> bool:
+    """Whether to bind the rank's GPU when the group starts, as ``deepspeed.init_distributed`` does:
+    NCCL with more than one rank, except on torch 2.6.x, where binding hangs (pytorch#153960)."""
+    return backend == "nccl" and size > 1 and not (
+        version.parse("2.6.0") < version.parse(torch.__version__) < version.parse("2.7.1"))
 
 
 def wait_for_every_rank(store: dist.Store, size: int, timeout_s: float) -> None:
@@ -100,7 +114,7 @@ def export_torch_variables(world: LaunchedWorld, environ=None) -> None:
     """Set torch's rendezvous variables in ``environ`` (default ``os.environ``) for a launcher that
     sets other names, or for no launcher; a torch-style launcher's are left as they are."""
     environ = os.environ if environ is None else environ
-    if world.launcher == "deepspeed/torchrun":
+    if world.launcher == TORCH_LAUNCHER:
         return
     if world.launcher == NO_LAUNCHER:
         environ["MASTER_ADDR"] = "127.0.0.1"  # never a master left over in the shell

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
+TORCH_LAUNCHER = "deepspeed/torchrun"  # the launchers that set torch's own variables
 # (launcher, rank variable, world-size variable, local-rank variable), in order of precedence.
 LAUNCHER_VARIABLES = (
-    ("deepspeed/torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    (TORCH_LAUNCHER, "RANK", "WORLD_SIZE", "LOCAL_RANK"),
     ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
     ("mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
     ("slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"),
