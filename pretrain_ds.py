@@ -15,11 +15,11 @@ machine). ``--help`` lists every flag; MiniMind's flag names keep their meaning.
 
 import sys
 
-from minimind.checkpoint.safe_load import checkpoint_loading
+from minimind.errors import UserInputError, first_line
 from minimind.training.arguments import parse_args
 from minimind.training.checkpointing import CheckpointWriteError
 from minimind.training.loop import NonFiniteStepsError
-from minimind.training.pretrain import USER_INPUT_ERRORS, pretrain
+from minimind.training.pretrain import pretrain
 from minimind.training.process_group import lost_a_peer
 from minimind.training.world import global_rank
 
@@ -28,13 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags and train. Bad input is one line on stderr and exit status 2; a run stopped
     for non-finite losses is one line and status 3, one whose checkpoint could not be written
     (disk full) one line and status 4; a rank that loses its peers (one died) one line and status 5."""
-    args = parse_args(argv)
     try:
-        with checkpoint_loading(trusted=args.trust_checkpoint):
-            pretrain(args)
-    except USER_INPUT_ERRORS as error:
+        pretrain(parse_args(argv))
+    except UserInputError as error:
         print(f"pretrain_ds.py: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return error.exit_status
     except NonFiniteStepsError as error:  # every rank stops together: rank 0 says why
         if global_rank() == 0:
             print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
@@ -45,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # DistError, or gloo's plain RuntimeError: another rank died
         if not lost_a_peer(error):
             raise
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"pretrain_ds.py: stopped: rank {global_rank()}: a collective with the other ranks failed ({reason}); "
+        print(f"pretrain_ds.py: stopped: rank {global_rank()}: a collective with the other ranks failed "
+              f"({first_line(error)}); "
               "another rank has probably died or stalled, see its own message", file=sys.stderr, flush=True)
         return 5
     return 0

@@ -33,15 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
+from bench.engine import build_engine
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.training.collectives import all_gather, all_reduce, barrier
-from minimind.training.ds_config import resolve_ds_config
-from minimind.training.expert_parallel import install_aux_loss, resolve_expert_parallel
 from minimind.training.loop import train_step
 from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0
@@ -122,15 +120,11 @@ def run_variant(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
     model_config = MiniMindConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                                   use_moe=True, kernel_impl="torch")
-    ds_config, batch = resolve_ds_config(DS_CONFIG, data_parallel=world, fp16_supported=False,
-                                         micro_batch=args.batch_size, accumulation=args.accumulation_steps)
-    ep_size = resolve_expert_parallel(ds_config, VARIANTS[args.variant], model_config, world, "--variant")
     torch.manual_seed(args.seed)
     model = MiniMindForCausalLM(model_config)
     parameters = sum(p.numel() for p in model.parameters())
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
-    if ep_size is not None:
-        install_aux_loss(engine, model_config)
+    engine, _, batch = build_engine(DS_CONFIG, world, model, args.batch_size, args.accumulation_steps,
+                                    ep_size=VARIANTS[args.variant])
     generator = torch.Generator().manual_seed(args.seed + 1)
     device = torch.device(get_accelerator().current_device_name())
     step_seconds, loss = [], float("nan")
@@ -186,10 +180,7 @@ def optimizer_bytes(optimizer) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.variant == "all":
-        run_driver(args)
-    else:
-        run_variant(args)
+    run_driver(args) if args.variant == "all" else run_variant(args)
 
 
 if __name__ == "__main__":

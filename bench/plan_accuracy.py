@@ -36,13 +36,16 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 
+from bench.engine import build_engine
 from bench.launch_part import launch_part
 from minimind.model import MiniMindForCausalLM
 from minimind.model.precision import precision_of
 from minimind.plan import PlanSettings, model_config, plan_memory
 from minimind.training.collectives import all_gather_object, barrier
-from minimind.training.ds_config import resolve_ds_config
+from minimind.training.loop import train_step
 from minimind.training.process_group import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -122,25 +125,12 @@ def growth_bytes(measured: dict) -> int:
     return max(rank["peak_rss_bytes"] - rank["rss_before_model_bytes"] for rank in measured["ranks"])
 
 
-
-
 def run_measure(args: argparse.Namespace) -> None:
     """One rank: build, initialize, train ``--steps`` steps, gather the RSS figures; rank 0 writes them."""
-    import deepspeed
-    import torch.distributed as dist
-    from deepspeed.accelerator import get_accelerator
-
-    from minimind.training.loop import train_step
-
-    accelerator = get_accelerator()
     init_process_group()
     torch.set_num_threads(1)
-    device = torch.device(accelerator.current_device_name())
+    device = torch.device(get_accelerator().current_device_name())
     world = dist.get_world_size()
-    ds_config, _ = resolve_ds_config(REPO_ROOT / "ds_configs" / args.ds_config, data_parallel=world,
-                                     fp16_supported=accelerator.is_fp16_supported(), micro_batch=args.micro_batch,
-                                     accumulation=1)
-    ds_config.setdefault("zero_optimization", {})["stage"] = args.zero
     config = model_config(args.preset, hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers)
     generator = torch.Generator().manual_seed(dist.get_rank())
     batches = []
@@ -152,7 +142,8 @@ def run_measure(args: argparse.Namespace) -> None:
     model = MiniMindForCausalLM(config)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    engine, ds_config, _ = build_engine(REPO_ROOT / "ds_configs" / args.ds_config, world, model, args.micro_batch, 1,
+                                        zero_stage=args.zero)
     for micro in batches:
         train_step(engine, micro, device)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -171,8 +162,6 @@ def run_measure(args: argparse.Namespace) -> None:
     barrier()
 
 
-
-
 def current_rss_bytes() -> int:
     """This process's resident set size now (Linux ``/proc/self/statm``)."""
     resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -181,10 +170,7 @@ def current_rss_bytes() -> int:
 
 def main() -> None:
     args = parse_args()
-    if args.part == "all":
-        run_driver(args)
-    else:
-        run_measure(args)
+    run_driver(args) if args.part == "all" else run_measure(args)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 from torch import nn
 
+from bench.engine import build_engine
 from bench.launch_part import launch_part
 from minimind.data import (
     IGNORE_INDEX,
@@ -61,7 +63,6 @@ from minimind.model.loss import token_cross_entropy
 from minimind.model.precision import precision_of
 from minimind.tokenizer import load_tokenizer
 from minimind.training.collectives import all_gather_object, all_reduce, barrier
-from minimind.training.ds_config import resolve_ds_config
 from minimind.training.loop import StepResult, all_reduce_sum, take, train_step
 from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0
@@ -149,10 +150,6 @@ def run_driver(args: argparse.Namespace) -> None:
     print_report(args, results, load_before, load_after, time.perf_counter() - started)
 
 
-
-
-
-
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -233,21 +230,10 @@ def rss_growth(memory: dict) -> int:
 
 def run_part(args: argparse.Namespace) -> None:
     """Run the throughput or memory part on this rank; rank 0 writes the results to ``--out``."""
-    # Imported here: the driver never needs DeepSpeed, and importing it takes seconds.
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    accelerator = get_accelerator()
     init_process_group()
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
     torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0)) // local_ranks))
-    device = torch.device(accelerator.current_device_name())
-    ds_config, batch = resolve_ds_config(
-        args.ds_config, data_parallel=dist.get_world_size(), fp16_supported=accelerator.is_fp16_supported(),
-        micro_batch=args.batch_size, accumulation=args.accumulation_steps,
-    )
-    if args.part == "memory":
-        ds_config.setdefault("zero_optimization", {})["stage"] = args.stage
+    device = torch.device(get_accelerator().current_device_name())
     tokenizer = load_tokenizer()
     cache = build_or_load_token_cache(default_corpus_path(show_progress=False), tokenizer, show_progress=False,
                                       log=print0)
@@ -255,7 +241,7 @@ def run_part(args: argparse.Namespace) -> None:
                                   vocab_size=max(len(tokenizer), 6400))
     steps = args.warmup_steps + args.timed_steps
     packed = PackedWindows(cache.tokens, args.max_seq_len, pad_id=tokenizer.pad_token_id)
-    batches = {"packed": micro_batches(packed, batch.micro_batch, batch.accumulation, steps, args.seed)}
+    batches = {"packed": micro_batches(packed, args.batch_size, args.accumulation_steps, steps, args.seed)}
 
     rss_before_model = current_rss_bytes()
 
@@ -264,7 +250,9 @@ def run_part(args: argparse.Namespace) -> None:
         return MiniMindForCausalLM(model_config).to(device)
 
     model = build_model()
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    engine, ds_config, batch = build_engine(args.ds_config, dist.get_world_size(), model, args.batch_size,
+                                            args.accumulation_steps,
+                                            zero_stage=args.stage if args.part == "memory" else None)
     rss_after_initialize = current_rss_bytes()
     result = {
         "settings": {
@@ -279,7 +267,7 @@ def run_part(args: argparse.Namespace) -> None:
 
     if args.part == "throughput":
         padded = PaddedDocuments(cache.tokens, cache.offsets, args.max_seq_len, pad_id=tokenizer.pad_token_id)
-        batches["padded"] = micro_batches(padded, batch.micro_batch, batch.accumulation, steps, args.seed)
+        batches["padded"] = micro_batches(padded, args.batch_size, args.accumulation_steps, steps, args.seed)
         plain_step = make_plain_step(build_model(), ds_config, batch.grad_clip, device)
         runs = time_interleaved({"deepspeed": engine_step, "pytorch": plain_step}, batches, args.warmup_steps)
         result["runs"] = [asdict(run) for run in runs]
@@ -441,10 +429,7 @@ def count_state_bytes(module: nn.Module, optimizer: torch.optim.Optimizer) -> di
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.part == "all":
-        run_driver(args)
-    else:
-        run_part(args)
+    run_driver(args) if args.part == "all" else run_part(args)
 
 
 if __name__ == "__main__":

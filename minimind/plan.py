@@ -63,13 +63,16 @@ Checked against the peak memory of real CPU runs by ``bench/plan_accuracy.py``.
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 import torch
 
+from minimind.errors import ConfigError, UserInputError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import OPTIMIZER_STATE_BYTES_PER_PARAM, PRECISION_BYTES
 from minimind.model.presets import PRESETS, preset_config_kwargs
+from minimind.training.arguments import POSITIVE, FlagParser, number_at_least
 
 GIB = 2**30
 OFFLOAD_CHOICES = ("none", "optimizer", "params")
@@ -110,19 +113,22 @@ class PlanSettings:
 
     def __post_init__(self):
         if self.zero not in (0, 1, 2, 3):
-            raise ValueError(f"ZeRO stage must be 0-3, got {self.zero}")
+            raise ConfigError(f"ZeRO stage must be 0-3, got {self.zero}")
         if self.precision not in PRECISION_BYTES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_BYTES)}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISION_BYTES)}, got {self.precision!r}")
         if self.offload not in OFFLOAD_CHOICES:
-            raise ValueError(f"offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {self.offload!r}")
+            raise ConfigError(f"offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {self.offload!r}")
         if self.offload == "params" and self.zero != 3:
-            raise ValueError("parameter offload needs ZeRO-3")
+            raise ConfigError("parameter offload needs ZeRO-3")
         if self.offload != "none" and self.zero == 0:
-            raise ValueError("optimizer offload needs ZeRO 1-3")
+            raise ConfigError("optimizer offload needs ZeRO 1-3")
         if self.world_size < 1 or self.micro_batch < 1 or self.max_seq_len < 1 or self.ep_size < 1:
-            raise ValueError("world_size, micro_batch, max_seq_len and ep_size must be at least 1")
+            raise ConfigError("world_size, micro_batch, max_seq_len and ep_size must be at least 1")
         if self.world_size % self.ep_size:
-            raise ValueError(f"ep_size {self.ep_size} must divide world_size {self.world_size}")
+            raise ConfigError(f"ep_size {self.ep_size} must divide world_size {self.world_size}")
+        if not 0 <= self.reserve < 1 or self.gpu_memory_gib <= 0:
+            raise ConfigError(f"reserve must be in [0, 1) and gpu_memory above 0, got {self.reserve:g} and "
+                              f"{self.gpu_memory_gib:g}")
 
     @property
     def weight_bytes(self) -> int:
@@ -304,7 +310,7 @@ def plan_memory(config: MiniMindConfig, settings: PlanSettings, counts: Paramete
     if counts is None:
         counts = count_parameters(config)
     if config.use_moe and config.n_routed_experts % settings.ep_size:
-        raise ValueError(f"ep_size {settings.ep_size} must divide n_routed_experts {config.n_routed_experts}")
+        raise ConfigError(f"ep_size {settings.ep_size} must divide n_routed_experts {config.n_routed_experts}")
     param, grad, optimizer = model_state_bytes(counts, settings)
     estimate = deepspeed_estimate(counts, settings)
     if estimate is not None:
@@ -412,30 +418,31 @@ def format_plan(config: MiniMindConfig, plan: MemoryPlan, name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minimind.plan", description=__doc__.split("\n\n")[0],
+    """The flags of ``python -m minimind.plan``; a bad value is a one-line ``ConfigError``."""
+    parser = FlagParser(prog="python -m minimind.plan", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), default=None, help="model size (default: MiniMind's 26m)")
-    parser.add_argument("--hidden_size", type=int, default=None, help="overrides the preset")
-    parser.add_argument("--num_hidden_layers", type=int, default=None, help="overrides the preset")
-    parser.add_argument("--vocab_size", type=int, default=None, help="overrides the preset (6400)")
-    parser.add_argument("--world_size", type=int, default=1, help="data-parallel ranks in total")
+    parser.add_argument("--hidden_size", type=POSITIVE, default=None, help="overrides the preset")
+    parser.add_argument("--num_hidden_layers", type=POSITIVE, default=None, help="overrides the preset")
+    parser.add_argument("--vocab_size", type=POSITIVE, default=None, help="overrides the preset (6400)")
+    parser.add_argument("--world_size", type=POSITIVE, default=1, help="data-parallel ranks in total")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=2, help="ZeRO stage")
-    parser.add_argument("--micro_batch", type=int, default=4, help="micro-batch per rank")
-    parser.add_argument("--max_seq_len", type=int, default=2048)
+    parser.add_argument("--micro_batch", type=POSITIVE, default=4, help="micro-batch per rank")
+    parser.add_argument("--max_seq_len", type=POSITIVE, default=2048)
     parser.add_argument("--precision", choices=list(PRECISION_BYTES), default="bf16")
     parser.add_argument("--activation_checkpointing", action="store_true")
-    parser.add_argument("--ep_size", type=int, default=1, help="MoE expert-parallel size")
+    parser.add_argument("--ep_size", type=POSITIVE, default=1, help="MoE expert-parallel size")
     parser.add_argument("--offload", choices=OFFLOAD_CHOICES, default="none", help="ZeRO-Offload of what")
-    parser.add_argument("--gpu_memory", type=float, default=80.0, help="GiB per GPU")
-    parser.add_argument("--reserve", type=float, default=DEFAULT_RESERVE,
+    parser.add_argument("--gpu_memory", type=number_at_least(0, float), default=80.0, help="GiB per GPU")
+    parser.add_argument("--reserve", type=number_at_least(0, float), default=DEFAULT_RESERVE,
                         help="share of --gpu_memory kept for the CUDA context, buffers and fragmentation")
     return parser
 
 
 def main(argv: list[str] | None = None) -> MemoryPlan:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         config = model_config(args.preset, hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                               vocab_size=args.vocab_size)
         settings = PlanSettings(
@@ -444,8 +451,9 @@ def main(argv: list[str] | None = None) -> MemoryPlan:
             offload=args.offload, gpu_memory_gib=args.gpu_memory, reserve=args.reserve,
         )
         plan = plan_memory(config, settings)
-    except ValueError as error:
-        parser.error(str(error))
+    except UserInputError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_status)
     print(format_plan(config, plan, args.preset or "custom"))
     return plan
 

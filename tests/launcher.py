@@ -1,5 +1,5 @@
-"""Running ``pretrain_ds.py`` (or a test entry point) through DeepSpeed's real launcher, and the
-training settings the launched tests share."""
+"""Running ``pretrain_ds.py`` (or a test entry point) through DeepSpeed's real launcher, the
+training settings the launched tests share, and reading what the runs wrote."""
 
 import base64
 import contextlib
@@ -11,9 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
 from minimind.training.process_group import free_local_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DS_CONFIGS = REPO_ROOT / "ds_configs"
 WORDS = (
     "the model reads tokens and predicts the next one while the optimizer updates weights after each "
     "step of gradient descent with a learning rate that follows a cosine from its peak down to a tenth"
@@ -24,16 +28,25 @@ WORDS = (
 # 2 ranks x micro-batch 2 x accumulation 2 = 8 windows of 32 tokens per step, 40 steps at a
 # learning rate that visibly lowers the loss, a checkpoint every 10 steps (the newest 3 kept).
 TINY_MODEL = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--log_interval", "1"]
-FP32_CONFIG = ["--deepspeed_config", str(REPO_ROOT / "ds_configs" / "zero2_fp32.json")]
+FP32_CONFIG = DS_CONFIGS / "zero2_fp32.json"
 REFERENCE_STEPS = 40
 REFERENCE_SAVE_INTERVAL = 10
-REFERENCE_TRAINING = [*TINY_MODEL, *FP32_CONFIG, "--batch_size", "2", "--accumulation_steps", "2", "--max_steps",
-                      str(REFERENCE_STEPS), "--learning_rate", "3e-3", "--save_interval", str(REFERENCE_SAVE_INTERVAL)]
+REFERENCE_TRAINING = [*TINY_MODEL, "--deepspeed_config", str(FP32_CONFIG), "--batch_size", "2", "--accumulation_steps",
+                      "2", "--max_steps", str(REFERENCE_STEPS), "--learning_rate", "3e-3", "--save_interval",
+                      str(REFERENCE_SAVE_INTERVAL)]
+# ``pretrain_ds.py`` with faults injected where its environment asks (see that file).
+FAULT_INJECTION_ENTRY = "tests/fault_injection_entry.py"
+
+
+def short_training(config: Path, max_steps: int) -> list[str]:
+    """``TINY_MODEL`` under the DeepSpeed config ``config``: ``max_steps`` steps of micro-batch 2, no accumulation."""
+    return [*TINY_MODEL, "--deepspeed_config", str(config), "--batch_size", "2", "--accumulation_steps", "1",
+            "--max_steps", str(max_steps)]
 
 
 def config_with_updates(name: str, destination: Path, updates: dict) -> Path:
     """``ds_configs/{name}`` with each section of ``updates`` merged in, written to ``destination``."""
-    config = json.loads((REPO_ROOT / "ds_configs" / name).read_text())
+    config = json.loads((DS_CONFIGS / name).read_text())
     for section, values in updates.items():
         config[section].update(values)
     destination.write_text(json.dumps(config))
@@ -127,3 +140,18 @@ def started_job(ranks: int, args: list[str], env: dict | None = None, **popen_kw
 def read_metrics(save_dir: Path) -> list[dict]:
     """The records of ``{save_dir}/metrics.jsonl``."""
     return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def module_weights(save_dir: Path, tag: str) -> dict:
+    """The module state of checkpoint ``tag`` under ``{save_dir}/checkpoints`` (a checkpoint this test wrote)."""
+    path = save_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt"
+    return torch.load(path, weights_only=False)["module"]
+
+
+def assert_weights_file_holds_the_masters(save_dir: Path, tag: str | None = None) -> tuple[dict, dict]:
+    """DeepSpeed's own ``zero_to_fp32`` loads checkpoint ``tag`` (default: the latest) and the MiniMind
+    ``.pth`` beside it holds those fp32 master weights rounded to fp16; returns both (masters, ``.pth``)."""
+    master = get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints"), tag=tag)
+    weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
+    assert all(torch.equal(weights[key], tensor.half()) for key, tensor in master.items())
+    return master, weights

@@ -28,14 +28,13 @@ from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.locate import read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import REPO_ROOT, launch, read_metrics
+from tests.launcher import FP32_CONFIG, TINY_MODEL, launch, read_metrics
 from tests.test_checkpoint_commands import CLEAN_LOAD, PROMPT
 
 pytestmark = pytest.mark.slow
 
-TINY_MOE = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--log_interval", "1",
-            "--use_moe", "1", "--deepspeed_config", str(REPO_ROOT / "ds_configs" / "zero2_fp32.json"),
-            "--accumulation_steps", "2", "--max_steps", "4"]
+TINY_MOE = [*TINY_MODEL, "--use_moe", "1", "--deepspeed_config", str(FP32_CONFIG), "--accumulation_steps", "2",
+            "--max_steps", "4"]
 LAYOUTS = {2: ["--batch_size", "2", "--ep_size", "2"], 1: ["--batch_size", "4", "--ep_size", "1"]}
 MOMENTS = ("exp_avg", "exp_avg_sq")
 EXPERT_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}

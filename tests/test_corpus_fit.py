@@ -2,8 +2,9 @@
 
 import pytest
 
+from minimind.data import DataError
 from minimind.training.corpus_fit import MIN_STEPS_PER_EPOCH, fit_batch_to_corpus
-from minimind.training.ds_config import BatchPlan, ConfigError
+from minimind.training.ds_config import BatchPlan
 from minimind.training.pretrain import RunInputs, fit_samples
 
 # The bundled corpus at max_seq_len 340: 2,549,233 tokens in windows of 341.
@@ -66,5 +67,5 @@ def test_a_batch_the_user_chose_is_left_alone_and_refused_where_the_samples_cann
     chosen = run_inputs(BatchPlan(4, 2, 32, 1.0), fit=False)
     samples = list(range(256))
     assert fit_samples(chosen, samples) == (chosen, samples, None)
-    with pytest.raises(ConfigError, match="^the bundled corpus: 255 samples do not fill one global batch of 256$"):
+    with pytest.raises(DataError, match="^the bundled corpus: 255 samples do not fill one global batch of 256$"):
         fit_samples(chosen, samples[:-1])

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 
 import pretrain_ds
 from minimind.data import IGNORE_INDEX
+from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.moe import MoEGate
 from minimind.model.pth_weights import load_minimind_pth
-from minimind.training.ds_config import ConfigError, read_ds_config
+from minimind.training.ds_config import read_ds_config
 from minimind.training.expert_parallel import (
     check_resume_expert_parallel,
     minimind_autoep_section,

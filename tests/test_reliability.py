@@ -14,37 +14,34 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from tests.launcher import (
+    DS_CONFIGS,
+    FAULT_INJECTION_ENTRY,
     FP32_CONFIG,
     REFERENCE_SAVE_INTERVAL,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
-    REPO_ROOT,
-    TINY_MODEL,
+    assert_weights_file_holds_the_masters,
     launch,
+    module_weights,
     read_metrics,
+    short_training,
     started_job,
     write_corpus,
 )
 
 pytestmark = pytest.mark.slow
 
-ENTRY = "tests/fault_injection_entry.py"
 
-
-def module_weights(save_dir: Path, tag: str) -> dict:
-    path = save_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt"
-    return torch.load(path, weights_only=False)["module"]  # our own test checkpoint
-
-
-def assert_checkpoint_loads_and_matches_the_weights_file(save_dir: Path, tag: str) -> None:
-    """DeepSpeed's own ``zero_to_fp32`` loads ``tag``, and the MiniMind ``.pth`` beside it holds
-    those weights (rounded to fp16): nothing after ``tag`` overwrote it."""
-    master = get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints"), tag=tag)
-    weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
-    assert all(torch.equal(weights[key], tensor.half()) for key, tensor in master.items())
+def launch_failing_reference_training(save_dir: Path, corpus: Path, env: dict,
+                                      fault: dict) -> subprocess.CompletedProcess:
+    """``REFERENCE_TRAINING`` on 2 ranks through the fault-injection entry, ``fault`` added to ``env``;
+    the job must fail."""
+    result = launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)],
+                    script=FAULT_INJECTION_ENTRY, env={**env, **fault}, check=False)
+    assert result.returncode != 0
+    return result
 
 
 def wait_for_logged_steps(launcher: subprocess.Popen, save_dir: Path, steps: int, timeout_s: float = 300) -> None:
@@ -70,12 +67,11 @@ def test_nonfinite_steps_are_skipped_on_both_ranks_and_too_many_in_a_row_stop_th
         launch_dir, corpus, launch_env_vars):
     """bf16: step 3 is non-finite (skipped, training goes on), steps 6-8 too (3 in a row: stop)."""
     save_dir = launch_dir / "nonfinite"
-    bf16 = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
-    result = launch(2, [*TINY_MODEL, "--deepspeed_config", str(bf16), "--data_path", str(corpus), "--save_dir",
-                        str(save_dir), "--batch_size", "2",
-                        "--accumulation_steps", "1", "--max_steps", "50", "--save_interval", "1",
-                        "--keep_checkpoints", "20", "--max_nonfinite_steps", "3"],
-                    script=ENTRY, env={**launch_env_vars, "INJECT_NONFINITE_AT": "3,6-1000"}, check=False)
+    bf16 = DS_CONFIGS / "zero2_bf16.json"
+    result = launch(2, [*short_training(bf16, max_steps=50), "--data_path", str(corpus), "--save_dir", str(save_dir),
+                        "--save_interval", "1", "--keep_checkpoints", "20", "--max_nonfinite_steps", "3"],
+                    script=FAULT_INJECTION_ENTRY, env={**launch_env_vars, "INJECT_NONFINITE_AT": "3,6-1000"},
+                    check=False)
     assert result.returncode != 0
     stop_lines = [line for line in result.stderr.splitlines() if "in a row had non-finite gradients" in line]
     assert len(stop_lines) == 1 and stop_lines[0].startswith("pretrain_ds.py: stopped: 3 optimizer steps")
@@ -89,10 +85,8 @@ def test_nonfinite_steps_are_skipped_on_both_ranks_and_too_many_in_a_row_stop_th
     assert all(torch.equal(weights[5][k], weights[8][k]) for k in weights[5])  # the last good state
     # The .pth holds the fp32 master weights (rounded to fp16), as DeepSpeed's zero_to_fp32
     # reconstructs them, not the bf16 module copy.
-    master = get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints"))
-    pth = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
+    master, pth = assert_weights_file_holds_the_masters(save_dir)
     assert set(pth) == set(master) | {"lm_head.weight"}
-    assert all(torch.equal(pth[key], tensor.half()) for key, tensor in master.items())
     assert any(not torch.equal(pth[key], weights[8][key].half()) for key in master)
 
 
@@ -100,21 +94,17 @@ def test_a_job_killed_during_a_save_keeps_latest_on_the_previous_complete_checkp
         launch_dir, corpus, launch_env_vars):
     """Rank 1 dies inside the step-20 save; resuming after a kill is the SIGKILL test's."""
     save_dir = launch_dir / "killed_in_save"
-    result = launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)],
-                    script=ENTRY, env={**launch_env_vars, "KILL_DURING_SAVE": "1:2"}, check=False)
-    assert result.returncode != 0
+    launch_failing_reference_training(save_dir, corpus, launch_env_vars, {"KILL_DURING_SAVE": "1:2"})
     checkpoints = save_dir / "checkpoints"
     assert not (checkpoints / "step_20" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").exists()  # incomplete
     assert (checkpoints / "latest").read_text() == "step_10"
-    assert_checkpoint_loads_and_matches_the_weights_file(save_dir, "step_10")
+    assert_weights_file_holds_the_masters(save_dir, "step_10")  # nothing after step_10 overwrote the .pth
 
 
 def test_a_full_disk_during_a_save_stops_in_one_line_with_the_previous_checkpoint_intact(
         launch_dir, corpus, launch_env_vars):
     save_dir = launch_dir / "disk_full"
-    result = launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)],
-                    script=ENTRY, env={**launch_env_vars, "DISK_FULL_DURING_SAVE": "1:2"}, check=False)
-    assert result.returncode != 0
+    result = launch_failing_reference_training(save_dir, corpus, launch_env_vars, {"DISK_FULL_DURING_SAVE": "1:2"})
     checkpoints = save_dir / "checkpoints"
     reports = [line for line in result.stderr.splitlines() if "could not be written" in line]
     assert len(reports) == 1, result.stderr[-3000:]
@@ -123,7 +113,7 @@ def test_a_full_disk_during_a_save_stops_in_one_line_with_the_previous_checkpoin
     assert result.stderr.count("unexpected pos") == 1  # torch's own wording only inside that line
     assert "Traceback" not in result.stderr  # rank 0, which lost its peer, says so in one line too
     assert (checkpoints / "latest").read_text() == "step_10"
-    assert_checkpoint_loads_and_matches_the_weights_file(save_dir, "step_10")
+    assert_weights_file_holds_the_masters(save_dir, "step_10")  # nothing after step_10 overwrote the .pth
 
 
 def test_a_killed_rank_ends_the_job_promptly_and_the_resume_loses_only_the_steps_since_the_checkpoint(
@@ -177,8 +167,7 @@ def test_a_token_cache_build_longer_than_the_collective_timeout_does_not_stop_th
         for _ in range(8):  # ~175 MB: about 20 s of tokenization on this project's 2-core machine
             out.write(corpus.read_bytes())
     cache = tmp_path / "cache"
-    launch(2, [*TINY_MODEL, *FP32_CONFIG, "--data_path", str(big), "--save_dir", str(tmp_path / "out"),
-               "--batch_size", "2", "--accumulation_steps", "1", "--max_steps", "2",
+    launch(2, [*short_training(FP32_CONFIG, max_steps=2), "--data_path", str(big), "--save_dir", str(tmp_path / "out"),
                "--collective_timeout", str(timeout_s)], env={"MINIMIND_CACHE_DIR": str(cache)})
     # the builder's last progress line in the lock file says how long it held the lock
     (progress,) = [path.read_text() for path in (cache / "tokens").glob(".*.lock")]

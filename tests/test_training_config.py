@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import pretrain_ds
+from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
 from minimind.training import pretrain
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs, parse_args
 from minimind.training.checkpointing import TrainingPosition
-from minimind.training.ds_config import ConfigError, read_ds_config, resolve_ds_config
+from minimind.training.ds_config import read_ds_config, resolve_ds_config
 from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
 from minimind.training.metrics import model_flops_per_token
 from minimind.training.process_group import lost_a_peer

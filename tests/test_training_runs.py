@@ -9,20 +9,22 @@ import sys
 
 import pytest
 import torch
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.model.pth_weights import load_minimind_pth
 from tests.launcher import (
+    FAULT_INJECTION_ENTRY,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
-    TINY_MODEL,
+    assert_weights_file_holds_the_masters,
     config_with_updates,
     free_local_port,
     launch,
+    module_weights,
     read_metrics,
     run_job,
+    short_training,
 )
 
 pytestmark = pytest.mark.slow
@@ -94,11 +96,9 @@ def test_fp16_loss_scaler_skips_an_infinite_loss_on_both_ranks(launch_dir, corpu
     config_path = config_with_updates("zero2_fp16.json", launch_dir / "fp16_test.json",
                                       {"fp16": {"initial_scale_power": 8, "loss_scale_window": 2, "hysteresis": 1}})
     save_dir = launch_dir / "fp16"
-    launch(2, [*TINY_MODEL, "--deepspeed_config", str(config_path), "--data_path", str(corpus), "--save_dir",
-               str(save_dir), "--batch_size", "2", "--accumulation_steps", "1", "--max_steps", "6",
+    launch(2, [*short_training(config_path, max_steps=6), "--data_path", str(corpus), "--save_dir", str(save_dir),
                "--save_interval", "1", "--keep_checkpoints", "10"],
-           script="tests/fault_injection_entry.py",
-           env={**launch_env_vars, "ALLOW_FP16_ON_CPU": "1", "INJECT_NONFINITE_AT": "3"})
+           script=FAULT_INJECTION_ENTRY, env={**launch_env_vars, "ALLOW_FP16_ON_CPU": "1", "INJECT_NONFINITE_AT": "3"})
     metrics = read_metrics(save_dir)
     scales = [m["loss_scale"] for m in metrics]
     skipped = [m["skipped_steps"] for m in metrics]
@@ -108,19 +108,13 @@ def test_fp16_loss_scaler_skips_an_infinite_loss_on_both_ranks(launch_dir, corpu
     assert skipped == [0, 0, 1, 1, 1, 1]
     assert not math.isfinite(metrics[2]["loss"]) and all(math.isfinite(m["loss"]) for m in metrics[3:])
 
-    def module_weights(tag: str) -> dict:
-        state = torch.load(save_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False)
-        return state["module"]
-
-    before, after_skip, after_next = module_weights("step_2"), module_weights("step_3"), module_weights("step_4")
+    before, after_skip, after_next = (module_weights(save_dir, f"step_{step}") for step in (2, 3, 4))
     assert all(torch.equal(before[k], after_skip[k]) for k in before)
     assert any(not torch.equal(after_skip[k], after_next[k]) for k in before)
     # The .pth holds the fp32 master weights rounded to fp16, as DeepSpeed's own zero_to_fp32
     # reconstruction of the checkpoint gives them.
-    master = get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints"))
-    weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
+    master, weights = assert_weights_file_holds_the_masters(save_dir)
     assert set(weights) == set(master) | {"lm_head.weight"}
-    assert all(torch.equal(weights[key], tensor.half()) for key, tensor in master.items())
 
 
 def test_universal_checkpoint_resumes_at_another_world_size(launch_dir, corpus, launch_env_vars, reference_run):

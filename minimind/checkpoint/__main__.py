@@ -13,17 +13,19 @@ and exit status 2.
 import argparse
 import sys
 
-from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.export import export_checkpoint
 from minimind.checkpoint.locate import locate_checkpoint
 from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.checkpoint.summary import describe_checkpoint
 from minimind.checkpoint.universal import convert_to_universal
+from minimind.errors import UserInputError
 from minimind.model.precision import PRECISION_DTYPES
+from minimind.training.arguments import POSITIVE, FlagParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m minimind.checkpoint", description=__doc__.splitlines()[0])
+    """The command and its flags; a bad flag is a one-line ``ConfigError``."""
+    parser = FlagParser(prog="python -m minimind.checkpoint", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write Hugging Face or MiniMind .pth weights from a checkpoint")
     export.add_argument("source", help="checkpoint folder (with 'latest') or tag folder; ZeRO or universal")
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     universal = commands.add_parser("to-universal", help="convert a ZeRO checkpoint tag to the universal format")
     universal.add_argument("source", help="checkpoint folder (with 'latest') or tag folder")
     universal.add_argument("destination", help="folder receiving {tag}/ and latest_universal")
-    universal.add_argument("--workers", type=int, default=1, help="processes for extracting and merging shards")
+    universal.add_argument("--workers", type=POSITIVE, default=1, help="processes for extracting and merging shards")
     inspect = commands.add_parser("inspect", help="print what a checkpoint holds, reading no tensors")
     inspect.add_argument("source", help="checkpoint folder (with 'latest') or tag folder; ZeRO or universal")
     for command in (export, universal, inspect):
@@ -44,13 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Run one command; bad input is one line on stderr and its exit status (2)."""
     try:
+        args = parse_args(argv)
         with checkpoint_loading(trusted=args.trust_checkpoint):
             run_command(args)
-    except CheckpointError as error:
+    except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_status
     return 0
 
 

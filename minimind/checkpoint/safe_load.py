@@ -8,6 +8,10 @@ checkpoints hold (loss scalers, the ZeRO stage enum, fragment addresses, NumPy's
 state arrays); anything else is refused with a one-line ``CheckpointError`` naming the
 file and the classes. ``--trust_checkpoint`` (``checkpoint_loading(trusted=True)``)
 restores DeepSpeed's behaviour, for checkpoints whose origin the user vouches for.
+
+DeepSpeed has no setting for how it unpickles, so ``torch.load`` is swapped, but only inside
+``checkpoint_loading`` blocks, which the project opens around its own checkpoint reads (a
+resume, a checkpoint command) and nowhere else.
 """
 
 import contextlib
@@ -33,7 +37,7 @@ DEEPSPEED_CHECKPOINT_GLOBALS = (
     np.ndarray,
     np.dtype,
     type(np.dtype(np.uint32)),  # NumPy's legacy RNG state is a uint32 array
-    np._core.multiarray._reconstruct,
+    np.empty(0).__reduce__()[0],  # the function NumPy's array pickles call, however NumPy names its module
 )
 _plain_torch_load = torch.load
 
@@ -42,8 +46,8 @@ _trust_checkpoints = False
 
 
 def load_checkpoint_file(path: str | Path, **load_kwargs):
-    """``torch.load`` one checkpoint file: weights-only plus DeepSpeed's classes, unless inside
-    ``checkpoint_loading(trusted=True)``.
+    """``torch.load`` one checkpoint file: weights-only plus DeepSpeed's classes, unless called
+    inside ``checkpoint_loading(trusted=True)``.
 
     A refused class raises ``CheckpointError``: one line with the file and what it holds.
     """
@@ -65,9 +69,7 @@ def load_checkpoint_file(path: str | Path, **load_kwargs):
 def checkpoint_loading(trusted: bool = False) -> Iterator[None]:
     """Within this block every ``torch.load`` of a file (DeepSpeed's included) goes through
     ``load_checkpoint_file``; ``trusted`` lifts the weights-only restriction for the block.
-
-    DeepSpeed has no setting for how it unpickles, so ``torch.load`` itself is swapped for
-    the block and put back after it.
+    ``torch.load`` is put back when the block ends, however it ends.
     """
     global _trust_checkpoints
 

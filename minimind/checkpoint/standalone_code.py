@@ -17,6 +17,7 @@ import kernels.dispatch
 # Bundled in this order: each module's definitions only use those of modules above it.
 BUNDLED_MODULES = (
     "kernels.reference",
+    "minimind.errors",
     "minimind.model.config",
     "minimind.model.rope",
     "minimind.model.layers",

@@ -9,7 +9,7 @@ from minimind.data.cache_root import cache_root
 from minimind.data.default_corpus import build_corpus, default_corpus_path
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts, validate_jsonl
 from minimind.data.loader import make_data_loader
-from minimind.data.sampler import RankInvariantSampler
+from minimind.data.sampler import RankInvariantSampler, check_fills_one_global_batch
 from minimind.data.token_cache import TokenCache, TokenCacheLocation, build_or_load_token_cache, token_cache_location
 from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments, RepeatedSamples
 
@@ -25,6 +25,7 @@ __all__ = [
     "TokenCache",
     "TokenCacheLocation",
     "build_corpus",
+    "check_fills_one_global_batch",
     "build_or_load_token_cache",
     "cache_root",
     "default_corpus_path",

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from minimind.errors import UserInputError
+
 MAX_LINE_BYTES = 64 * 2**20
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """Unusable training data; ``path`` and ``line`` (1-based, or None) say where."""
 
     def __init__(self, path: str | Path, line: int | None, reason: str):

@@ -1,9 +1,12 @@
 """Deal each epoch's shuffled samples to data-parallel ranks so that no step depends on the rank count."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
+
+from minimind.data.jsonl_reader import DataError
 
 
 class RankInvariantSampler(Sampler[int]):
@@ -37,11 +40,8 @@ class RankInvariantSampler(Sampler[int]):
         self.rank = rank
         self.seed = seed
         self.global_batch_size = micro_batch_size * accumulation_steps * world_size
+        check_fills_one_global_batch(num_samples, self.global_batch_size, "the samples")
         self.steps_per_epoch = num_samples // self.global_batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{num_samples} samples do not fill one global batch of {self.global_batch_size} "
-                             f"(micro_batch_size {micro_batch_size} x accumulation_steps {accumulation_steps} "
-                             f"x world_size {world_size})")
         self.samples_per_epoch = self.steps_per_epoch * self.global_batch_size
         self.epoch = 0
         self.start_sample = 0
@@ -72,3 +72,10 @@ class RankInvariantSampler(Sampler[int]):
         micro_steps = self.steps_per_epoch * self.accumulation_steps
         done = self.start_sample // (self.micro_batch_size * self.world_size)
         return (micro_steps - done) * self.micro_batch_size
+
+
+def check_fills_one_global_batch(num_samples: int, global_batch: int, source: str | Path) -> None:
+    """Raise ``DataError`` naming ``source`` when its ``num_samples`` do not fill one global batch
+    (the sampler would have no step to deal)."""
+    if num_samples < global_batch:
+        raise DataError(source, None, f"{num_samples} samples do not fill one global batch of {global_batch}")

@@ -33,7 +33,7 @@ from transformers import PreTrainedTokenizerFast
 from minimind.data.build_lock import BuildProgress, build_once
 from minimind.data.cache_root import cache_root
 from minimind.data.jsonl_reader import DataError, JsonlTextReader
-from minimind.tokenizer import tokenizer_fingerprint
+from minimind.tokenizer import TokenizerLayoutError, tokenizer_fingerprint
 
 CACHE_FORMAT = 1  # bump when the layout or the tokenization rules change
 TOKEN_DTYPE = np.dtype("<u2")
@@ -96,9 +96,9 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
     data_path = Path(data_path).resolve()
     bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos_id is None or eos_id is None:
-        raise ValueError(f"{tokenizer.name_or_path}: tokenizer needs bos and eos tokens")
+        raise TokenizerLayoutError(tokenizer.name_or_path, "tokenizer needs bos and eos tokens")
     if len(tokenizer) > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise ValueError(f"{tokenizer.name_or_path}: {len(tokenizer)} tokens do not fit in uint16")
+        raise TokenizerLayoutError(tokenizer.name_or_path, f"{len(tokenizer)} tokens do not fit in uint16")
     if location is None:
         location = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines)
     built_here = build_once(

@@ -3,6 +3,7 @@
 from transformers import PretrainedConfig
 
 from kernels import IMPLEMENTATIONS
+from minimind.errors import UserInputError
 
 YARN_SCALING = {
     "factor": 16,
@@ -13,7 +14,7 @@ YARN_SCALING = {
 }
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserInputError):
     """A model configuration the architecture cannot build, described in one line."""
 
 

@@ -14,6 +14,8 @@ heads (GQA), and widths multiples of 64 so matrix shapes suit tensor cores. Para
 | moe-4b    | 2048 x 24       | 32 / 8     | 16 experts (top-2) + 1 shared, 1408   | 3.80B (0.9B active) |
 """
 
+from minimind.model.config import ModelConfigError
+
 PRESETS: dict[str, dict] = {
     "26m": {"hidden_size": 512, "num_hidden_layers": 8},
     "104m": {"hidden_size": 768, "num_hidden_layers": 16},
@@ -37,5 +39,5 @@ PRESETS: dict[str, dict] = {
 def preset_config_kwargs(name: str) -> dict:
     """The ``MiniMindConfig`` keyword arguments of preset ``name`` (a copy)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ModelConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dict(PRESETS[name])

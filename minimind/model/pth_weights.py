@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minimind.errors import UserInputError
 
-class WeightsMismatchError(ValueError):
+
+class WeightsMismatchError(UserInputError):
     """A weights file whose keys or shapes do not fit the model."""
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from minimind.errors import UserInputError, first_line
+
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
@@ -22,7 +24,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent / "default"
 
 
-class TokenizerLayoutError(ValueError):
+class TokenizerLayoutError(UserInputError):
     """A tokenizer folder that is missing or lacks MiniMind's layout; one line naming the folder."""
 
     def __init__(self, folder: str | Path, reason: str):
@@ -45,7 +47,7 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
     try:
         backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
     except Exception as error:  # the Rust binding raises a bare Exception for any parse failure
-        raise TokenizerLayoutError(folder, f"unreadable tokenizer.json ({_first_line(error)})") from None
+        raise TokenizerLayoutError(folder, f"unreadable tokenizer.json ({first_line(error)})") from None
     for token_id, token in enumerate(SPECIAL_TOKENS):
         found = backend.id_to_token(token_id)
         if found != token:
@@ -53,7 +55,7 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     except (OSError, ValueError) as error:
-        raise TokenizerLayoutError(folder, f"transformers cannot load it ({_first_line(error)})") from None
+        raise TokenizerLayoutError(folder, f"transformers cannot load it ({first_line(error)})") from None
     roles = {"pad": (tokenizer.pad_token_id, PAD_ID), "bos": (tokenizer.bos_token_id, BOS_ID),
              "eos": (tokenizer.eos_token_id, EOS_ID)}
     for role, (found_id, expected_id) in roles.items():
@@ -74,8 +76,3 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     identity = {key: state.get(key) for key in ("added_tokens", "normalizer", "pre_tokenizer", "model")}
     canonical = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -6,8 +6,8 @@ Defaults: the default corpus (built on first use) and ``minimind/tokenizer/defau
 tokenizer shipped with this package. Writes ``tokenizer.json`` and ``tokenizer_config.json``.
 """
 
-import argparse
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,15 +15,21 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from minimind.data.default_corpus import default_corpus_path
 from minimind.data.jsonl_reader import JsonlTextReader
+from minimind.errors import UserInputError
 from minimind.tokenizer.loader import (
     BOS_TOKEN,
     DEFAULT_TOKENIZER_DIR,
     EOS_TOKEN,
     PAD_TOKEN,
     SPECIAL_TOKENS,
+    TokenizerLayoutError,
 )
+from minimind.training.arguments import FlagParser, number_at_least
 
 MODEL_MAX_LENGTH = 131072  # MiniMind's tokenizer_config value; the model config bounds real lengths
+# The special tokens and the 256 byte-level symbols come first; the token cache stores uint16 ids.
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
+MAX_VOCAB_SIZE = 2**16
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 6400,
@@ -43,7 +49,9 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: in
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     for token_id, token in enumerate(SPECIAL_TOKENS):
-        assert tokenizer.token_to_id(token) == token_id, (token, tokenizer.token_to_id(token))
+        if tokenizer.token_to_id(token) != token_id:
+            raise TokenizerLayoutError(out_dir, f"training put {token!r} at id {tokenizer.token_to_id(token)}, "
+                                                f"expected {token_id}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out / "tokenizer.json"))
@@ -76,14 +84,21 @@ def tokenizer_config() -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(prog="python -m minimind.tokenizer.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=None, help="JSON Lines file (default: the default corpus)")
     parser.add_argument("--out", type=Path, default=DEFAULT_TOKENIZER_DIR,
                         help="output folder (default: the shipped minimind/tokenizer/default)")
-    parser.add_argument("--vocab_size", type=int, default=6400)
-    args = parser.parse_args(argv)
-    corpus = args.corpus if args.corpus is not None else default_corpus_path()
-    out = train_tokenizer(JsonlTextReader(corpus), args.out, vocab_size=args.vocab_size)
+    parser.add_argument("--vocab_size", type=number_at_least(MIN_VOCAB_SIZE), default=6400,
+                        help=f"at most {MAX_VOCAB_SIZE} (the token cache stores uint16 ids)")
+    try:
+        args = parser.parse_args(argv)
+        if args.vocab_size > MAX_VOCAB_SIZE:
+            raise TokenizerLayoutError(args.out, f"--vocab_size {args.vocab_size} exceeds {MAX_VOCAB_SIZE}")
+        corpus = args.corpus if args.corpus is not None else default_corpus_path()
+        out = train_tokenizer(JsonlTextReader(corpus), args.out, vocab_size=args.vocab_size)
+    except UserInputError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_status)
     print(f"tokenizer trained on {corpus} written to {out}")
 
 

@@ -6,11 +6,14 @@ defaults (or, on a CPU-only machine, to the short demonstration in ``CPU_DEMO``)
 """
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import deepspeed
 
 from kernels import IMPLEMENTATIONS
+from minimind.errors import ConfigError
 from minimind.model.presets import PRESETS, preset_config_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,56 +45,96 @@ CPU_DEMO_TRIGGERS = ("preset", "hidden_size", "num_hidden_layers", "max_seq_len"
                      "learning_rate", "max_steps")
 
 
+class FlagParser(argparse.ArgumentParser):
+    """An argument parser whose complaints are ``ConfigError``s: one line and exit status 2, as
+    for every other bad input (``--help`` still prints and exits)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see --help)")
+
+
+def number_at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse ``type``: a finite ``kind`` (int or float) no smaller than ``minimum``
+    (``nan`` and ``inf`` refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            bound = f"at least {minimum}" if kind is int else f"a finite number >= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def seed_value(text: str) -> int:
+    """An argparse ``type``: a seed NumPy accepts, an integer in [0, 2**32)."""
+    value = number_at_least(0)(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
+
+
+POSITIVE = number_at_least(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, with DeepSpeed's ``--deepspeed_config`` added."""
-    parser = argparse.ArgumentParser(
+    """The argument parser, with DeepSpeed's ``--deepspeed_config`` added. Every numeric flag is
+    range-checked by its ``type``, so a bad value is one line before anything runs."""
+    parser = FlagParser(
         description="Pretrain a MiniMind model with DeepSpeed (ZeRO, mixed precision, MoE).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default=None,
                        help="named model size (see minimind/model/presets.py); size flags still override it")
-    model.add_argument("--hidden_size", type=int, default=None, help="model width (MiniMind: 512)")
-    model.add_argument("--num_hidden_layers", type=int, default=None, help="number of blocks (MiniMind: 8)")
+    model.add_argument("--hidden_size", type=POSITIVE, default=None, help="model width (MiniMind: 512)")
+    model.add_argument("--num_hidden_layers", type=POSITIVE, default=None, help="number of blocks (MiniMind: 8)")
     model.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="1: MoE MLPs (default 0)")
     model.add_argument("--activation_checkpointing", action="store_true",
                        help="recompute each block in the backward instead of storing its activations")
-    model.add_argument("--ep_size", type=int, default=None,
+    model.add_argument("--ep_size", type=POSITIVE, default=None,
                        help="MoE expert-parallel size (DeepSpeed AutoEP); overrides the JSON's expert_parallel")
     model.add_argument("--kernels", choices=IMPLEMENTATIONS, default="auto", help="RMSNorm/RoPE implementation")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data_path", default=None, help="JSON Lines pretraining file (default: bundled corpus)")
     data.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the shipped one)")
-    data.add_argument("--max_seq_len", type=int, default=None, help="tokens per sample (MiniMind: 340)")
+    data.add_argument("--max_seq_len", type=number_at_least(2), default=None, help="tokens per sample (MiniMind: 340)")
     data.add_argument("--packing", type=int, choices=(0, 1), default=1, help="1: pack documents; 0: pad each")
     data.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSON lines, counted")
 
     optim = parser.add_argument_group("optimisation (unset: taken from the DeepSpeed JSON)")
-    optim.add_argument("--batch_size", type=int, default=None, help="micro-batch per rank")
-    optim.add_argument("--accumulation_steps", type=int, default=None, help="micro-steps per optimizer step")
-    optim.add_argument("--grad_clip", type=float, default=None, help="gradient-norm clipping")
-    optim.add_argument("--learning_rate", type=float, default=None, help="peak learning rate (MiniMind: 5e-4)")
-    optim.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up before the cosine")
-    optim.add_argument("--epochs", type=int, default=1)
-    optim.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
-    optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--batch_size", type=POSITIVE, default=None, help="micro-batch per rank")
+    optim.add_argument("--accumulation_steps", type=POSITIVE, default=None, help="micro-steps per optimizer step")
+    optim.add_argument("--grad_clip", type=number_at_least(0, float), default=None, help="gradient-norm clipping")
+    optim.add_argument("--learning_rate", type=number_at_least(0, float), default=None,
+                       help="peak learning rate (MiniMind: 5e-4)")
+    optim.add_argument("--warmup_steps", type=number_at_least(0), default=0, help="linear warm-up before the cosine")
+    optim.add_argument("--epochs", type=POSITIVE, default=1)
+    optim.add_argument("--max_steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
+    optim.add_argument("--seed", type=seed_value, default=42)
 
     run = parser.add_argument_group("run")
     run.add_argument("--save_dir", default="out", help="checkpoints, weights and metrics go here")
-    run.add_argument("--log_interval", type=int, default=None, help="optimizer steps between logs (100)")
-    run.add_argument("--save_interval", type=int, default=None, help="optimizer steps between saves (1000)")
-    run.add_argument("--keep_checkpoints", type=int, default=3, help="recent checkpoints kept")
+    run.add_argument("--log_interval", type=POSITIVE, default=None, help="optimizer steps between logs (100)")
+    run.add_argument("--save_interval", type=POSITIVE, default=None, help="optimizer steps between saves (1000)")
+    run.add_argument("--keep_checkpoints", type=POSITIVE, default=3, help="recent checkpoints kept")
     run.add_argument("--from_resume", type=int, choices=(0, 1), default=0, help="1: resume from save_dir")
     run.add_argument("--resume_from", default=None, help="checkpoint folder or tag to resume from")
     run.add_argument("--trust_checkpoint", action="store_true",
                      help="unpickle the resumed checkpoint without the weights-only check (runs code from it)")
-    run.add_argument("--rendezvous_timeout", type=int, default=7200,
+    run.add_argument("--rendezvous_timeout", type=POSITIVE, default=7200,
                      help="seconds the ranks wait for each other at start (a node still building its token "
                           "cache arrives late); no collective runs before they all arrive")
-    run.add_argument("--collective_timeout", type=int, default=600,
+    run.add_argument("--collective_timeout", type=POSITIVE, default=600,
                      help="seconds a collective may wait for a dead or stuck rank before the job fails")
-    run.add_argument("--max_nonfinite_steps", type=int, default=20,
+    run.add_argument("--max_nonfinite_steps", type=POSITIVE, default=20,
                      help="stop (with a checkpoint of the last good state) after this many consecutive "
                           "optimizer steps skipped for non-finite gradients")
     run.add_argument("--tf32", type=int, choices=(0, 1), default=1,
@@ -104,16 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and range-check flags (defaults that depend on the machine come from ``apply_defaults``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for flag in ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
-                 "max_steps", "epochs", "log_interval", "save_interval", "keep_checkpoints", "collective_timeout",
-                 "rendezvous_timeout", "max_nonfinite_steps"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag} must be at least 1, got {value}")
-    return args
+    """Parse and range-check flags; a bad flag is a ``ConfigError`` (defaults that depend on the
+    machine come from ``apply_defaults``)."""
+    return build_parser().parse_args(argv)
 
 
 def apply_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:

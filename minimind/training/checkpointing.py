@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
 
+from minimind.checkpoint.errors import CheckpointError
+from minimind.errors import first_line
 from minimind.model.pth_weights import minimind_weights_name, save_minimind_state
 from minimind.training.collectives import all_gather_object, barrier
 from minimind.training.world import global_rank, world_size
@@ -35,6 +37,16 @@ class TrainingPosition:
     epoch: int = 0
     step: int = 0
     sample_in_epoch: int = 0
+
+    def advance(self, global_batch: int) -> None:
+        """One optimizer step over ``global_batch`` samples is done."""
+        self.step += 1
+        self.sample_in_epoch += global_batch
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Move to the start of ``epoch`` (unless already in it: a resume mid-epoch keeps its place)."""
+        if epoch != self.epoch:
+            self.epoch, self.sample_in_epoch = epoch, 0
 
     @classmethod
     def from_client_state(cls, saved: dict) -> "TrainingPosition":
@@ -129,7 +141,7 @@ def failed_save_message(checkpoint_dir: Path, tag: str, error: BaseException) ->
 def failed_write_message(target: Path, error: BaseException, intact: str) -> str:
     """One line: ``target`` could not be written on this rank, why, the free space on its disk, and ``intact``."""
     existing = next((p for p in (target, *target.parents) if p.exists()), Path("/"))
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = first_line(error)
     free = shutil.disk_usage(existing).free
     return (f"rank {global_rank()}: {target} could not be written ({reason}; {free / 2**30:.2f} GiB free there); "
             f"{intact}")
@@ -162,7 +174,7 @@ def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:
     """Load engine, optimizer and scheduler state; restore this rank's RNG; return the client state."""
     load_path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
     if load_path is None:
-        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint could be loaded (tag {tag or 'latest'})")
+        raise CheckpointError(f"{checkpoint_dir}: no checkpoint could be loaded (tag {tag or 'latest'})")
     states = client_state["rng_states"]
     if len(states) == world_size():
         restore_rng_state(states[global_rank()])

@@ -9,6 +9,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from minimind.errors import ConfigError
+from minimind.training.ds_config_values import check_ds_config_values
+
 # Top-level sections and keys of DeepSpeed's config (docs: "DeepSpeed Configuration JSON").
 KNOWN_TOP_LEVEL_KEYS = frozenset({
     "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
@@ -23,10 +26,6 @@ KNOWN_TOP_LEVEL_KEYS = frozenset({
     "tensor_parallel", "weight_quantization", "hybrid_engine", "timers", "graph_harvesting",
     "use_node_local_storage", "load_universal", "zero_optimization_stage",
 })
-
-
-class ConfigError(ValueError):
-    """An unusable DeepSpeed config or flag combination, described in one line."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,7 @@ def resolve_ds_config(
     accelerator refuses it.
     """
     config = read_ds_config(path)
+    check_ds_config_values(config, path)
     if micro_batch is not None:
         config["train_micro_batch_size_per_gpu"] = micro_batch
     if accumulation is not None:
@@ -90,9 +90,6 @@ def resolve_ds_config(
     accum = config.get("gradient_accumulation_steps", 1)
     if micro is None:
         raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (or pass --batch_size)")
-    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
     expected = micro * accum * data_parallel
     stated = config.get("train_batch_size")
     if stated is not None and stated != expected and micro_batch is None and accumulation is None:

@@ -27,11 +27,11 @@ from torch import nn
 from minimind.checkpoint.autoep_names import EXPERT_TENSOR_NAMES, minimind_expert_keys
 from minimind.checkpoint.locate import MODEL_STATES, locate_checkpoint
 from minimind.checkpoint.safe_load import load_checkpoint_file
+from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
 from minimind.model.moe import MoEGate
 from minimind.training.checkpointing import master_weights_state_dict, save_weights_file
 from minimind.training.collectives import all_gather
-from minimind.training.ds_config import ConfigError
 
 # Where AutoEP finds MiniMind's pieces (module and config attribute names of minimind/model).
 MINIMIND_AUTOEP_NAMES = {

@@ -7,16 +7,17 @@ micro-steps), so the step's loss is exactly what one process holding the global 
 would compute, however the batch is split.
 """
 
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
+from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.collectives import all_reduce
-from minimind.training.metrics import MetricsLogger, StepMetrics
+from minimind.training.ds_config import BatchPlan
+from minimind.training.metrics import MetricsLogger, StepMetrics, ThroughputMeter
 from minimind.training.rank_print import print0
 from minimind.training.stop_request import StopRequest
 from minimind.training.world import world_size
@@ -86,29 +87,45 @@ class LoopSettings:
 
     epochs: int
     total_steps: int
-    accumulation: int
-    global_batch: int
+    batch: BatchPlan
     log_interval: int
-    save_interval: int
     max_nonfinite_steps: int
     flops_per_token: float
     peak_flops_total: float
 
 
+def optimizer_steps(
+    micro_batches_for_epoch: Callable[[int, int], Iterator[dict]], position: TrainingPosition, settings: LoopSettings
+) -> Iterator[list[dict]]:
+    """This rank's micro-batches, one optimizer step's worth at a time, from ``position`` to
+    ``settings.total_steps``; moves ``position`` into each new epoch. An epoch's tail smaller than
+    one global batch is dropped."""
+    for epoch in range(position.epoch, settings.epochs):
+        position.begin_epoch(epoch)
+        batches = micro_batches_for_epoch(epoch, position.sample_in_epoch)
+        while position.step < settings.total_steps:
+            micro_batches = take(batches, settings.batch.accumulation)
+            if len(micro_batches) < settings.batch.accumulation:
+                break
+            yield micro_batches
+        if position.step >= settings.total_steps:
+            return
+
+
 def run_training(
     engine,
     micro_batches_for_epoch: Callable[[int, int], Iterator[dict]],
-    position: TrainingPosition,
+    start: TrainingPosition,
     settings: LoopSettings,
     logger: MetricsLogger,
-    save: Callable[[TrainingPosition], None],
+    checkpointer: Checkpointer,
     device: torch.device,
     stop_request: StopRequest | None = None,
 ) -> TrainingPosition:
-    """Train from ``position`` to ``settings.total_steps``; returns the final position.
+    """Train from ``start`` to ``settings.total_steps``; returns where training ended.
 
     ``micro_batches_for_epoch(epoch, start_sample)`` yields this rank's micro-batches of an
-    epoch from a global sample index; ``save(position)`` writes a checkpoint.
+    epoch from a global sample index; ``checkpointer`` saves on its interval and where the loop ends.
 
     A step whose gradients are not finite is skipped by the engine on every rank (fp16: the
     loss scaler; bf16/fp32: DeepSpeed's gradient-overflow check), leaving the weights as they
@@ -117,50 +134,33 @@ def run_training(
     on every rank after the current step, with a checkpoint.
     """
     engine.train()
+    position = replace(start)
     logger.start_progress(settings.total_steps, position.step)
-    started = time.perf_counter()
-    window_start, window_tokens, steps_at_start = time.perf_counter(), 0, position.step
-    saved_at = position.step
-    nonfinite_in_a_row = 0
-    for epoch in range(position.epoch, settings.epochs):
-        if epoch != position.epoch:
-            position.epoch, position.sample_in_epoch = epoch, 0
-        batches = micro_batches_for_epoch(epoch, position.sample_in_epoch)
-        while position.step < settings.total_steps:
-            micro_batches = take(batches, settings.accumulation)
-            if len(micro_batches) < settings.accumulation:
-                break  # the epoch's tail smaller than one global batch is dropped
-            lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
-            skipped_before = engine.skipped_steps
-            result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
-            position.step += 1
-            position.sample_in_epoch += settings.global_batch
-            window_tokens += result.target_tokens
-            logger.advance()
-            if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                per_step = (now - started) / max(position.step - steps_at_start, 1)
-                logger.log(step_metrics(engine, position, settings, result, lr, tokens_per_s, per_step))
-                window_start, window_tokens = now, 0
-            nonfinite_in_a_row = nonfinite_in_a_row + 1 if engine.skipped_steps > skipped_before else 0
-            if nonfinite_in_a_row >= settings.max_nonfinite_steps:
-                save(position)
-                raise NonFiniteStepsError(
-                    f"{nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "
-                    f"(step {position.step}); the last good state is saved, resume with --from_resume 1 after "
-                    "lowering the learning rate or checking the data"
-                )
-            if position.step % settings.save_interval == 0 or result.stop:
-                save(position)
-                saved_at = position.step
-            if result.stop:
-                print0(f"stopped by a signal after step {position.step}; resume with --from_resume 1")
-                return position
-        if position.step >= settings.total_steps:
+    meter = ThroughputMeter(position.step)
+    nonfinite_in_a_row, stopped_by_signal = 0, False
+    for micro_batches in optimizer_steps(micro_batches_for_epoch, position, settings):
+        lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
+        skipped_before = engine.skipped_steps
+        result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
+        position.advance(settings.batch.global_batch)
+        meter.count(result.target_tokens)
+        logger.advance()
+        if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
+            logger.log(step_metrics(engine, position, settings, result, lr, *meter.read(position.step)))
+        nonfinite_in_a_row = nonfinite_in_a_row + 1 if engine.skipped_steps > skipped_before else 0
+        stopped_by_signal = result.stop
+        if stopped_by_signal or nonfinite_in_a_row >= settings.max_nonfinite_steps:
             break
-    if saved_at != position.step:
-        save(position)
+        checkpointer.after_step(position)
+    checkpointer.close(position)
+    if nonfinite_in_a_row >= settings.max_nonfinite_steps:
+        raise NonFiniteStepsError(
+            f"{nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "
+            f"(step {position.step}); the last good state is saved, resume with --from_resume 1 after "
+            "lowering the learning rate or checking the data"
+        )
+    if stopped_by_signal:
+        print0(f"stopped by a signal after step {position.step}; resume with --from_resume 1")
     return position
 
 

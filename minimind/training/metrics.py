@@ -3,6 +3,7 @@
 Everything here runs on global rank 0 only; other ranks get a logger that does nothing.
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from minimind.errors import MissingDependencyError
 from minimind.training.rank_print import print0
 from minimind.training.world import global_rank
 
@@ -32,6 +34,27 @@ class StepMetrics:
     loss_scale: float | None
     skipped_steps: int
     eta_s: float
+
+
+class ThroughputMeter:
+    """Target tokens per second over each log window, and wall seconds per step since the start."""
+
+    def __init__(self, start_step: int):
+        self.started = self.window_start = time.perf_counter()
+        self.start_step = start_step
+        self.window_tokens = 0
+
+    def count(self, tokens: int) -> None:
+        """Add one step's target tokens to the current window."""
+        self.window_tokens += tokens
+
+    def read(self, step: int) -> tuple[float, float]:
+        """``(tokens per second in the window, seconds per step so far)`` at ``step``; starts a new window."""
+        now = time.perf_counter()
+        tokens_per_s = self.window_tokens / max(now - self.window_start, 1e-9)
+        seconds_per_step = (now - self.started) / max(step - self.start_step, 1)
+        self.window_start, self.window_tokens = now, 0
+        return tokens_per_s, seconds_per_step
 
 
 class MetricsLogger:
@@ -92,12 +115,15 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
+def check_wandb_installed() -> None:
+    """Raise ``MissingDependencyError`` when ``--use_wandb`` cannot work: wandb is not installed."""
+    if importlib.util.find_spec("wandb") is None:
+        raise MissingDependencyError("--use_wandb needs the wandb package: pip install wandb")
+
+
 def start_wandb(project: str, run_id: str | None, run_config: dict):
     """Start (or resume, by id) a wandb run; offline when no login is configured."""
-    try:
-        import wandb
-    except ImportError:
-        raise RuntimeError("--use_wandb needs the wandb package: pip install wandb") from None
+    import wandb  # an optional dependency, checked at start-up by check_wandb_installed
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         os.environ["WANDB_MODE"] = "offline"
     return wandb.init(project=project, id=run_id, resume="allow", config=run_config)

@@ -17,27 +17,28 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 import kernels
-from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.locate import CheckpointLocation, locate_checkpoint
+from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.data import (
-    DataError,
     PackedWindows,
     PaddedDocuments,
     RankInvariantSampler,
     RepeatedSamples,
     TokenCacheLocation,
     build_or_load_token_cache,
+    check_fills_one_global_batch,
     default_corpus_path,
     make_data_loader,
     token_cache_location,
     validate_jsonl,
 )
+from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.model.config import ModelConfigError
 from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precision_of
-from minimind.model.pth_weights import WeightsMismatchError, minimind_weights_name
-from minimind.tokenizer.loader import TokenizerLayoutError, load_tokenizer, tokenizer_fingerprint
+from minimind.model.pth_weights import minimind_weights_name
+from minimind.tokenizer.loader import load_tokenizer, tokenizer_fingerprint
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs
+from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import (
     TrainingPosition,
     load_training_state,
@@ -47,7 +48,7 @@ from minimind.training.checkpointing import (
 )
 from minimind.training.collectives import accelerator_device, barrier
 from minimind.training.corpus_fit import fit_batch_to_corpus
-from minimind.training.ds_config import BatchPlan, ConfigError, resolve_ds_config
+from minimind.training.ds_config import BatchPlan, resolve_ds_config
 from minimind.training.expert_parallel import (
     check_resume_expert_parallel,
     install_aux_loss,
@@ -56,26 +57,13 @@ from minimind.training.expert_parallel import (
 )
 from minimind.training.loop import LoopSettings, run_training
 from minimind.training.lr_schedule import minimind_scheduler
-from minimind.training.metrics import MetricsLogger, model_flops_per_token
+from minimind.training.metrics import MetricsLogger, check_wandb_installed, model_flops_per_token
 from minimind.training.peak_flops import peak_flops, tf32_enabled
 from minimind.training.process_group import init_process_group, local_device_index
 from minimind.training.rank_print import print0
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
 from minimind.training.stop_request import StopRequest
-from minimind.training.world import LaunchedWorld, LauncherError, launched_world, world_size
-
-USER_INPUT_ERRORS = (
-    ConfigError,
-    CheckpointError,
-    DataError,
-    TokenizerLayoutError,
-    WeightsMismatchError,
-    ModelConfigError,
-    kernels.KernelUnavailableError,
-    LauncherError,
-    FileNotFoundError,
-    PermissionError,
-)
+from minimind.training.world import LaunchedWorld, launched_world, world_size
 
 
 @dataclass
@@ -117,17 +105,16 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     data = training_data(args, inputs, samples)
     engine, n_params = build_engine(args, inputs, data.total_steps)
     device = accelerator_device()
-    position, wandb_run_id = resume_state(engine, inputs)
+    position, wandb_run_id = resume_state(engine, inputs, trusted=args.trust_checkpoint)
     logger = MetricsLogger(inputs.save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args),
                            engine.monitor)
-    save = checkpoint_writer(args, inputs, engine, logger.wandb_run_id)
+    checkpointer = Checkpointer(checkpoint_writer(args, inputs, engine, logger.wandb_run_id), args.save_interval,
+                                saved_step=position.step)
     settings = LoopSettings(
         epochs=args.epochs,
         total_steps=data.total_steps,
-        accumulation=inputs.batch.accumulation,
-        global_batch=inputs.batch.global_batch,
+        batch=inputs.batch,
         log_interval=args.log_interval,
-        save_interval=args.save_interval,
         max_nonfinite_steps=args.max_nonfinite_steps,
         flops_per_token=model_flops_per_token(inputs.model_config, n_params, args.max_seq_len),
         peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config), tf32=tf32_enabled())
@@ -138,8 +125,8 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         data.sampler.set_epoch(epoch, start_sample)
         return iter(data.loader)
 
-    stop_request = StopRequest().install()
-    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, save, device, stop_request)
+    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpointer, device,
+                            StopRequest().install())
     logger.close()
     print0(
         f"done at step {position.step}: checkpoints in {inputs.save_dir / 'checkpoints'} (resume with "
@@ -172,7 +159,12 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     check_writable(save_dir)
     tokenizer = load_tokenizer(args.tokenizer_path)
     model_config = MiniMindConfig(**model_config_kwargs(args), vocab_size=max(len(tokenizer), 6400))
-    kernels.resolve_impl(args.kernels, torch.device(accelerator.device_name(local_device_index())))
+    if args.max_seq_len > model_config.max_position_embeddings:
+        raise ConfigError(f"--max_seq_len {args.max_seq_len} exceeds the model's max_position_embeddings "
+                          f"{model_config.max_position_embeddings}")
+    check_kernels_run_on(args.kernels, torch.device(accelerator.device_name(local_device_index())))
+    if args.use_wandb:
+        check_wandb_installed()
     data_path = Path(args.data_path) if args.data_path else None
     # Every rank checks the whole file here, so that all reject bad data together before the
     # process group starts; a file whose token cache exists was checked when it was built.
@@ -181,14 +173,24 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
         cache_location = token_cache_location(data_path, tokenizer, skip_bad_lines=args.skip_bad_lines)
         if not cache_location.built:
             validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
-    resume = resume_target(args, save_dir)
-    if resume is not None and resume.is_universal:
-        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
-    if resume is not None:
-        check_resume_expert_parallel(resume.root, resume.tag, ep_size, ds_config)
+    with checkpoint_loading(trusted=args.trust_checkpoint):
+        resume = resume_target(args, save_dir)
+        if resume is not None and resume.is_universal:
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+        if resume is not None:
+            check_resume_expert_parallel(resume.root, resume.tag, ep_size, ds_config)
     return RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
                      resume, ep_size, fit_batch_to_corpus=data_path is None and (demo or not batch_chosen))
+
+
+def check_kernels_run_on(impl: str, device: torch.device) -> None:
+    """Raise ``ConfigError`` when ``--kernels impl`` cannot run on ``device`` (``triton`` without
+    the package, or on a CPU without ``TRITON_INTERPRET=1``)."""
+    try:
+        kernels.resolve_impl(impl, device)
+    except kernels.KernelUnavailableError as error:
+        raise ConfigError(str(error)) from None
 
 
 def start_process_group(args: argparse.Namespace, inputs: RunInputs) -> None:
@@ -245,7 +247,7 @@ def fit_samples(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset
 
     Where the run trains on the bundled corpus with a batch nobody chose, the batch (and, if
     need be, a repetition of the corpus) gives an epoch enough steps. Otherwise samples that
-    do not fill one global batch are a one-line ``ConfigError``, raised before the process group.
+    do not fill one global batch are a one-line ``DataError``, raised before the process group.
     """
     fit = fit_batch_to_corpus(len(samples), inputs.batch) if inputs.fit_batch_to_corpus else None
     if fit is not None and fit.note is not None:
@@ -253,11 +255,7 @@ def fit_samples(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset
                      "train_batch_size": fit.batch.global_batch}
         fitted = replace(inputs, ds_config=ds_config, batch=fit.batch)
         return fitted, RepeatedSamples(samples, fit.repeats) if fit.repeats > 1 else samples, fit.note
-    if len(samples) < inputs.batch.global_batch:
-        raise ConfigError(
-            f"{inputs.data_path or 'the bundled corpus'}: {len(samples)} samples do not fill one global batch "
-            f"of {inputs.batch.global_batch}"
-        )
+    check_fills_one_global_batch(len(samples), inputs.batch.global_batch, inputs.data_path or "the bundled corpus")
     return inputs, samples, None
 
 
@@ -305,11 +303,13 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
     return engine, n_params
 
 
-def resume_state(engine, inputs: RunInputs) -> tuple[TrainingPosition, str | None]:
-    """Load the resume checkpoint, if any: the position to continue from and the wandb run id."""
+def resume_state(engine, inputs: RunInputs, trusted: bool) -> tuple[TrainingPosition, str | None]:
+    """Load the resume checkpoint, if any (its pickles unchecked only when ``trusted``): the position
+    to continue from and the wandb run id."""
     if inputs.resume is None:
         return TrainingPosition(), None
-    client_state = load_training_state(engine, inputs.resume.root, inputs.resume.tag)
+    with checkpoint_loading(trusted=trusted):
+        client_state = load_training_state(engine, inputs.resume.root, inputs.resume.tag)
     position = TrainingPosition.from_client_state(client_state["position"])
     print0(f"resumed from {inputs.resume.tag_dir}{' (universal)' if inputs.resume.is_universal else ''} at step "
            f"{position.step}, epoch {position.epoch}")
@@ -317,7 +317,7 @@ def resume_state(engine, inputs: RunInputs) -> tuple[TrainingPosition, str | Non
 
 
 def checkpoint_writer(args: argparse.Namespace, inputs: RunInputs, engine, wandb_run_id: str | None):
-    """The loop's ``save(position)``: a DeepSpeed checkpoint with the client state, then the ``.pth``."""
+    """The checkpointer's ``write(position)``: a DeepSpeed checkpoint with the client state, then the ``.pth``."""
     checkpoint_dir = inputs.save_dir / "checkpoints"
     client_extra = {
         "resolved_ds_config": inputs.ds_config,

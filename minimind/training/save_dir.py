@@ -7,23 +7,23 @@ import socket
 import uuid
 from pathlib import Path
 
+from minimind.errors import ConfigError
 from minimind.model.precision import OPTIMIZER_STATE_BYTES_PER_PARAM
 from minimind.training.collectives import all_gather_object, barrier, broadcast_object
-from minimind.training.ds_config import ConfigError
 from minimind.training.world import global_rank
 
 
 def check_writable(save_dir: Path) -> None:
-    """Create ``save_dir`` if needed and prove it writable with a trial file; raises PermissionError."""
+    """Create ``save_dir`` if needed and prove it writable with a trial file; raises ConfigError."""
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
         trial = save_dir / f".write-test-{uuid.uuid4().hex}"
         trial.write_bytes(b"\0" * 4096)
         trial.unlink()
     except OSError as error:
-        raise PermissionError(f"--save_dir {save_dir}: not writable ({error.strerror or error})") from None
+        raise ConfigError(f"--save_dir {save_dir}: not writable ({error.strerror or error})") from None
     if not os.access(save_dir, os.W_OK):
-        raise PermissionError(f"--save_dir {save_dir}: not writable")
+        raise ConfigError(f"--save_dir {save_dir}: not writable")
 
 
 def check_shared(save_dir: Path) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
+from minimind.errors import UserInputError
+
 TORCH_LAUNCHER = "deepspeed/torchrun"  # the launchers that set torch's own variables
 # (launcher, rank variable, world-size variable, local-rank variable), in order of precedence.
 LAUNCHER_VARIABLES = (
@@ -33,7 +35,7 @@ LAUNCHER_VARIABLES = (
 NO_LAUNCHER = "none"
 
 
-class LauncherError(ValueError):
+class LauncherError(UserInputError):
     """The launcher's variables do not describe a usable world (one line)."""
 
 

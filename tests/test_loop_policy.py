@@ -1,0 +1,68 @@
+"""The loop's pieces without an engine: which micro-batches make each optimizer step across
+epochs, and when the checkpointer saves."""
+
+from minimind.training.checkpointer import Checkpointer
+from minimind.training.checkpointing import TrainingPosition
+from minimind.training.ds_config import BatchPlan
+from minimind.training.loop import LoopSettings, optimizer_steps
+
+
+def settings(epochs: int, total_steps: int, batch: BatchPlan) -> LoopSettings:
+    return LoopSettings(epochs=epochs, total_steps=total_steps, batch=batch, log_interval=1, max_nonfinite_steps=1,
+                        flops_per_token=1.0, peak_flops_total=1.0)
+
+
+def run_steps(start: TrainingPosition, loop: LoopSettings, micro_batches_per_epoch: int):
+    """Drive ``optimizer_steps`` as the loop does; returns the steps' micro-batches and the epoch calls."""
+    calls, steps = [], []
+
+    def micro_batches_for_epoch(epoch: int, start_sample: int):
+        calls.append((epoch, start_sample))
+        first = start_sample // loop.batch.micro_batch
+        return iter([(epoch, index) for index in range(first, micro_batches_per_epoch)])
+
+    position = TrainingPosition(**vars(start))
+    for micro_batches in optimizer_steps(micro_batches_for_epoch, position, loop):
+        steps.append(micro_batches)
+        position.advance(loop.batch.global_batch)
+    return steps, calls, position
+
+
+def test_steps_cross_epochs_drop_each_epochs_tail_and_stop_at_total_steps():
+    batch = BatchPlan(micro_batch=2, accumulation=3, data_parallel=1, grad_clip=1.0)
+    steps, calls, end = run_steps(TrainingPosition(), settings(epochs=3, total_steps=5, batch=batch), 7)
+    # 7 micro-batches an epoch make 2 steps of 3; the 7th is dropped
+    assert steps == [[(0, 0), (0, 1), (0, 2)], [(0, 3), (0, 4), (0, 5)], [(1, 0), (1, 1), (1, 2)],
+                     [(1, 3), (1, 4), (1, 5)], [(2, 0), (2, 1), (2, 2)]]
+    assert calls == [(0, 0), (1, 0), (2, 0)]
+    assert (end.epoch, end.step, end.sample_in_epoch) == (2, 5, 6)
+
+
+def test_a_run_stopped_by_max_steps_mid_epoch_stays_in_that_epoch():
+    batch = BatchPlan(micro_batch=1, accumulation=2, data_parallel=1, grad_clip=1.0)
+    steps, calls, end = run_steps(TrainingPosition(), settings(epochs=2, total_steps=2, batch=batch), 9)
+    assert len(steps) == 2 and calls == [(0, 0)]
+    assert (end.epoch, end.step, end.sample_in_epoch) == (0, 2, 4)
+
+
+def test_a_resume_mid_epoch_continues_from_its_sample():
+    batch = BatchPlan(micro_batch=2, accumulation=1, data_parallel=1, grad_clip=1.0)
+    start = TrainingPosition(epoch=1, step=5, sample_in_epoch=4)
+    steps, calls, end = run_steps(start, settings(epochs=2, total_steps=8, batch=batch), 5)
+    assert calls == [(1, 4)] and steps == [[(1, 2)], [(1, 3)], [(1, 4)]]
+    assert (end.epoch, end.step, end.sample_in_epoch) == (1, 8, 10)
+
+
+def test_checkpointer_saves_on_the_interval_and_once_at_the_end():
+    saved = []
+    checkpointer = Checkpointer(lambda position: saved.append(position.step), interval=4, saved_step=0)
+    position = TrainingPosition()
+    for _ in range(9):
+        position.advance(8)
+        checkpointer.after_step(position)
+    checkpointer.close(position)
+    checkpointer.close(position)
+    assert saved == [4, 8, 9]
+    resumed = Checkpointer(lambda position: saved.append(("again", position.step)), interval=4, saved_step=9)
+    resumed.close(position)  # a resumed run that trained no step writes nothing
+    assert saved == [4, 8, 9]

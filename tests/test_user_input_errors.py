@@ -1,0 +1,152 @@
+"""One error family: every bad flag, JSON value or missing package is a one-line ``UserInputError``
+(exit status 2) raised before anything heavy runs, never a traceback from torch or DeepSpeed."""
+
+import ast
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+import pretrain_ds
+from minimind.checkpoint.__main__ import main as checkpoint_main
+from minimind.errors import ConfigError, UserInputError
+from minimind.plan import main as plan_main
+from minimind.tokenizer.train import main as tokenizer_main
+from minimind.training.ds_config import resolve_ds_config
+from tests.launcher import REPO_ROOT
+
+FP32_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
+
+# Errors that stop a run for a reason other than its input, each with its own exit status
+# in pretrain_ds.py, and the kernel library's own error (translated into a ConfigError where
+# a flag asks for the kernels).
+NOT_INPUT_ERRORS = {"NonFiniteStepsError", "CheckpointWriteError", "StandaloneCodeError", "KernelUnavailableError"}
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    status = pretrain_ds.main(argv)
+    return status, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--learning_rate", "nan"], "--learning_rate: must be a finite number >= 0, got nan"),
+    (["--learning_rate=-inf"], "--learning_rate: must be a finite number >= 0, got -inf"),
+    (["--grad_clip", "-0.5"], "--grad_clip: must be a finite number >= 0, got -0.5"),
+    (["--seed", "-3"], "--seed: must be at least 0"),
+    (["--seed", str(2**32)], "--seed: must be below 2**32"),
+    (["--max_seq_len", "1"], "--max_seq_len: must be at least 2, got 1"),
+    (["--batch_size", "0"], "--batch_size: must be at least 1, got 0"),
+    (["--warmup_steps", "-1"], "--warmup_steps: must be at least 0"),
+    (["--hidden_size", "wide"], "--hidden_size: expected an integer, got 'wide'"),
+    (["--ep_size", "0"], "--ep_size: must be at least 1"),
+    (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+    (["--max_seq_len", "40000"], "--max_seq_len 40000 exceeds the model's max_position_embeddings 32768"),
+])
+def test_bad_flags_are_one_line_before_the_process_group(flags, named, tmp_path, capsys):
+    status, err = run_main(["--save_dir", str(tmp_path), *flags], capsys)
+    assert status == 2 and err.count("\n") == 0, err
+    assert err.startswith("pretrain_ds.py: error: ") and named in err
+    assert not dist.is_initialized()
+
+
+def config_with(tmp_path: Path, change) -> Path:
+    """zero2_fp32.json with ``change(config)`` applied, written to a temporary file."""
+    config = json.loads(FP32_CONFIG.read_text())
+    change(config)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))  # json writes NaN and Infinity as such
+    return path
+
+
+def set_key(*keys_and_value):
+    """A ``change`` that sets the nested key ``keys[:-1]`` to ``keys[-1]``."""
+    *keys, value = keys_and_value
+
+    def change(config: dict) -> None:
+        section = config
+        for key in keys[:-1]:
+            section = section.setdefault(key, {})
+        section[keys[-1]] = value
+
+    return change
+
+
+@pytest.mark.parametrize("change, named", [
+    (set_key("optimizer", "params", "lr", float("nan")), "optimizer.params.lr is nan, not a finite number"),
+    (set_key("gradient_clipping", float("inf")), "gradient_clipping is inf, not a finite number"),
+    (set_key("gradient_clipping", -1.0), "gradient_clipping must be a number >= 0"),
+    (set_key("train_micro_batch_size_per_gpu", True), "train_micro_batch_size_per_gpu must be a positive integer"),
+    (set_key("gradient_accumulation_steps", 2.5), "gradient_accumulation_steps must be a positive integer"),
+    (set_key("zero_optimization", "stage", 7), "zero_optimization.stage: Input should be 0, 1, 2, 3"),
+    (set_key("zero_optimization", "reduce_bucket_size", -1), "zero_optimization.reduce_bucket_size: Input should be"),
+    (set_key("zero_optimization", "offload_optimizer", {"device": "gpu"}),
+     "zero_optimization.offload_optimizer.device: Input should be 'none', 'cpu' or 'nvme'"),
+    (set_key("bf16", "enabled", "often"), "bf16.enabled: Input should be a valid boolean"),
+    (set_key("optimizer", "params", "betas", [0.9, 1.5]), "optimizer.params.betas must be two numbers in [0, 1)"),
+    (set_key("optimizer", "params", "eps", -1e-8), "optimizer.params.eps must be a number >= 0"),
+    (set_key("optimizer", "params", "weight_decay", "0.1"), "optimizer.params.weight_decay must be a number >= 0"),
+    (set_key("optimizer", "AdamW"), "optimizer must be a JSON object"),
+    (set_key("optimizer", "type", None), "optimizer.type must be a name"),
+    (set_key("scheduler", {"type": "WarmupLR", "params": []}), "scheduler.params must be a JSON object"),
+    (set_key("tensorboard", {"enabled": True, "output_path": 3}), "tensorboard.output_path: Input should be"),
+])
+def test_bad_json_values_are_one_line_config_errors(change, named, tmp_path):
+    path = config_with(tmp_path, change)
+    with pytest.raises(ConfigError) as caught:
+        resolve_ds_config(path, data_parallel=2, fp16_supported=False)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and named in message and "\n" not in message
+
+
+def test_a_bad_json_value_stops_the_entry_point_in_one_line(tmp_path, capsys):
+    path = config_with(tmp_path, set_key("optimizer", "params", "lr", float("inf")))
+    status, err = run_main(["--save_dir", str(tmp_path / "out"), "--deepspeed_config", str(path)], capsys)
+    assert status == 2 and err == f"pretrain_ds.py: error: {path}: optimizer.params.lr is inf, not a finite number"
+
+
+def test_use_wandb_without_the_package_stops_before_the_process_group(tmp_path, capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "wandb" else real_find_spec(name, *rest))
+    status, err = run_main(["--save_dir", str(tmp_path), "--use_wandb"], capsys)
+    assert status == 2 and err == "pretrain_ds.py: error: --use_wandb needs the wandb package: pip install wandb"
+    assert not dist.is_initialized()
+
+
+def test_other_commands_report_bad_flags_in_one_line(tmp_path, capsys):
+    assert checkpoint_main(["to-universal", str(tmp_path), str(tmp_path / "u"), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: argument --workers: must be at least 1, got 0 (see --help)"
+    with pytest.raises(SystemExit) as stopped:
+        plan_main(["--reserve", "1.5"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == ("python -m minimind.plan: error: reserve must be in [0, 1) and "
+                                               "gpu_memory above 0, got 1.5 and 80")
+    with pytest.raises(SystemExit) as stopped:
+        tokenizer_main(["--corpus", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "tok")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m minimind.tokenizer.train: error: ") and "none.jsonl: cannot open" in err
+    assert err.count("\n") == 0
+
+
+def project_error_classes() -> list[tuple[str, str, list[str]]]:
+    """``(module, class, base names)`` of every exception class the project defines."""
+    found = []
+    for folder in ("minimind", "kernels"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                    found.append((module, node.name, [ast.unparse(base) for base in node.bases]))
+    return found
+
+
+def test_every_user_facing_error_type_is_a_user_input_error():
+    classes = project_error_classes()
+    assert {"DataError", "ConfigError", "CheckpointError", "TokenizerLayoutError"} <= {name for _, name, _ in classes}
+    for module, name, _ in classes:
+        error_class = getattr(importlib.import_module(module), name)
+        assert issubclass(error_class, UserInputError) != (name in NOT_INPUT_ERRORS), f"{module}.{name}"
