@@ -17,10 +17,10 @@ import sys
 
 from minimind.errors import UserInputError, first_line
 from minimind.training.arguments import parse_args
-from minimind.training.checkpointing import CheckpointWriteError
+from minimind.training.checkpoint_writes import CheckpointWriteError
 from minimind.training.loop import NonFiniteStepsError
 from minimind.training.pretrain import pretrain
-from minimind.training.process_group import lost_a_peer
+from minimind.training.process_group import leave_process_group, lost_a_peer
 from minimind.training.world import global_rank
 
 
@@ -30,24 +30,31 @@ def main(argv: list[str] | None = None) -> int:
     (disk full) one line and status 4; a rank that loses its peers (one died) one line and status 5."""
     try:
         pretrain(parse_args(argv))
-    except UserInputError as error:
-        print(f"pretrain_ds.py: error: {error}", file=sys.stderr, flush=True)
+    except UserInputError as error:  # every rank raises it alike, before or after the process group
+        report(f"error: {error}")
+        leave_process_group()
         return error.exit_status
     except NonFiniteStepsError as error:  # every rank stops together: rank 0 says why
         if global_rank() == 0:
-            print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
+            report(f"stopped: {error}")
         return 3
     except CheckpointWriteError as error:
-        print(f"pretrain_ds.py: stopped: {error}", file=sys.stderr, flush=True)
+        report(f"stopped: {error}")
         return 4
     except RuntimeError as error:  # DistError, or gloo's plain RuntimeError: another rank died
         if not lost_a_peer(error):
             raise
-        print(f"pretrain_ds.py: stopped: rank {global_rank()}: a collective with the other ranks failed "
-              f"({first_line(error)}); "
-              "another rank has probably died or stalled, see its own message", file=sys.stderr, flush=True)
+        report(f"stopped: rank {global_rank()}: a collective with the other ranks failed ({first_line(error)}); "
+               "another rank has probably died or stalled, see its own message")
         return 5
     return 0
+
+
+def report(message: str) -> None:
+    """``pretrain_ds.py: {message}`` on stderr in one write, so that ranks sharing the launcher's
+    pipe never interleave their lines."""
+    sys.stderr.write(f"pretrain_ds.py: {message}\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

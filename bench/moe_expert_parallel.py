@@ -180,7 +180,10 @@ def optimizer_bytes(optimizer) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run_driver(args) if args.variant == "all" else run_variant(args)
+    if args.variant == "all":
+        run_driver(args)
+    else:
+        run_variant(args)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,10 @@ def current_rss_bytes() -> int:
 
 def main() -> None:
     args = parse_args()
-    run_driver(args) if args.part == "all" else run_measure(args)
+    if args.part == "all":
+        run_driver(args)
+    else:
+        run_measure(args)
 
 
 if __name__ == "__main__":

@@ -429,7 +429,10 @@ def count_state_bytes(module: nn.Module, optimizer: torch.optim.Optimizer) -> di
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run_driver(args) if args.part == "all" else run_part(args)
+    if args.part == "all":
+        run_driver(args)
+    else:
+        run_part(args)
 
 
 if __name__ == "__main__":

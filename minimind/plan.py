@@ -69,10 +69,10 @@ from dataclasses import dataclass
 import torch
 
 from minimind.errors import ConfigError, UserInputError
+from minimind.flags import POSITIVE, FlagParser, number_at_least
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import OPTIMIZER_STATE_BYTES_PER_PARAM, PRECISION_BYTES
 from minimind.model.presets import PRESETS, preset_config_kwargs
-from minimind.training.arguments import POSITIVE, FlagParser, number_at_least
 
 GIB = 2**30
 OFFLOAD_CHOICES = ("none", "optimizer", "params")
@@ -440,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> MemoryPlan:
+    """Print the memory plan the flags describe and return it; bad input is one line, status 2."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -155,3 +156,14 @@ def assert_weights_file_holds_the_masters(save_dir: Path, tag: str | None = None
     weights = torch.load(save_dir / "pretrain_64.pth", weights_only=True)
     assert all(torch.equal(weights[key], tensor.half()) for key, tensor in master.items())
     return master, weights
+
+
+def assert_resumed_losses_equal_the_reference(save_dir: Path, reference_run: Path, from_step: int) -> None:
+    """The resumed run's records (those after the last time the step count went back) continue the
+    reference's losses from ``from_step`` on."""
+    records = read_metrics(save_dir)
+    restart = max((i for i in range(1, len(records)) if records[i]["step"] <= records[i - 1]["step"]), default=0)
+    resumed = {m["step"]: m["loss"] for m in records[restart:] if m["step"] > from_step}
+    expected = {m["step"]: m["loss"] for m in read_metrics(reference_run)[from_step:]}
+    assert list(resumed) == list(range(from_step + 1, REFERENCE_STEPS + 1))
+    assert resumed == pytest.approx(expected, rel=1e-6, abs=0)

@@ -20,6 +20,7 @@ import pretrain_ds
 from minimind.checkpoint import CheckpointError, convert_to_universal, export_checkpoint, locate_checkpoint
 from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.export import load_checkpoint_model
+from minimind.checkpoint.manifest import manifest_of_folder
 from minimind.checkpoint.safe_load import checkpoint_loading, load_checkpoint_file
 from minimind.checkpoint.standalone_code import standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
@@ -250,6 +251,7 @@ def test_checkpoint_of_another_model_config_is_refused(trained, tmp_path, capsys
     states = torch.load(forged / "mp_rank_00_model_states.pt", weights_only=False)
     states["model_config"] = {**states["model_config"], "intermediate_size": 128}
     torch.save(states, forged / "mp_rank_00_model_states.pt")
+    manifest_of_folder(forged, world_size=2)  # a consistent forgery: the manifest cannot catch it
     assert checkpoint_main(["export", str(forged), str(tmp_path / "w.pth"), "--format", "pth"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(forged) in err and "model_config" in err
@@ -276,13 +278,15 @@ class ForeignPayload:
 
 
 def poisoned_copy(trained: Path, destination: Path, file_name: str, marker: Path) -> Path:
-    """A copy of the checkpoint's latest tag whose ``file_name`` also carries a ``ForeignPayload``."""
+    """A copy of the checkpoint's latest tag whose ``file_name`` also carries a ``ForeignPayload``, with
+    a manifest that matches (an attacker writes one too: only the weights-only load stops the payload)."""
     tag = locate_checkpoint(trained).tag
     shutil.copytree(trained / tag, destination / tag)
     (destination / "latest").write_text(tag)
     state = torch.load(destination / tag / file_name, weights_only=False)
     state["payload"] = ForeignPayload(marker)
     torch.save(state, destination / tag / file_name)
+    manifest_of_folder(destination / tag, world_size=2)
     return destination
 
 

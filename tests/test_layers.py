@@ -13,8 +13,8 @@ import pytest
 
 from tests.launcher import REPO_ROOT
 
-# ``minimind.errors`` (the user-facing error family) imports nothing; ``kernels`` stays a library that
-# knows nothing of the application above it.
+# ``minimind.errors`` (the user-facing error family) and ``minimind.flags`` (flag parsing) import
+# nothing else of the project; ``kernels`` stays a library that knows nothing of the application above it.
 LAYERS = ("kernels", "minimind.errors", "minimind.model", "minimind.tokenizer", "minimind.data", "minimind.checkpoint",
           "minimind.training")
 ENTRY_POINTS = ("pretrain_ds", "bench", "minimind.plan", "minimind.tokenizer.train", "minimind.checkpoint.__main__")
@@ -33,6 +33,8 @@ def layer_of(module: str) -> int | None:
         return len(LAYERS)
     if module == "minimind":  # the package's own __init__: the model's public names
         return LAYERS.index("minimind.model")
+    if module == "minimind.flags":  # flag parsing for every command: beside the errors it raises
+        return LAYERS.index("minimind.errors")
     for index, layer in reversed(list(enumerate(LAYERS))):
         if module == layer or module.startswith(f"{layer}."):
             return index
@@ -83,7 +85,7 @@ def test_imports_run_one_way():
 
 
 @pytest.mark.parametrize("module, expected", [
-    ("kernels.dispatch", 0), ("minimind.errors", 1), ("minimind", 2), ("minimind.model.moe", 2),
+    ("kernels.dispatch", 0), ("minimind.errors", 1), ("minimind.flags", 1), ("minimind", 2), ("minimind.model.moe", 2),
     ("minimind.data.token_cache", 4), ("minimind.tokenizer.train", 7), ("minimind.checkpoint.__main__", 7),
     ("minimind.checkpoint.export", 5), ("bench.kernels", 7), ("torch", None), ("minimind.training.world", 6),
 ])

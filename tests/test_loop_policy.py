@@ -66,3 +66,15 @@ def test_checkpointer_saves_on_the_interval_and_once_at_the_end():
     resumed = Checkpointer(lambda position: saved.append(("again", position.step)), interval=4, saved_step=9)
     resumed.close(position)  # a resumed run that trained no step writes nothing
     assert saved == [4, 8, 9]
+
+
+def test_a_resumed_position_moves_to_the_next_micro_step_of_another_global_batch():
+    position = TrainingPosition(epoch=2, step=7, sample_in_epoch=28)  # 7 steps of 4 samples
+    assert position.align(samples_per_micro_step=4, samples_per_epoch=96) == 0 and position.sample_in_epoch == 28
+    assert position.align(samples_per_micro_step=6, samples_per_epoch=96) == 2 and position.sample_in_epoch == 30
+    late = TrainingPosition(epoch=2, step=23, sample_in_epoch=92)
+    assert late.align(samples_per_micro_step=10, samples_per_epoch=90) == 0  # past the new epoch's last full step
+    assert (late.epoch, late.sample_in_epoch, late.step) == (3, 0, 23)
+    edge = TrainingPosition(epoch=0, step=3, sample_in_epoch=87)
+    assert edge.align(samples_per_micro_step=10, samples_per_epoch=90) == 3 and (edge.epoch, edge.sample_in_epoch) == (
+        0, 90)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.training import checkpointing
-from minimind.training.checkpointing import master_weights_state_dict
+from minimind.training import weights_file
+from minimind.training.weights_file import master_weights_state_dict
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def engine():
 
 @pytest.mark.parametrize("rank", [0, 1, 3])
 def test_every_rank_gathers_every_parameter_and_only_rank_0_keeps_them(engine, rank, monkeypatch):
-    monkeypatch.setattr(checkpointing, "global_rank", lambda: rank)
+    monkeypatch.setattr(weights_file, "global_rank", lambda: rank)
     gathered = []
 
     def gather(name, tensor):  # stands in for a collective every rank must enter, in the same order

@@ -22,6 +22,7 @@ from tests.launcher import (
     REFERENCE_SAVE_INTERVAL,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
+    assert_resumed_losses_equal_the_reference,
     assert_weights_file_holds_the_masters,
     launch,
     module_weights,
@@ -50,17 +51,6 @@ def wait_for_logged_steps(launcher: subprocess.Popen, save_dir: Path, steps: int
     while not (save_dir / "metrics.jsonl").is_file() or len(read_metrics(save_dir)) < steps:
         assert time.time() < deadline and launcher.poll() is None, f"training did not reach step {steps}"
         time.sleep(0.2)
-
-
-def assert_resumed_losses_equal_the_reference(save_dir: Path, reference_run: Path, from_step: int) -> None:
-    """The resumed run's records (those after the last time the step count went back) continue the
-    reference's losses from ``from_step`` on."""
-    records = read_metrics(save_dir)
-    restart = max((i for i in range(1, len(records)) if records[i]["step"] <= records[i - 1]["step"]), default=0)
-    resumed = {m["step"]: m["loss"] for m in records[restart:] if m["step"] > from_step}
-    expected = {m["step"]: m["loss"] for m in read_metrics(reference_run)[from_step:]}
-    assert list(resumed) == list(range(from_step + 1, REFERENCE_STEPS + 1))
-    assert resumed == pytest.approx(expected, rel=1e-6, abs=0)
 
 
 def test_nonfinite_steps_are_skipped_on_both_ranks_and_too_many_in_a_row_stop_the_run(

@@ -36,7 +36,9 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--learning_rate=-inf"], "--learning_rate: must be a finite number >= 0, got -inf"),
     (["--grad_clip", "-0.5"], "--grad_clip: must be a finite number >= 0, got -0.5"),
     (["--seed", "-3"], "--seed: must be at least 0"),
-    (["--seed", str(2**32)], "--seed: must be below 2**32"),
+    (["--seed", str(2**32)], "--seed: must be at most 4294967295, got 4294967296"),
+    (["--collective_timeout", "1e17"], "--collective_timeout: expected an integer, got '1e17'"),
+    (["--rendezvous_timeout", str(10**17)], "--rendezvous_timeout: must be at most 2592000"),
     (["--max_seq_len", "1"], "--max_seq_len: must be at least 2, got 1"),
     (["--batch_size", "0"], "--batch_size: must be at least 1, got 0"),
     (["--warmup_steps", "-1"], "--warmup_steps: must be at least 0"),
@@ -89,7 +91,14 @@ def set_key(*keys_and_value):
     (set_key("optimizer", "params", "eps", -1e-8), "optimizer.params.eps must be a number >= 0"),
     (set_key("optimizer", "params", "weight_decay", "0.1"), "optimizer.params.weight_decay must be a number >= 0"),
     (set_key("optimizer", "AdamW"), "optimizer must be a JSON object"),
-    (set_key("optimizer", "type", None), "optimizer.type must be a name"),
+    (set_key("optimizer", "type", None), "optimizer.type None is not an optimizer DeepSpeed or torch knows"),
+    (set_key("optimizer", "type", "Adamm"), "optimizer.type 'Adamm' is not an optimizer DeepSpeed or torch knows "
+                                            "(did you mean 'Adam'?)"),
+    (set_key("scheduler", {"type": "WarmupCosinLR"}), "(did you mean 'WarmupCosineLR'?)"),
+    (set_key("scheduler", {"type": "WarmupLR", "params": {"warmup_max_lr": "0.001"}}),
+     "scheduler.params.warmup_max_lr must be a number, got '0.001'"),
+    (set_key("bf16", "enabled", "auto"), "bf16.enabled is \"auto\""),
+    (set_key("zero_optimization", "leaf_module", 3), "zero_optimization: "),
     (set_key("scheduler", {"type": "WarmupLR", "params": []}), "scheduler.params must be a JSON object"),
     (set_key("tensorboard", {"enabled": True, "output_path": 3}), "tensorboard.output_path: Input should be"),
 ])
@@ -102,9 +111,25 @@ def test_bad_json_values_are_one_line_config_errors(change, named, tmp_path):
 
 
 def test_a_bad_json_value_stops_the_entry_point_in_one_line(tmp_path, capsys):
-    path = config_with(tmp_path, set_key("optimizer", "params", "lr", float("inf")))
+    path = config_with(tmp_path, set_key("optimizer", "params", "weight_decay", float("inf")))
     status, err = run_main(["--save_dir", str(tmp_path / "out"), "--deepspeed_config", str(path)], capsys)
-    assert status == 2 and err == f"pretrain_ds.py: error: {path}: optimizer.params.lr is inf, not a finite number"
+    assert status == 2
+    assert err == f"pretrain_ds.py: error: {path}: optimizer.params.weight_decay is inf, not a finite number"
+
+
+def test_values_the_flags_replace_and_deepspeed_defaults_are_accepted(tmp_path):
+    def hugging_face_style(config: dict) -> None:
+        config.update(train_batch_size="auto", train_micro_batch_size_per_gpu="auto", steps_per_print=None,
+                      gradient_accumulation_steps="auto", gradient_clipping="auto")
+        config["optimizer"]["params"]["lr"] = "auto"
+
+    path = config_with(tmp_path, hugging_face_style)
+    config, batch = resolve_ds_config(path, data_parallel=2, fp16_supported=False, micro_batch=3, accumulation=5,
+                                      grad_clip=0.5, learning_rate=1e-3)
+    assert (config["train_batch_size"], batch.global_batch, batch.grad_clip) == (30, 30, 0.5)
+    assert config["optimizer"]["params"]["lr"] == 1e-3
+    with pytest.raises(ConfigError, match="train_batch_size must be a positive integer, got 'auto'"):
+        resolve_ds_config(path, data_parallel=2, fp16_supported=False)
 
 
 def test_use_wandb_without_the_package_stops_before_the_process_group(tmp_path, capsys, monkeypatch):

@@ -23,6 +23,7 @@ from minimind.checkpoint.autoep_names import minimind_expert_keys
 from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.locate import CheckpointLocation, model_config_dict, read_client_state
 from minimind.checkpoint.standalone_code import MODULE_FILE, standalone_modeling_source
+from minimind.errors import first_line
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import PRECISION_DTYPES
 from minimind.model.pth_weights import minimind_weights_name, save_minimind_state, state_dict_mismatch
@@ -135,11 +136,14 @@ def export_checkpoint(source: CheckpointLocation, destination: str | Path, fmt: 
     dtype = dtype or ("fp16" if fmt == "pth" else "fp32")
     if dtype not in PRECISION_DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(PRECISION_DTYPES)}, got {dtype!r}")
+    if fmt not in ("hf", "pth"):
+        raise CheckpointError(f"--format must be hf or pth, got {fmt!r}")
     model, client_state = load_checkpoint_model(source)
     destination = Path(destination)
-    if fmt == "pth":
-        return export_pth(model, destination, PRECISION_DTYPES[dtype])
-    if fmt == "hf":
+    try:
+        if fmt == "pth":
+            return export_pth(model, destination, PRECISION_DTYPES[dtype])
         tokenizer_path = (client_state.get("args") or {}).get("tokenizer_path")
         return export_hf(model, destination, PRECISION_DTYPES[dtype], tokenizer_path)
-    raise CheckpointError(f"--format must be hf or pth, got {fmt!r}")
+    except OSError as error:  # the destination cannot be written: a file in its path, no space, no permission
+        raise CheckpointError(f"{destination}: cannot write the export ({first_line(error)})") from None

@@ -1,12 +1,15 @@
-"""Finding one tag of a DeepSpeed checkpoint and reading the client state ``pretrain_ds.py`` saved in it."""
+"""Finding the tags of a DeepSpeed checkpoint folder and reading the client state ``pretrain_ds.py`` saved in one."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.manifest import MANIFEST_NAME
 from minimind.checkpoint.safe_load import load_checkpoint_file
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
+LATEST_NAMES = ("latest", "latest_universal")  # DeepSpeed's pointer files, regular and universal
+TAG_PREFIX = "step_"  # pretrain_ds.py names the tag of optimizer step N ``step_N``
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,9 @@ def locate_checkpoint(path: str | Path) -> CheckpointLocation:
     path = Path(path).resolve()
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
-    if (path / MODEL_STATES).is_file():
+    if (path / MODEL_STATES).is_file() or (path / MANIFEST_NAME).is_file():  # a tag (whole or not: verified later)
         return CheckpointLocation(path.parent, path.name)
-    for latest_name in ("latest", "latest_universal"):
+    for latest_name in LATEST_NAMES:
         latest = path / latest_name
         if latest.is_file():
             tag = latest.read_text().strip()
@@ -50,6 +53,30 @@ def locate_checkpoint(path: str | Path) -> CheckpointLocation:
         f"{path}: not a DeepSpeed checkpoint (neither a folder with a 'latest' file nor a tag folder "
         f"with {MODEL_STATES})"
     )
+
+
+def tag_step(tag: str) -> int | None:
+    """The optimizer step of a ``step_N`` tag name, or None for another name."""
+    number = tag[len(TAG_PREFIX):]
+    return int(number) if tag.startswith(TAG_PREFIX) and number.isdigit() else None
+
+
+def step_tags(checkpoint_dir: Path) -> list[Path]:
+    """The ``step_N`` tag folders of ``checkpoint_dir``, newest (highest N) first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    tags = [path for path in checkpoint_dir.iterdir() if path.is_dir() and tag_step(path.name) is not None]
+    return sorted(tags, key=lambda path: tag_step(path.name), reverse=True)
+
+
+def latest_tag(checkpoint_dir: Path) -> str | None:
+    """The tag ``checkpoint_dir/latest`` (or, in a universal folder, ``latest_universal``) names;
+    None without either file."""
+    for name in LATEST_NAMES:
+        latest = checkpoint_dir / name
+        if latest.is_file():
+            return latest.read_text().strip()
+    return None
 
 
 def read_client_state(location: CheckpointLocation) -> dict:

@@ -40,7 +40,9 @@ class RankInvariantSampler(Sampler[int]):
         self.rank = rank
         self.seed = seed
         self.global_batch_size = micro_batch_size * accumulation_steps * world_size
-        check_fills_one_global_batch(num_samples, self.global_batch_size, "the samples")
+        check_fills_one_global_batch(num_samples, self.global_batch_size,
+                                     f"the samples (micro_batch_size {micro_batch_size} x accumulation_steps "
+                                     f"{accumulation_steps} x world_size {world_size})")
         self.steps_per_epoch = num_samples // self.global_batch_size
         self.samples_per_epoch = self.steps_per_epoch * self.global_batch_size
         self.epoch = 0

@@ -78,3 +78,6 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str
 def minimind_weights_name(hidden_size: int, use_moe: bool) -> str:
     """MiniMind's weights file name: ``pretrain_{hidden}[_moe].pth``."""
     return f"pretrain_{hidden_size}{'_moe' if use_moe else ''}.pth"
+
+
+WEIGHTS_GLOB = "pretrain_*.pth"  # every name minimind_weights_name gives

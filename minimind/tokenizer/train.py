@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from minimind.data.default_corpus import default_corpus_path
 from minimind.data.jsonl_reader import JsonlTextReader
 from minimind.errors import UserInputError
+from minimind.flags import FlagParser, number_at_least
 from minimind.tokenizer.loader import (
     BOS_TOKEN,
     DEFAULT_TOKENIZER_DIR,
@@ -24,7 +25,6 @@ from minimind.tokenizer.loader import (
     SPECIAL_TOKENS,
     TokenizerLayoutError,
 )
-from minimind.training.arguments import FlagParser, number_at_least
 
 MODEL_MAX_LENGTH = 131072  # MiniMind's tokenizer_config value; the model config bounds real lengths
 # The special tokens and the 256 byte-level symbols come first; the token cache stores uint16 ids.
@@ -88,12 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", type=Path, default=None, help="JSON Lines file (default: the default corpus)")
     parser.add_argument("--out", type=Path, default=DEFAULT_TOKENIZER_DIR,
                         help="output folder (default: the shipped minimind/tokenizer/default)")
-    parser.add_argument("--vocab_size", type=number_at_least(MIN_VOCAB_SIZE), default=6400,
+    parser.add_argument("--vocab_size", type=number_at_least(MIN_VOCAB_SIZE, maximum=MAX_VOCAB_SIZE), default=6400,
                         help=f"at most {MAX_VOCAB_SIZE} (the token cache stores uint16 ids)")
     try:
         args = parser.parse_args(argv)
-        if args.vocab_size > MAX_VOCAB_SIZE:
-            raise TokenizerLayoutError(args.out, f"--vocab_size {args.vocab_size} exceeds {MAX_VOCAB_SIZE}")
         corpus = args.corpus if args.corpus is not None else default_corpus_path()
         out = train_tokenizer(JsonlTextReader(corpus), args.out, vocab_size=args.vocab_size)
     except UserInputError as error:

@@ -6,14 +6,13 @@ defaults (or, on a CPU-only machine, to the short demonstration in ``CPU_DEMO``)
 """
 
 import argparse
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 import deepspeed
 
 from kernels import IMPLEMENTATIONS
-from minimind.errors import ConfigError
+from minimind.checkpoint.manifest import VERIFY_MODES
+from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
 from minimind.model.presets import PRESETS, preset_config_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,42 +44,8 @@ CPU_DEMO_TRIGGERS = ("preset", "hidden_size", "num_hidden_layers", "max_seq_len"
                      "learning_rate", "max_steps")
 
 
-class FlagParser(argparse.ArgumentParser):
-    """An argument parser whose complaints are ``ConfigError``s: one line and exit status 2, as
-    for every other bad input (``--help`` still prints and exits)."""
-
-    def error(self, message: str):
-        raise ConfigError(f"{message} (see --help)")
-
-
-def number_at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
-    """An argparse ``type``: a finite ``kind`` (int or float) no smaller than ``minimum``
-    (``nan`` and ``inf`` refused)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if not math.isfinite(value) or value < minimum:
-            bound = f"at least {minimum}" if kind is int else f"a finite number >= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-def seed_value(text: str) -> int:
-    """An argparse ``type``: a seed NumPy accepts, an integer in [0, 2**32)."""
-    value = number_at_least(0)(text)
-    if value >= 2**32:
-        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
-    return value
-
-
-POSITIVE = number_at_least(1)
+# Longest wait a timeout flag accepts: beyond it torch's timedelta overflows, and no job waits a month.
+MAX_TIMEOUT_S = 30 * 24 * 3600
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--warmup_steps", type=number_at_least(0), default=0, help="linear warm-up before the cosine")
     optim.add_argument("--epochs", type=POSITIVE, default=1)
     optim.add_argument("--max_steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
-    optim.add_argument("--seed", type=seed_value, default=42)
+    optim.add_argument("--seed", type=SEED, default=42)
 
     run = parser.add_argument_group("run")
     run.add_argument("--save_dir", default="out", help="checkpoints, weights and metrics go here")
@@ -126,13 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save_interval", type=POSITIVE, default=None, help="optimizer steps between saves (1000)")
     run.add_argument("--keep_checkpoints", type=POSITIVE, default=3, help="recent checkpoints kept")
     run.add_argument("--from_resume", type=int, choices=(0, 1), default=0, help="1: resume from save_dir")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over in a --save_dir that holds an earlier run's checkpoints (they are removed)")
     run.add_argument("--resume_from", default=None, help="checkpoint folder or tag to resume from")
+    run.add_argument("--verify_checkpoint", choices=VERIFY_MODES, default="checksum",
+                     help="before resuming, check every file of the checkpoint against its manifest: sizes and "
+                          "checksums, or sizes only (quick)")
     run.add_argument("--trust_checkpoint", action="store_true",
                      help="unpickle the resumed checkpoint without the weights-only check (runs code from it)")
-    run.add_argument("--rendezvous_timeout", type=POSITIVE, default=7200,
+    run.add_argument("--rendezvous_timeout", type=number_at_least(1, maximum=MAX_TIMEOUT_S), default=7200,
                      help="seconds the ranks wait for each other at start (a node still building its token "
                           "cache arrives late); no collective runs before they all arrive")
-    run.add_argument("--collective_timeout", type=POSITIVE, default=600,
+    run.add_argument("--collective_timeout", type=number_at_least(1, maximum=MAX_TIMEOUT_S), default=600,
                      help="seconds a collective may wait for a dead or stuck rank before the job fails")
     run.add_argument("--max_nonfinite_steps", type=POSITIVE, default=20,
                      help="stop (with a checkpoint of the last good state) after this many consecutive "

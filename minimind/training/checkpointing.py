@@ -2,8 +2,8 @@
 
 ``engine.save_checkpoint`` writes model, optimizer (sharded per rank), scheduler and the
 client state; this module decides what goes in the client state (position, RNG of every
-rank, resolved config, tokenizer identity, wandb id), prunes old tags and writes MiniMind's
-``.pth`` weights beside them.
+rank, resolved config, tokenizer identity, wandb id), adds MiniMind's ``.pth`` and a manifest
+of every file to each tag, moves ``latest`` and prunes old tags.
 """
 
 import os
@@ -15,19 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from deepspeed.utils import safe_get_full_fp32_param
 
 from minimind.checkpoint.errors import CheckpointError
-from minimind.errors import first_line
-from minimind.model.pth_weights import minimind_weights_name, save_minimind_state
+from minimind.checkpoint.locate import TAG_PREFIX, latest_tag, step_tags
+from minimind.checkpoint.manifest import MANIFEST_NAME, file_entry, write_manifest
+from minimind.training.checkpoint_writes import CheckpointWrites
 from minimind.training.collectives import all_gather_object, barrier
 from minimind.training.world import global_rank, world_size
-
-TAG_PREFIX = "step_"
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint save that failed on this rank (disk full, I/O error); one line, names what is intact."""
 
 
 @dataclass
@@ -47,6 +41,17 @@ class TrainingPosition:
         """Move to the start of ``epoch`` (unless already in it: a resume mid-epoch keeps its place)."""
         if epoch != self.epoch:
             self.epoch, self.sample_in_epoch = epoch, 0
+
+    def align(self, samples_per_micro_step: int, samples_per_epoch: int) -> int:
+        """Move on to the next multiple of ``samples_per_micro_step`` (a resume with another global
+        batch), or to the next epoch when no full step is left in this one; returns the samples skipped."""
+        aligned = -(-self.sample_in_epoch // samples_per_micro_step) * samples_per_micro_step
+        if aligned > samples_per_epoch:
+            skipped = max(samples_per_epoch - self.sample_in_epoch, 0)
+            self.epoch, self.sample_in_epoch = self.epoch + 1, 0
+            return skipped
+        skipped, self.sample_in_epoch = aligned - self.sample_in_epoch, aligned
+        return skipped
 
     @classmethod
     def from_client_state(cls, saved: dict) -> "TrainingPosition":
@@ -91,60 +96,55 @@ def all_rng_states() -> list[dict]:
     return all_gather_object(rng_state())
 
 
-def save_training_state(engine, checkpoint_dir: Path, position: TrainingPosition, client_extra: dict,
-                        keep: int) -> str:
-    """Write checkpoint ``step_{step}`` with the client state, then point ``latest`` at it and prune.
+def save_training_state(
+    engine, checkpoint_dir: Path, position: TrainingPosition, client_extra: dict, keep: int, writes: CheckpointWrites,
+    write_weights: Callable[[Path], Path | None],
+) -> tuple[str, Path | None]:
+    """Write checkpoint ``step_{step}``: DeepSpeed's files with the client state, MiniMind's ``.pth``
+    (``write_weights(tag_dir)``, collective, returns the file on rank 0), then the tag's manifest;
+    then point ``latest`` at it and prune. Returns the tag and (on rank 0) the ``.pth``.
 
-    DeepSpeed's own ``latest`` is written by rank 0 before the other ranks have finished
-    their files; here it is written only after ``save_checkpoint``'s closing barrier (every
-    rank done), atomically (temporary file renamed over it), so a job killed during a save
-    still resumes from the previous complete checkpoint. Old tags go only after that.
+    Every rank records the files it wrote (``writes``) with their sizes and checksums; rank 0
+    writes the manifest once every rank's record is in, adding the files it sees that nobody
+    recorded (DeepSpeed's recovery scripts). ``latest`` moves only after the manifest,
+    atomically, so a job killed during a save still resumes from the previous complete
+    checkpoint, and old tags go only after that. A folder left at this step by an unfinished
+    save is removed first. Collective.
     """
     tag = f"{TAG_PREFIX}{position.step}"
+    tag_dir = checkpoint_dir / tag
+    if global_rank() == 0 and tag_dir.exists():
+        shutil.rmtree(tag_dir)
+    barrier()
     client_state = {"position": asdict(position), "rng_states": all_rng_states(), **client_extra}
+    writes.take()
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
+    weights = write_weights(tag_dir)
+    mine = [*writes.take(), *([weights] if weights is not None else [])]
+    gathered = all_gather_object([file_entry(path, tag_dir) for path in mine])
     if global_rank() == 0:
+        entries = {entry.name: entry for rank_entries in gathered for entry in rank_entries}
+        unrecorded = [path for path in sorted(tag_dir.rglob("*"))
+                      if path.is_file() and path.relative_to(tag_dir).as_posix() not in entries]
+        write_manifest(tag_dir, [*entries.values(), *(file_entry(path, tag_dir) for path in unrecorded)],
+                       world_size())
         point_latest_at(checkpoint_dir, tag)
         prune_checkpoints(checkpoint_dir, keep)
     barrier()
-    return tag
+    return tag, weights
 
 
-def report_failed_checkpoint_writes(engine) -> None:
-    """Make a file write of ``engine``'s checkpoints that fails (disk full, I/O error) raise
-    ``CheckpointWriteError`` with ``failed_save_message``.
-
-    DeepSpeed's checkpoint engine lets ``torch.save``'s own error through, which for a full
-    disk reads "unexpected pos 64 vs 0"; its ``save`` method is wrapped on this one engine.
-    """
-    plain_save = engine.checkpoint_engine.save
-
-    def save_reporting_failure(state_dict, path):
-        try:
-            return plain_save(state_dict, path)
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as either
-            tag_dir = Path(path).parent
-            raise CheckpointWriteError(failed_save_message(tag_dir.parent, tag_dir.name, error)) from error
-
-    engine.checkpoint_engine.save = save_reporting_failure
-
-
-def failed_save_message(checkpoint_dir: Path, tag: str, error: BaseException) -> str:
-    """One line: which save failed where and why, the free space left, and which checkpoint is intact."""
-    latest_file = checkpoint_dir / "latest"
-    latest = latest_file.read_text().strip() if latest_file.is_file() else None
-    intact = (f"{latest_file} still names {latest}, which is complete (resume with --from_resume 1)" if latest
-              else "no earlier checkpoint exists")
-    return failed_write_message(checkpoint_dir / tag, error, f"{intact}; the partial {tag} can be deleted")
-
-
-def failed_write_message(target: Path, error: BaseException, intact: str) -> str:
-    """One line: ``target`` could not be written on this rank, why, the free space on its disk, and ``intact``."""
-    existing = next((p for p in (target, *target.parents) if p.exists()), Path("/"))
-    reason = first_line(error)
-    free = shutil.disk_usage(existing).free
-    return (f"rank {global_rank()}: {target} could not be written ({reason}; {free / 2**30:.2f} GiB free there); "
-            f"{intact}")
+def publish_weights(weights: Path, destination: Path) -> Path:
+    """Make ``destination`` (``{save_dir}/pretrain_*.pth``) the newest tag's ``.pth``, atomically: a
+    hard link where the file system allows one (no second copy on disk), else a copy."""
+    partial = destination.with_name(f"{destination.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(weights, partial)
+    except OSError:
+        shutil.copyfile(weights, partial)
+    os.replace(partial, destination)
+    return destination
 
 
 def point_latest_at(checkpoint_dir: Path, tag: str) -> None:
@@ -158,14 +158,12 @@ def point_latest_at(checkpoint_dir: Path, tag: str) -> None:
 
 
 def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest ``step_*`` tags (never the one ``latest`` names)."""
-    latest_file = checkpoint_dir / "latest"
-    latest = latest_file.read_text().strip() if latest_file.is_file() else None
-    tags = sorted(
-        (p for p in checkpoint_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and p.name[len(TAG_PREFIX):].isdigit()),
-        key=lambda p: int(p.name[len(TAG_PREFIX):]),
-    )
-    for old in tags[:-keep] if keep > 0 else []:
+    """Delete all but the ``keep`` newest complete tags (those with a manifest), never the one
+    ``latest`` names; a tag left unfinished by a crash counts for nothing and is left alone
+    (a later save at its step replaces it)."""
+    latest = latest_tag(checkpoint_dir)
+    complete = [tag_dir for tag_dir in step_tags(checkpoint_dir) if (tag_dir / MANIFEST_NAME).is_file()]
+    for old in complete[keep:] if keep > 0 else []:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -179,56 +177,3 @@ def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:
     if len(states) == world_size():
         restore_rng_state(states[global_rank()])
     return client_state
-
-
-def write_minimind_weights(engine, save_dir: Path, hidden_size: int, use_moe: bool) -> Path | None:
-    """Rank 0 writes ``{save_dir}/pretrain_{hidden}[_moe].pth`` (half precision, MiniMind keys).
-
-    The weights come from the optimizer's fp32 master copy, not the bf16/fp16 module, so
-    updates smaller than the module dtype's rounding are kept. Collective: call on every rank.
-    """
-    state = master_weights_state_dict(engine)
-    if state is None:
-        return None
-    return save_weights_file(state, save_dir / minimind_weights_name(hidden_size, use_moe))
-
-
-def save_weights_file(state: dict[str, torch.Tensor], path: Path) -> Path:
-    """``save_minimind_state`` (atomic), with a failed write raised as one-line ``CheckpointWriteError``."""
-    try:
-        return save_minimind_state(state, path)
-    except (OSError, RuntimeError) as error:
-        intact = f"the previous {path.name} is unchanged"
-        raise CheckpointWriteError(failed_write_message(path, error, intact)) from error
-
-
-def master_weights_state_dict(
-    engine, gather: Callable[[str, torch.Tensor], torch.Tensor] | None = None
-) -> dict[str, torch.Tensor] | None:
-    """On global rank 0, the module's state dict with every parameter replaced by its full fp32
-    master value, on the host; None on the other ranks.
-
-    Uses DeepSpeed's ``safe_get_full_fp32_param`` (gathers across ranks under ZeRO 1-3, on the
-    accelerator); ``gather(name, tensor)``, when given, completes a tensor further (AutoEP's
-    experts). Every rank takes part in each gather, but only rank 0 keeps the result: the
-    others drop each tensor at once, so no rank but one ever holds the whole model on its host.
-    Tied keys (``lm_head.weight``) take their source parameter's value. Collective.
-    """
-    keep = global_rank() == 0
-    names_by_id = {}
-    state = {}
-    for name, param in engine.module.named_parameters():
-        full = safe_get_full_fp32_param(param)
-        full = full if full is not None else param.detach()
-        if gather is not None:
-            full = gather(name, full)
-        if keep:
-            state[name] = full.float().cpu()
-        names_by_id[id(param)] = name
-    if not keep:
-        return None
-    for key, value in engine.module.state_dict(keep_vars=True).items():
-        if key not in state:
-            state[key] = state[names_by_id[id(value)]] if id(value) in names_by_id else value.detach().float().cpu()
-    return state
-

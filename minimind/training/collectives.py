@@ -20,6 +20,13 @@ def accelerator_device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
+def participants() -> tuple[int, int]:
+    """``(rank, world size)`` in the collectives: ``(0, 1)`` before the process group exists."""
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
 def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM, group=None) -> torch.Tensor:
     """``tensor`` reduced over ``group`` (default: every rank), on the accelerator device.
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minimind.errors import ConfigError
-from minimind.training.ds_config_values import check_ds_config_values
+from minimind.training.ds_config_values import check_ds_config_values, check_section_objects
 
 # Top-level sections and keys of DeepSpeed's config (docs: "DeepSpeed Configuration JSON").
 KNOWN_TOP_LEVEL_KEYS = frozenset({
@@ -74,10 +74,13 @@ def resolve_ds_config(
 
     ``train_batch_size`` is written as micro x accumulation x data-parallel; a value in the
     file that disagrees (or a missing micro-batch) is a ConfigError, as is fp16 where the
-    accelerator refuses it.
+    accelerator refuses it, and any value DeepSpeed or torch would refuse once the flags
+    have replaced theirs (``check_ds_config_values``).
     """
     config = read_ds_config(path)
-    check_ds_config_values(config, path)
+    check_section_objects(config, path)
+    if micro_batch is not None or accumulation is not None:
+        config.pop("train_batch_size", None)  # written below from the flags
     if micro_batch is not None:
         config["train_micro_batch_size_per_gpu"] = micro_batch
     if accumulation is not None:
@@ -86,6 +89,7 @@ def resolve_ds_config(
         config["gradient_clipping"] = grad_clip
     if learning_rate is not None and "optimizer" in config:
         config["optimizer"].setdefault("params", {})["lr"] = learning_rate
+    check_ds_config_values(config, path)
     micro = config.get("train_micro_batch_size_per_gpu")
     accum = config.get("gradient_accumulation_steps", 1)
     if micro is None:

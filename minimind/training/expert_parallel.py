@@ -25,13 +25,12 @@ from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 from torch import nn
 
 from minimind.checkpoint.autoep_names import EXPERT_TENSOR_NAMES, minimind_expert_keys
-from minimind.checkpoint.locate import MODEL_STATES, locate_checkpoint
-from minimind.checkpoint.safe_load import load_checkpoint_file
+from minimind.checkpoint.locate import MODEL_STATES, locate_checkpoint, read_client_state
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
 from minimind.model.moe import MoEGate
-from minimind.training.checkpointing import master_weights_state_dict, save_weights_file
 from minimind.training.collectives import all_gather
+from minimind.training.weights_file import master_weights_state_dict, save_weights_file
 
 # Where AutoEP finds MiniMind's pieces (module and config attribute names of minimind/model).
 MINIMIND_AUTOEP_NAMES = {
@@ -180,8 +179,7 @@ def checkpoint_expert_parallel_size(checkpoint_dir: Path, tag: str | None) -> tu
     written with (None: no AutoEP)."""
     location = locate_checkpoint(Path(checkpoint_dir) / tag if tag else checkpoint_dir)
     path = location.tag_dir / MODEL_STATES
-    state = load_checkpoint_file(path, map_location="cpu", mmap=True)  # mmap: no tensor is read
-    layers = state.get("ds_autoep_layers") or []
+    layers = read_client_state(location).get("ds_autoep_layers") or []  # metadata only: no tensor is read
     # DeepSpeed saves AutoEP only when every layer has the same size.
     return path, (layers[0]["ep_size"] if layers else None)
 

@@ -21,3 +21,14 @@ def minimind_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> fl
 def minimind_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
     """A ``LambdaLR`` applying ``minimind_lr_factor``; hand it to ``deepspeed.initialize``."""
     return LambdaLR(optimizer, lambda step: minimind_lr_factor(step, total_steps, warmup_steps))
+
+
+def follow_schedule(scheduler: LambdaLR) -> None:
+    """Set each parameter group's rate to what ``scheduler`` gives its current step.
+
+    A resumed optimizer holds the rate the saved run's schedule gave; when the total number of
+    steps changed, the first resumed step would use it and the next steps the new schedule.
+    """
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas,
+                                      strict=True):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)

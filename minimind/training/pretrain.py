@@ -6,6 +6,7 @@ model exist, so bad input costs a second and one line, never a DeepSpeed traceba
 """
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 import kernels
-from minimind.checkpoint.locate import CheckpointLocation, locate_checkpoint
+from minimind.checkpoint.locate import CheckpointLocation, read_client_state
 from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.data import (
     PackedWindows,
@@ -38,13 +39,13 @@ from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precisio
 from minimind.model.pth_weights import minimind_weights_name
 from minimind.tokenizer.loader import load_tokenizer, tokenizer_fingerprint
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs
+from minimind.training.checkpoint_writes import CheckpointWrites
 from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import (
     TrainingPosition,
     load_training_state,
-    report_failed_checkpoint_writes,
+    publish_weights,
     save_training_state,
-    write_minimind_weights,
 )
 from minimind.training.collectives import accelerator_device, barrier
 from minimind.training.corpus_fit import fit_batch_to_corpus
@@ -56,13 +57,17 @@ from minimind.training.expert_parallel import (
     write_expert_parallel_weights,
 )
 from minimind.training.loop import LoopSettings, run_training
-from minimind.training.lr_schedule import minimind_scheduler
+from minimind.training.lr_schedule import follow_schedule, minimind_scheduler
 from minimind.training.metrics import MetricsLogger, check_wandb_installed, model_flops_per_token
 from minimind.training.peak_flops import peak_flops, tf32_enabled
 from minimind.training.process_group import init_process_group, local_device_index
 from minimind.training.rank_print import print0
+from minimind.training.resume import ResumeRequest, choose_resume, resume_request
+from minimind.training.resume_fit import RunIdentity, check_resume_fits, data_identity, data_position_applies
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
+from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
+from minimind.training.weights_file import write_minimind_weights
 from minimind.training.world import LaunchedWorld, launched_world, world_size
 
 
@@ -79,9 +84,17 @@ class RunInputs:
     model_config: MiniMindConfig
     data_path: Path | None
     cache_location: TokenCacheLocation | None  # of data_path; None for the bundled corpus
-    resume: CheckpointLocation | None
+    resume_request: ResumeRequest | None
     ep_size: int | None
     fit_batch_to_corpus: bool  # the bundled corpus with a batch the user did not choose
+    resume: CheckpointLocation | None = None  # the verified tag, once the process group has chosen it
+
+    def identity(self, args: argparse.Namespace) -> RunIdentity:
+        """What a checkpoint of this run records, and a resumed checkpoint must share."""
+        digest = self.cache_location.key_inputs["source"]["blake2b"] if self.cache_location else None
+        source = self.data_path.name if self.data_path else "the bundled corpus"
+        return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
+                           data_identity(source, digest, bool(args.packing), args.max_seq_len))
 
 
 @dataclass
@@ -102,14 +115,17 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     inputs, samples, fit_note = fit_samples(inputs, samples)
     announce(args, inputs, launched_world(), fit_note)
     start_process_group(args, inputs)
+    save_dir_lock = claim_save_dir(inputs.save_dir, overwrite=args.overwrite)
+    if args.verify_checkpoint == "checksum":
+        inputs = with_resume(args, inputs)
     data = training_data(args, inputs, samples)
     engine, n_params = build_engine(args, inputs, data.total_steps)
     device = accelerator_device()
-    position, wandb_run_id = resume_state(engine, inputs, trusted=args.trust_checkpoint)
+    position, wandb_run_id = resume_state(args, engine, inputs, data)
     logger = MetricsLogger(inputs.save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args),
                            engine.monitor)
-    checkpointer = Checkpointer(checkpoint_writer(args, inputs, engine, logger.wandb_run_id), args.save_interval,
-                                saved_step=position.step)
+    checkpointer = Checkpointer(checkpoint_writer(args, inputs, engine, logger.wandb_run_id, data.total_steps),
+                                args.save_interval, saved_step=position.step)
     settings = LoopSettings(
         epochs=args.epochs,
         total_steps=data.total_steps,
@@ -135,6 +151,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     )
     # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
     # can abort the process ("terminate called without an active exception").
+    save_dir_lock.release()
     barrier()
     dist.destroy_process_group()
     return position
@@ -157,6 +174,8 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     )
     save_dir = Path(args.save_dir).resolve()
     check_writable(save_dir)
+    refuse_fresh_run_over_checkpoints(save_dir, resuming=bool(args.from_resume or args.resume_from),
+                                      overwrite=args.overwrite)
     tokenizer = load_tokenizer(args.tokenizer_path)
     model_config = MiniMindConfig(**model_config_kwargs(args), vocab_size=max(len(tokenizer), 6400))
     if args.max_seq_len > model_config.max_position_embeddings:
@@ -174,14 +193,29 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
         if not cache_location.built:
             validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
+    inputs = RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
+                       resume_request(args, save_dir), ep_size,
+                       fit_batch_to_corpus=data_path is None and (demo or not batch_chosen))
+    return with_resume(args, inputs)
+
+
+def with_resume(args: argparse.Namespace, inputs: RunInputs) -> RunInputs:
+    """``inputs`` with the checkpoint to resume from and the config to load it with, once its files
+    verify and it fits this run (model, tokenizer, expert-parallel layout). Before the process group
+    every rank checks file sizes on its own; after it, unless ``--verify_checkpoint size``, the ranks
+    checksum the files between them, which may move the choice to an older tag. Collective then."""
+    checksums = args.verify_checkpoint == "checksum" and dist.is_initialized()
+    final = checksums or args.verify_checkpoint == "size"
+    resume = choose_resume(inputs.resume_request, checksums=checksums, announce=final)
+    if resume is None or resume == inputs.resume:
+        return inputs
+    ds_config = inputs.ds_config
+    if resume.is_universal:
+        ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     with checkpoint_loading(trusted=args.trust_checkpoint):
-        resume = resume_target(args, save_dir)
-        if resume is not None and resume.is_universal:
-            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
-        if resume is not None:
-            check_resume_expert_parallel(resume.root, resume.tag, ep_size, ds_config)
-    return RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
-                     resume, ep_size, fit_batch_to_corpus=data_path is None and (demo or not batch_chosen))
+        check_resume_expert_parallel(resume.root, resume.tag, inputs.ep_size, ds_config)
+        check_resume_fits(resume, read_client_state(resume), inputs.identity(args))
+    return replace(inputs, ds_config=ds_config, resume=resume)
 
 
 def check_kernels_run_on(impl: str, device: torch.device) -> None:
@@ -291,7 +325,6 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=inputs.ds_config, lr_scheduler=scheduler
     )
-    report_failed_checkpoint_writes(engine)
     module_bytes = PRECISION_BYTES[precision_of(inputs.ds_config)]
     warning = disk_space_warning(inputs.save_dir, n_params, module_bytes, args.keep_checkpoints)
     if warning:
@@ -303,54 +336,68 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
     return engine, n_params
 
 
-def resume_state(engine, inputs: RunInputs, trusted: bool) -> tuple[TrainingPosition, str | None]:
-    """Load the resume checkpoint, if any (its pickles unchecked only when ``trusted``): the position
-    to continue from and the wandb run id."""
+def resume_state(args: argparse.Namespace, engine, inputs: RunInputs,
+                 data: TrainingData) -> tuple[TrainingPosition, str | None]:
+    """Load the resume checkpoint, if any (its pickles unchecked only with ``--trust_checkpoint``):
+    the position to continue from and the wandb run id. The learning rate follows this run's
+    schedule from the resumed step on, other data restarts the epoch's position, and another
+    global batch continues from the next micro-step boundary."""
+    total_steps = data.total_steps
     if inputs.resume is None:
         return TrainingPosition(), None
-    with checkpoint_loading(trusted=trusted):
+    with checkpoint_loading(trusted=args.trust_checkpoint):
         client_state = load_training_state(engine, inputs.resume.root, inputs.resume.tag)
     position = TrainingPosition.from_client_state(client_state["position"])
+    if not data_position_applies(client_state, inputs.identity(args)):
+        position.sample_in_epoch = 0
+    moved = position.align(inputs.batch.micro_batch * inputs.batch.data_parallel, data.sampler.samples_per_epoch)
+    if moved:
+        print0(f"the global batch differs from the checkpoint's: the data position moves on {moved} samples, to the "
+               "next micro-step boundary")
+    if "scheduler" not in inputs.ds_config:
+        saved_total = (client_state.get("schedule") or {}).get("total_steps")
+        if saved_total is not None and saved_total != total_steps:
+            print0(f"the schedule's length changed from {saved_total} to {total_steps} steps: the learning rate "
+                   f"follows the new cosine from step {position.step} on")
+        follow_schedule(engine.lr_scheduler)
     print0(f"resumed from {inputs.resume.tag_dir}{' (universal)' if inputs.resume.is_universal else ''} at step "
            f"{position.step}, epoch {position.epoch}")
     return position, client_state.get("wandb_run_id")
 
 
-def checkpoint_writer(args: argparse.Namespace, inputs: RunInputs, engine, wandb_run_id: str | None):
-    """The checkpointer's ``write(position)``: a DeepSpeed checkpoint with the client state, then the ``.pth``."""
+def checkpoint_writer(args: argparse.Namespace, inputs: RunInputs, engine, wandb_run_id: str | None,
+                      total_steps: int) -> Callable[[TrainingPosition], None]:
+    """The checkpointer's ``write(position)``: a DeepSpeed checkpoint with the client state and
+    MiniMind's ``.pth`` in the tag, the tag's manifest, then the ``.pth`` published to ``--save_dir``."""
     checkpoint_dir = inputs.save_dir / "checkpoints"
     client_extra = {
         "resolved_ds_config": inputs.ds_config,
-        "model_config": inputs.model_config.to_dict(),
         "args": vars(args),
-        "tokenizer_fingerprint": tokenizer_fingerprint(inputs.tokenizer),
         "wandb_run_id": wandb_run_id,
+        "schedule": {"total_steps": total_steps, "warmup_steps": args.warmup_steps},
+        **inputs.identity(args).client_state(),
     }
-    weights_path = inputs.save_dir / weights_name(args)
+    writes = CheckpointWrites(engine)
+    name = weights_name(args)
 
-    def save(at: TrainingPosition) -> None:
-        tag = save_training_state(engine, checkpoint_dir, at, client_extra, args.keep_checkpoints)
+    def write_weights(tag_dir: Path) -> Path | None:
         if inputs.ep_size is None:
-            weights = write_minimind_weights(engine, inputs.save_dir, args.hidden_size, bool(args.use_moe))
-        else:
-            weights = write_expert_parallel_weights(engine, weights_path)
-        print0(f"step {at.step}: checkpoint {checkpoint_dir / tag}, weights {weights}")
+            return write_minimind_weights(engine, tag_dir / name)
+        return write_expert_parallel_weights(engine, tag_dir / name)
 
-    return save
+    def write(at: TrainingPosition) -> None:
+        tag, weights = save_training_state(engine, checkpoint_dir, at, client_extra, args.keep_checkpoints, writes,
+                                           write_weights)
+        if weights is not None:
+            publish_weights(weights, inputs.save_dir / name)
+        print0(f"step {at.step}: checkpoint {checkpoint_dir / tag}, weights {inputs.save_dir / name}")
+
+    return write
 
 
 def weights_name(args: argparse.Namespace) -> str:
     """MiniMind's ``.pth`` name for this run's model."""
     return minimind_weights_name(args.hidden_size, bool(args.use_moe))
-
-
-def resume_target(args: argparse.Namespace, save_dir: Path) -> CheckpointLocation | None:
-    """The checkpoint tag to resume from (regular or universal), or None for a fresh run."""
-    if args.resume_from:
-        return locate_checkpoint(args.resume_from)
-    if args.from_resume:
-        return locate_checkpoint(save_dir / "checkpoints")
-    return None
 
 
 def model_dtype(ds_config: dict) -> torch.dtype:

@@ -89,6 +89,13 @@ def init_process_group(timeout_s: float | None = None,
     return world
 
 
+def leave_process_group() -> None:
+    """Destroy this process's process group, if it joined one: after every rank raised the same
+    error, so that a caller in the same process (a test, a notebook) starts clean."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def binds_nccl_device(backend: str, size: int) -> bool:
     """Whether to bind the rank's GPU when the group starts, as ``deepspeed.init_distributed`` does:
     NCCL with more than one rank, except on torch 2.6.x, where binding hangs (pytorch#153960)."""

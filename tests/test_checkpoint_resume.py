@@ -1,0 +1,111 @@
+"""Resuming through the real launcher (2 CPU ranks) from copies of the reference run's checkpoints:
+a broken tag is refused in one line before anything loads, ``--from_resume 1`` falls back past
+a broken newest tag and reproduces the uninterrupted run, a checkpoint from before manifests
+loads with a warning, and a resume with another ``--max_steps`` follows the new schedule."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from minimind.checkpoint.manifest import MANIFEST_NAME
+from minimind.training.lr_schedule import minimind_lr_factor
+from tests.launcher import (
+    REFERENCE_STEPS,
+    REFERENCE_TRAINING,
+    assert_resumed_losses_equal_the_reference,
+    launch,
+    read_metrics,
+)
+
+PEAK_LR = float(REFERENCE_TRAINING[REFERENCE_TRAINING.index("--learning_rate") + 1])
+SHARD_0 = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+SHARD_1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def copy_of_reference(reference_run: Path, save_dir: Path) -> Path:
+    """A copy of the reference run's ``save_dir`` (its checkpoints and metrics), which the test may break."""
+    shutil.copytree(reference_run, save_dir)
+    return save_dir / "checkpoints"
+
+
+def resume_args(save_dir: Path, corpus: Path, *flags: str) -> list[str]:
+    return [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir), *flags]
+
+
+BREAKAGES = {
+    "missing shard": (lambda tag: (tag / SHARD_1).unlink(), f"{SHARD_1} is missing"),
+    "truncated shard": (lambda tag: os.truncate(tag / SHARD_0, 1000), f"{SHARD_0} is truncated (1000 of "),
+    "flipped bytes": (lambda tag: flip_a_byte(tag / SHARD_1), f"{SHARD_1} fails its xxh3_128 checksum"),
+    "missing manifest": (lambda tag: (tag / MANIFEST_NAME).unlink(), "no manifest (its manifest is missing)"),
+    "missing client state": (lambda tag: (tag / MODEL_STATES).unlink(), f"{MODEL_STATES} is missing"),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_a_broken_checkpoint_is_refused_in_one_line_before_anything_loads(
+        breakage, reference_run, corpus, launch_env_vars, tmp_path):
+    damage, problem = BREAKAGES[breakage]
+    checkpoints = copy_of_reference(reference_run, tmp_path / "run")
+    damage(checkpoints / "step_40")
+    started = time.time()
+    result = launch(2, resume_args(tmp_path / "run", corpus, "--resume_from", str(checkpoints / "step_40")),
+                    env=launch_env_vars, check=False)
+    elapsed = time.time() - started
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pretrain_ds.py: error: ")]
+    assert result.returncode != 0 and len(errors) == 2, result.stderr[-3000:]  # one line from each rank
+    assert errors[0] == errors[1]
+    assert errors[0].startswith(f"pretrain_ds.py: error: {checkpoints / 'step_40'}: {problem}")
+    assert errors[0].endswith(f"the newest intact checkpoint there is {checkpoints / 'step_30'} "
+                              f"(--resume_from {checkpoints / 'step_30'})")
+    assert "model:" not in result.stdout and "resumed from" not in result.stdout  # no engine, nothing loaded
+    assert elapsed < 120
+
+
+def test_from_resume_skips_a_broken_newest_tag_and_reproduces_the_uninterrupted_run(
+        reference_run, corpus, launch_env_vars, tmp_path):
+    checkpoints = copy_of_reference(reference_run, tmp_path / "run")
+    flip_a_byte(checkpoints / "step_40" / SHARD_0)
+    result = launch(2, resume_args(tmp_path / "run", corpus, "--from_resume", "1"), env=launch_env_vars)
+    assert (f"resuming from step_30, the newest intact checkpoint; skipped step_40 ({SHARD_0} fails its "
+            "xxh3_128 checksum (same size, different bytes))") in result.stdout
+    assert_resumed_losses_equal_the_reference(tmp_path / "run", reference_run, from_step=30)
+    assert (checkpoints / "latest").read_text() == "step_40"  # saved again, intact this time
+    assert launch(2, resume_args(tmp_path / "run", corpus, "--from_resume", "1"), env=launch_env_vars).returncode == 0
+
+
+def test_a_checkpoint_from_before_manifests_loads_with_a_warning(reference_run, corpus, launch_env_vars, tmp_path):
+    checkpoints = copy_of_reference(reference_run, tmp_path / "run")
+    for tag in ("step_20", "step_30", "step_40"):
+        (checkpoints / tag / MANIFEST_NAME).unlink()
+        (checkpoints / tag / "pretrain_64.pth").unlink()  # the old layout kept the .pth beside the checkpoints
+    shutil.rmtree(checkpoints / "step_40")
+    (checkpoints / "latest").write_text("step_30")
+    result = launch(2, resume_args(tmp_path / "run", corpus, "--from_resume", "1"), env=launch_env_vars)
+    assert f"warning: {checkpoints / 'step_30'} was written before checkpoints had manifests" in result.stdout
+    assert_resumed_losses_equal_the_reference(tmp_path / "run", reference_run, from_step=30)
+
+
+def test_a_resume_with_another_max_steps_follows_the_new_schedule_from_its_first_step(
+        reference_run, corpus, launch_env_vars, tmp_path):
+    reference = read_metrics(reference_run)
+    assert [m["lr"] for m in reference] == pytest.approx(
+        [PEAK_LR * minimind_lr_factor(m["step"] - 1, REFERENCE_STEPS) for m in reference], rel=1e-6)
+    checkpoints = copy_of_reference(reference_run, tmp_path / "run")
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    result = launch(2, resume_args(tmp_path / "run", corpus, "--resume_from", str(checkpoints / "step_20"),
+                                   "--max_steps", "30"), env=launch_env_vars)
+    assert "the schedule's length changed from 40 to 30 steps" in result.stdout
+    resumed = read_metrics(tmp_path / "run")
+    assert [m["step"] for m in resumed] == list(range(21, 31))
+    assert [m["lr"] for m in resumed] == pytest.approx(
+        [PEAK_LR * minimind_lr_factor(m["step"] - 1, 30) for m in resumed], rel=1e-6)
