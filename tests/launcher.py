@@ -35,6 +35,7 @@ REFERENCE_SAVE_INTERVAL = 10
 REFERENCE_TRAINING = [*TINY_MODEL, "--deepspeed_config", str(FP32_CONFIG), "--batch_size", "2", "--accumulation_steps",
                       "2", "--max_steps", str(REFERENCE_STEPS), "--learning_rate", "3e-3", "--save_interval",
                       str(REFERENCE_SAVE_INTERVAL)]
+ONE_RANK_WHOLE_BATCH = [*REFERENCE_TRAINING, "--batch_size", "4"]  # the later flag wins
 # ``pretrain_ds.py`` with faults injected where its environment asks (see that file).
 FAULT_INJECTION_ENTRY = "tests/fault_injection_entry.py"
 
@@ -167,3 +168,12 @@ def assert_resumed_losses_equal_the_reference(save_dir: Path, reference_run: Pat
     expected = {m["step"]: m["loss"] for m in read_metrics(reference_run)[from_step:]}
     assert list(resumed) == list(range(from_step + 1, REFERENCE_STEPS + 1))
     assert resumed == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+def assert_losses_follow(actual: list[dict], expected: list[dict], exact_steps: int, rel: float) -> None:
+    """Same steps and learning rates; losses within ``rel`` for ``exact_steps`` steps, then within a
+    tolerance that allows float summation-order differences to grow over the later steps."""
+    assert [m["step"] for m in actual] == [m["step"] for m in expected]
+    for index, (a, b) in enumerate(zip(actual, expected, strict=True)):
+        assert a["loss"] == pytest.approx(b["loss"], rel=rel if index < exact_steps else 1e-3), a["step"]
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12), a["step"]

@@ -1,9 +1,12 @@
-"""Resuming through the real launcher (2 CPU ranks) from copies of the reference run's checkpoints:
+"""Resuming through the real launcher (CPU ranks) from copies of the reference run's checkpoints:
 a broken tag is refused in one line before anything loads, ``--from_resume 1`` falls back past
 a broken newest tag and reproduces the uninterrupted run, a checkpoint from before manifests
-loads with a warning, and a resume with another ``--max_steps`` follows the new schedule."""
+loads with a warning, a resume with another ``--max_steps`` follows the new schedule, and a
+resume on another number of ranks goes through a universal copy made once."""
 
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,11 +16,16 @@ import pytest
 from minimind.checkpoint.manifest import MANIFEST_NAME
 from minimind.training.lr_schedule import minimind_lr_factor
 from tests.launcher import (
+    FP32_CONFIG,
+    ONE_RANK_WHOLE_BATCH,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
+    TINY_MODEL,
+    assert_losses_follow,
     assert_resumed_losses_equal_the_reference,
     launch,
     read_metrics,
+    write_corpus,
 )
 
 PEAK_LR = float(REFERENCE_TRAINING[REFERENCE_TRAINING.index("--learning_rate") + 1])
@@ -51,6 +59,16 @@ BREAKAGES = {
 }
 
 
+def test_a_two_rank_save_s_manifest_names_every_file_of_the_tag(reference_run):
+    tag_dir = reference_run / "checkpoints" / "step_40"
+    recorded = json.loads((tag_dir / MANIFEST_NAME).read_text())
+    on_disk = {path.relative_to(tag_dir).as_posix(): path.stat().st_size for path in tag_dir.rglob("*")
+               if path.is_file() and path.name != MANIFEST_NAME}
+    assert {SHARD_0, SHARD_1, MODEL_STATES, "pretrain_64.pth"} <= set(on_disk)
+    assert {name: entry["size"] for name, entry in recorded["files"].items()} == on_disk
+    assert recorded["world_size"] == 2
+
+
 @pytest.mark.parametrize("breakage", list(BREAKAGES))
 def test_a_broken_checkpoint_is_refused_in_one_line_before_anything_loads(
         breakage, reference_run, corpus, launch_env_vars, tmp_path):
@@ -79,6 +97,8 @@ def test_from_resume_skips_a_broken_newest_tag_and_reproduces_the_uninterrupted_
     assert (f"resuming from step_30, the newest intact checkpoint; skipped step_40 ({SHARD_0} fails its "
             "xxh3_128 checksum (same size, different bytes))") in result.stdout
     assert_resumed_losses_equal_the_reference(tmp_path / "run", reference_run, from_step=30)
+    assert f"moved step_40 aside to {checkpoints / 'superseded'}: this run continues from step_30" in result.stdout
+    assert (checkpoints / "superseded" / "step_40").is_dir()
     assert (checkpoints / "latest").read_text() == "step_40"  # saved again, intact this time
     assert launch(2, resume_args(tmp_path / "run", corpus, "--from_resume", "1"), env=launch_env_vars).returncode == 0
 
@@ -109,3 +129,50 @@ def test_a_resume_with_another_max_steps_follows_the_new_schedule_from_its_first
     assert [m["step"] for m in resumed] == list(range(21, 31))
     assert [m["lr"] for m in resumed] == pytest.approx(
         [PEAK_LR * minimind_lr_factor(m["step"] - 1, 30) for m in resumed], rel=1e-6)
+
+
+def test_a_resume_on_another_number_of_ranks_converts_to_universal_once(
+        reference_run, corpus, launch_env_vars, tmp_path):
+    checkpoints = copy_of_reference(reference_run, tmp_path / "run")
+    for tag in ("step_30", "step_40"):
+        shutil.rmtree(checkpoints / tag)
+    (checkpoints / "latest").write_text("step_20")
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    one_rank = [*ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus), "--save_dir", str(tmp_path / "run")]
+    refused = launch(1, [*one_rank, "--from_resume", "1", "--auto_universal", "0"], env=launch_env_vars, check=False)
+    assert refused.returncode != 0 and (
+        f"pretrain_ds.py: error: {checkpoints / 'step_20'} was written by 2 ranks; this run has 1: resume it without "
+        f"--auto_universal 0, or convert it yourself (python -m minimind.checkpoint to-universal "
+        f"{checkpoints / 'step_20'} {checkpoints / 'universal'}) and resume with --resume_from "
+        f"{checkpoints / 'universal' / 'step_20'}") in refused.stderr
+    result = launch(1, [*one_rank, "--from_resume", "1"], env=launch_env_vars)
+    universal = checkpoints / "universal" / "step_20"
+    assert (f"{checkpoints / 'step_20'} was written by 2 ranks; this run has 1: resuming from its universal copy "
+            f"{universal} (converted now)") in result.stdout
+    assert (universal / MANIFEST_NAME).is_file() and "(universal) at step 20" in result.stdout
+    assert_losses_follow(read_metrics(tmp_path / "run"), read_metrics(reference_run)[20:], exact_steps=3, rel=1e-5)
+    again = launch(1, [*one_rank, "--resume_from", str(checkpoints / "step_20"), "--max_steps", "21"],
+                   env=launch_env_vars)
+    assert f"resuming from its universal copy {universal} (converted before)" in again.stdout
+
+
+def test_a_resume_on_one_rank_crosses_an_epoch_boundary_as_the_uninterrupted_run(launch_env_vars, tmp_path):
+    corpus = write_corpus(tmp_path / "small.jsonl", lines=60)  # a few steps an epoch
+    two_ranks = [*TINY_MODEL, "--deepspeed_config", str(FP32_CONFIG), "--batch_size", "2", "--accumulation_steps",
+                 "2", "--learning_rate", "3e-3", "--epochs", "2", "--save_interval", "3", "--keep_checkpoints", "10",
+                 "--data_path", str(corpus)]
+    uninterrupted = launch(2, [*two_ranks, "--save_dir", str(tmp_path / "two")], env=launch_env_vars)
+    per_epoch = int(re.search(r"(\d+) optimizer steps per epoch", uninterrupted.stdout).group(1))
+    reference = read_metrics(tmp_path / "two")
+    assert 3 < per_epoch and len(reference) == 2 * per_epoch
+    checkpoints = tmp_path / "one" / "checkpoints"
+    shutil.copytree(tmp_path / "two" / "checkpoints", checkpoints)
+    for tag in checkpoints.glob("step_*"):
+        if tag.name != "step_3":
+            shutil.rmtree(tag)
+    (checkpoints / "latest").write_text("step_3")
+    launch(1, [*two_ranks, "--batch_size", "4", "--save_dir", str(tmp_path / "one"), "--from_resume", "1"],
+           env=launch_env_vars)
+    resumed = read_metrics(tmp_path / "one")
+    assert {m["epoch"] for m in resumed} == {0, 1}
+    assert_losses_follow(resumed, reference[3:], exact_steps=3, rel=1e-5)

@@ -5,7 +5,8 @@ import pytest
 from minimind.data import DataError
 from minimind.training.corpus_fit import MIN_STEPS_PER_EPOCH, fit_batch_to_corpus
 from minimind.training.ds_config import BatchPlan
-from minimind.training.pretrain import RunInputs, fit_samples
+from minimind.training.pretrain import fit_samples
+from minimind.training.run_inputs import RunInputs
 
 # The bundled corpus at max_seq_len 340: 2,549,233 tokens in windows of 341.
 BUNDLED_WINDOWS = -(-2_549_233 // 341)

@@ -7,22 +7,7 @@ import torch
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.data import IGNORE_INDEX, PackedWindows
 from minimind.training.loop import train_step
-
-
-class PlainEngine:
-    """The three calls ``train_step`` makes of a DeepSpeed engine, on a plain module."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, **inputs):
-        return self.model(**inputs)
-
-    def backward(self, loss):
-        loss.backward()
-
-    def step(self):
-        pass
+from tests.plain_engine import PlainEngine
 
 
 @pytest.mark.parametrize("seq_len, tokens", [(16, 16 * 17 * 3), (13, 200)])  # whole windows, a padded tail

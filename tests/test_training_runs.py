@@ -15,8 +15,10 @@ from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.model.pth_weights import load_minimind_pth
 from tests.launcher import (
     FAULT_INJECTION_ENTRY,
+    ONE_RANK_WHOLE_BATCH,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
+    assert_losses_follow,
     assert_weights_file_holds_the_masters,
     config_with_updates,
     free_local_port,
@@ -28,17 +30,6 @@ from tests.launcher import (
 )
 
 pytestmark = pytest.mark.slow
-
-ONE_RANK_WHOLE_BATCH = [*REFERENCE_TRAINING, "--batch_size", "4"]  # the later flag wins
-
-
-def assert_losses_follow(actual: list[dict], expected: list[dict], exact_steps: int, rel: float) -> None:
-    """Same steps and learning rates; losses within ``rel`` for ``exact_steps`` steps, then within a
-    tolerance that allows float summation-order differences to grow over the later steps."""
-    assert [m["step"] for m in actual] == [m["step"] for m in expected]
-    for index, (a, b) in enumerate(zip(actual, expected, strict=True)):
-        assert a["loss"] == pytest.approx(b["loss"], rel=rel if index < exact_steps else 1e-3), a["step"]
-        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12), a["step"]
 
 
 @pytest.fixture(scope="module")

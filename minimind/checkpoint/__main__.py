@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def verify_command(source: Path, checksums: bool) -> int:
     """Print one line per tag of ``source`` (a tag folder, or a folder of ``step_N`` tags); 1 when one is broken."""
-    location = locate_checkpoint(source)
-    tag_dirs = [location.tag_dir] if location.tag_dir == source.resolve() else step_tags(location.root)
-    latest = latest_tag(location.root)
-    verdicts = [(tag_dir, verify_tag(tag_dir, latest, checksums)) for tag_dir in tag_dirs or [location.tag_dir]]
+    source = source.resolve()
+    tag_dirs = step_tags(source)  # a folder of tags: each of them, whatever state latest's tag is in
+    if not tag_dirs:
+        tag_dirs = [locate_checkpoint(source).tag_dir]
+    latest = latest_tag(tag_dirs[0].parent)
+    verdicts = [(tag_dir, verify_tag(tag_dir, latest, checksums)) for tag_dir in tag_dirs]
     for tag_dir, verdict in verdicts:
         print(describe_verdict(tag_dir, verdict, checksums))
     return 0 if all(verdict.loadable for _, verdict in verdicts) else 1

@@ -3,10 +3,10 @@ whether its files still match its manifest.
 
 A complete tag has a manifest. A tag without one is a checkpoint written before this project
 added manifests when nothing says otherwise: it holds DeepSpeed's model states but no MiniMind
-``.pth`` (every tag gets one since), and no other tag in its folder has a manifest; it loads
-with a warning that it cannot be verified. Any other tag without a manifest is an unfinished
-save (a crash before its manifest), or, when ``latest`` names it, a tag that lost its
-manifest: both are refused.
+``.pth`` (every tag gets one since), and no tag in its folder has a manifest, or every tag that
+has one is newer (a run upgraded mid-way); it loads with a warning that it cannot be verified.
+Any other tag without a manifest is an unfinished save (a crash before its manifest), or,
+when ``latest`` names it, a tag that lost its manifest: both are refused.
 """
 
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 from minimind.checkpoint.errors import CheckpointError
-from minimind.checkpoint.locate import MODEL_STATES, CheckpointLocation, latest_tag
+from minimind.checkpoint.locate import MODEL_STATES, CheckpointLocation, latest_tag, tag_step
 from minimind.checkpoint.manifest import CHECKSUM, MANIFEST_NAME, FileEntry, read_manifest, verify_entries
 from minimind.model.pth_weights import WEIGHTS_GLOB
 
@@ -45,10 +45,12 @@ def tag_kind(tag_dir: Path) -> TagKind:
     """Classify ``tag_dir`` by its files and its neighbours' (see the module docstring)."""
     if read_manifest(tag_dir) is not None:
         return TagKind.COMPLETE
-    new_layout = any(tag_dir.glob(WEIGHTS_GLOB)) or any(
-        (sibling / MANIFEST_NAME).is_file() for sibling in tag_dir.parent.iterdir() if sibling.is_dir())
-    if not new_layout and (tag_dir / MODEL_STATES).is_file():
-        return TagKind.PRE_MANIFEST
+    if any(tag_dir.glob(WEIGHTS_GLOB)) or not (tag_dir / MODEL_STATES).is_file():
+        return TagKind.UNFINISHED
+    step = tag_step(tag_dir.name)
+    manifested = [tag_step(sibling.name) for sibling in tag_dir.parent.iterdir() if (sibling / MANIFEST_NAME).is_file()]
+    if not manifested or (step is not None and all(other is not None and step < other for other in manifested)):
+        return TagKind.PRE_MANIFEST  # no manifests yet in the folder, or older than the first (an upgraded run)
     return TagKind.UNFINISHED
 
 

@@ -10,6 +10,8 @@ from minimind.checkpoint.safe_load import load_checkpoint_file
 MODEL_STATES = "mp_rank_00_model_states.pt"
 LATEST_NAMES = ("latest", "latest_universal")  # DeepSpeed's pointer files, regular and universal
 TAG_PREFIX = "step_"  # pretrain_ds.py names the tag of optimizer step N ``step_N``
+UNIVERSAL_FOLDER = "universal"  # {checkpoint_dir}/universal/{tag}: a tag converted for a resume at another size
+SUPERSEDED_FOLDER = "superseded"  # {checkpoint_dir}/superseded/{tag}: tags newer than the one a run resumed from
 
 
 @dataclass(frozen=True)

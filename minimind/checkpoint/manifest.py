@@ -42,13 +42,16 @@ def file_entry(path: Path, tag_dir: Path) -> FileEntry:
     return FileEntry(path.relative_to(tag_dir).as_posix(), size, digest.hexdigest())
 
 
-def write_manifest(tag_dir: Path, entries: list[FileEntry], world_size: int | None) -> Path:
+def write_manifest(tag_dir: Path, entries: list[FileEntry], world_size: int | None,
+                   source: str | None = None) -> Path:
     """Write ``tag_dir/manifest.json`` atomically (a temporary file, synced, renamed over it);
-    ``world_size`` is the number of ranks that wrote the tag (None: a universal checkpoint)."""
+    ``world_size`` is the number of ranks that wrote the tag (None: a universal checkpoint),
+    ``source`` the ``manifest_digest`` of the tag a converted one was made from."""
     manifest = {
         "format": MANIFEST_FORMAT,
         "checksum": CHECKSUM,
         "world_size": world_size,
+        "source": source,
         "files": {entry.name: {"size": entry.size, CHECKSUM: entry.checksum}
                   for entry in sorted(entries, key=lambda e: e.name)},
     }
@@ -62,10 +65,18 @@ def write_manifest(tag_dir: Path, entries: list[FileEntry], world_size: int | No
     return path
 
 
-def manifest_of_folder(tag_dir: Path, world_size: int | None) -> Path:
+def manifest_of_folder(tag_dir: Path, world_size: int | None, source: str | None = None) -> Path:
     """Write the manifest of every file now under ``tag_dir`` (a tag one process wrote)."""
     files = sorted(path for path in tag_dir.rglob("*") if path.is_file() and path.name != MANIFEST_NAME)
-    return write_manifest(tag_dir, [file_entry(path, tag_dir) for path in files], world_size)
+    return write_manifest(tag_dir, [file_entry(path, tag_dir) for path in files], world_size, source)
+
+
+def manifest_digest(tag_dir: Path) -> str | None:
+    """xxh3-128 of ``tag_dir``'s manifest file: names one exact state of a tag (None: no manifest)."""
+    try:
+        return xxhash.xxh3_128((tag_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def read_manifest(tag_dir: Path) -> list[FileEntry] | None:
@@ -82,19 +93,31 @@ def read_manifest(tag_dir: Path) -> list[FileEntry] | None:
         raise CheckpointError(f"{path}: unreadable manifest ({type(error).__name__}: {error})") from None
 
 
+def manifest_field(tag_dir: Path, key: str):
+    """One field of ``tag_dir``'s manifest (``world_size``: the ranks that wrote it; ``source``: what
+    a converted tag was made from); None without a manifest or the field."""
+    try:
+        return json.loads((tag_dir / MANIFEST_NAME).read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def entry_problem(tag_dir: Path, entry: FileEntry, checksums: bool) -> str | None:
     """Why ``entry``'s file in ``tag_dir`` does not match the manifest (missing, truncated, changed
     size, checksum), or None when it matches."""
     path = tag_dir / entry.name
     if not path.is_file():
         return f"{entry.name} is missing"
-    size = path.stat().st_size
-    if size < entry.size:
-        return f"{entry.name} is truncated ({size} of {entry.size} bytes)"
-    if size != entry.size:
-        return f"{entry.name} has {size} bytes, the manifest says {entry.size}"
-    if checksums and file_entry(path, tag_dir).checksum != entry.checksum:
-        return f"{entry.name} fails its {CHECKSUM} checksum (same size, different bytes)"
+    try:
+        size = path.stat().st_size
+        if size < entry.size:
+            return f"{entry.name} is truncated ({size} of {entry.size} bytes)"
+        if size != entry.size:
+            return f"{entry.name} has {size} bytes, the manifest says {entry.size}"
+        if checksums and file_entry(path, tag_dir).checksum != entry.checksum:
+            return f"{entry.name} fails its {CHECKSUM} checksum (same size, different bytes)"
+    except OSError as error:  # an I/O error, a stale network handle: this rank reports it like any problem
+        return f"{entry.name} is unreadable ({error.strerror or error})"
     return None
 
 

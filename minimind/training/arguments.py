@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="start over in a --save_dir that holds an earlier run's checkpoints (they are removed)")
     run.add_argument("--resume_from", default=None, help="checkpoint folder or tag to resume from")
+    run.add_argument("--auto_universal", type=int, choices=(0, 1), default=1,
+                     help="1: a checkpoint written at another world or ep_size is converted to DeepSpeed's universal "
+                          "format once (beside it) and resumed from; 0: refuse, naming the command")
     run.add_argument("--verify_checkpoint", choices=VERIFY_MODES, default="checksum",
                      help="before resuming, check every file of the checkpoint against its manifest: sizes and "
                           "checksums, or sizes only (quick)")

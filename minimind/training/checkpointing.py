@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from minimind.checkpoint.errors import CheckpointError
-from minimind.checkpoint.locate import TAG_PREFIX, latest_tag, step_tags
+from minimind.checkpoint.locate import TAG_PREFIX, UNIVERSAL_FOLDER, latest_tag, step_tags
 from minimind.checkpoint.manifest import MANIFEST_NAME, file_entry, write_manifest
-from minimind.training.checkpoint_writes import CheckpointWrites
+from minimind.training.checkpoint_writes import CheckpointWriteError, CheckpointWrites, failed_save_message
 from minimind.training.collectives import all_gather_object, barrier
 from minimind.training.world import global_rank, world_size
 
@@ -113,8 +113,9 @@ def save_training_state(
     """
     tag = f"{TAG_PREFIX}{position.step}"
     tag_dir = checkpoint_dir / tag
-    if global_rank() == 0 and tag_dir.exists():
-        shutil.rmtree(tag_dir)
+    if global_rank() == 0:  # what an earlier save at this step left, and a universal copy made of it
+        shutil.rmtree(tag_dir, ignore_errors=True)
+        shutil.rmtree(checkpoint_dir / UNIVERSAL_FOLDER / tag, ignore_errors=True)
     barrier()
     client_state = {"position": asdict(position), "rng_states": all_rng_states(), **client_extra}
     writes.take()
@@ -126,23 +127,23 @@ def save_training_state(
         entries = {entry.name: entry for rank_entries in gathered for entry in rank_entries}
         unrecorded = [path for path in sorted(tag_dir.rglob("*"))
                       if path.is_file() and path.relative_to(tag_dir).as_posix() not in entries]
-        write_manifest(tag_dir, [*entries.values(), *(file_entry(path, tag_dir) for path in unrecorded)],
-                       world_size())
-        point_latest_at(checkpoint_dir, tag)
+        try:
+            write_manifest(tag_dir, [*entries.values(), *(file_entry(path, tag_dir) for path in unrecorded)],
+                           world_size())
+            point_latest_at(checkpoint_dir, tag)
+        except OSError as error:  # the manifest is the last write of a save: a full disk shows here too
+            raise CheckpointWriteError(failed_save_message(checkpoint_dir, tag, error)) from error
         prune_checkpoints(checkpoint_dir, keep)
     barrier()
     return tag, weights
 
 
 def publish_weights(weights: Path, destination: Path) -> Path:
-    """Make ``destination`` (``{save_dir}/pretrain_*.pth``) the newest tag's ``.pth``, atomically: a
-    hard link where the file system allows one (no second copy on disk), else a copy."""
+    """Make ``destination`` (``{save_dir}/pretrain_*.pth``) a copy of the newest tag's ``.pth``,
+    atomically. A copy, not a link: a tool that rewrites that file in place (MiniMind's scripts
+    save to the same name) must not change the checkpoint's bytes under its manifest."""
     partial = destination.with_name(f"{destination.name}.partial")
-    partial.unlink(missing_ok=True)
-    try:
-        os.link(weights, partial)
-    except OSError:
-        shutil.copyfile(weights, partial)
+    shutil.copyfile(weights, partial)
     os.replace(partial, destination)
     return destination
 
@@ -159,13 +160,15 @@ def point_latest_at(checkpoint_dir: Path, tag: str) -> None:
 
 def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest complete tags (those with a manifest), never the one
-    ``latest`` names; a tag left unfinished by a crash counts for nothing and is left alone
-    (a later save at its step replaces it)."""
+    ``latest`` names, with the universal copy a resume at another world size made of them; a
+    tag left unfinished by a crash counts for nothing and is left alone (a later save at its
+    step replaces it)."""
     latest = latest_tag(checkpoint_dir)
     complete = [tag_dir for tag_dir in step_tags(checkpoint_dir) if (tag_dir / MANIFEST_NAME).is_file()]
     for old in complete[keep:] if keep > 0 else []:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(checkpoint_dir / UNIVERSAL_FOLDER / old.name, ignore_errors=True)  # its universal copy
 
 
 def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:

@@ -6,8 +6,7 @@ model exist, so bad input costs a second and one line, never a DeepSpeed traceba
 """
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import deepspeed
@@ -15,17 +14,13 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from torch.utils.data import Dataset
-from transformers import PreTrainedTokenizerFast
 
 import kernels
-from minimind.checkpoint.locate import CheckpointLocation, read_client_state
-from minimind.checkpoint.safe_load import checkpoint_loading
 from minimind.data import (
     PackedWindows,
     PaddedDocuments,
     RankInvariantSampler,
     RepeatedSamples,
-    TokenCacheLocation,
     build_or_load_token_cache,
     check_fills_one_global_batch,
     default_corpus_path,
@@ -36,74 +31,33 @@ from minimind.data import (
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precision_of
-from minimind.model.pth_weights import minimind_weights_name
-from minimind.tokenizer.loader import load_tokenizer, tokenizer_fingerprint
+from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs
-from minimind.training.checkpoint_writes import CheckpointWrites
+from minimind.training.checkpoint_writer import checkpoint_writer
 from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import (
     TrainingPosition,
-    load_training_state,
-    publish_weights,
-    save_training_state,
 )
 from minimind.training.collectives import accelerator_device, barrier
 from minimind.training.corpus_fit import fit_batch_to_corpus
-from minimind.training.ds_config import BatchPlan, resolve_ds_config
+from minimind.training.ds_config import resolve_ds_config
 from minimind.training.expert_parallel import (
-    check_resume_expert_parallel,
     install_aux_loss,
     resolve_expert_parallel,
-    write_expert_parallel_weights,
 )
 from minimind.training.loop import LoopSettings, run_training
-from minimind.training.lr_schedule import follow_schedule, minimind_scheduler
+from minimind.training.lr_schedule import minimind_scheduler
 from minimind.training.metrics import MetricsLogger, check_wandb_installed, model_flops_per_token
 from minimind.training.peak_flops import peak_flops, tf32_enabled
 from minimind.training.process_group import init_process_group, local_device_index
 from minimind.training.rank_print import print0
-from minimind.training.resume import ResumeRequest, choose_resume, resume_request
-from minimind.training.resume_fit import RunIdentity, check_resume_fits, data_identity, data_position_applies
+from minimind.training.resume import resume_request
+from minimind.training.resume_run import resume_state, with_resume
+from minimind.training.run_inputs import RunInputs, TrainingData, weights_name
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
-from minimind.training.weights_file import write_minimind_weights
 from minimind.training.world import LaunchedWorld, launched_world, world_size
-
-
-@dataclass
-class RunInputs:
-    """Everything ``check_inputs`` resolved from the flags before any heavy work."""
-
-    cpu_only: bool
-    demo: bool
-    ds_config: dict
-    batch: BatchPlan
-    save_dir: Path
-    tokenizer: PreTrainedTokenizerFast
-    model_config: MiniMindConfig
-    data_path: Path | None
-    cache_location: TokenCacheLocation | None  # of data_path; None for the bundled corpus
-    resume_request: ResumeRequest | None
-    ep_size: int | None
-    fit_batch_to_corpus: bool  # the bundled corpus with a batch the user did not choose
-    resume: CheckpointLocation | None = None  # the verified tag, once the process group has chosen it
-
-    def identity(self, args: argparse.Namespace) -> RunIdentity:
-        """What a checkpoint of this run records, and a resumed checkpoint must share."""
-        digest = self.cache_location.key_inputs["source"]["blake2b"] if self.cache_location else None
-        source = self.data_path.name if self.data_path else "the bundled corpus"
-        return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
-                           data_identity(source, digest, bool(args.packing), args.max_seq_len))
-
-
-@dataclass
-class TrainingData:
-    """The sampler and loader of one run and how many optimizer steps it trains."""
-
-    sampler: RankInvariantSampler
-    loader: torch.utils.data.DataLoader
-    total_steps: int
 
 
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
@@ -116,8 +70,19 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     announce(args, inputs, launched_world(), fit_note)
     start_process_group(args, inputs)
     save_dir_lock = claim_save_dir(inputs.save_dir, overwrite=args.overwrite)
-    if args.verify_checkpoint == "checksum":
-        inputs = with_resume(args, inputs)
+    try:
+        position = train(args, with_resume(args, inputs), samples)
+    finally:
+        save_dir_lock.release()
+    # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
+    # can abort the process ("terminate called without an active exception").
+    barrier()
+    dist.destroy_process_group()
+    return position
+
+
+def train(args: argparse.Namespace, inputs: RunInputs, samples: Dataset) -> TrainingPosition:
+    """Build the data, the engine and the logger, resume if asked, and run the loop; returns where it stopped."""
     data = training_data(args, inputs, samples)
     engine, n_params = build_engine(args, inputs, data.total_steps)
     device = accelerator_device()
@@ -149,11 +114,6 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
         f"--from_resume 1), MiniMind weights in {inputs.save_dir / weights_name(args)}, "
         f"metrics in {inputs.save_dir / 'metrics.jsonl'}"
     )
-    # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
-    # can abort the process ("terminate called without an active exception").
-    save_dir_lock.release()
-    barrier()
-    dist.destroy_process_group()
     return position
 
 
@@ -197,25 +157,6 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
                        resume_request(args, save_dir), ep_size,
                        fit_batch_to_corpus=data_path is None and (demo or not batch_chosen))
     return with_resume(args, inputs)
-
-
-def with_resume(args: argparse.Namespace, inputs: RunInputs) -> RunInputs:
-    """``inputs`` with the checkpoint to resume from and the config to load it with, once its files
-    verify and it fits this run (model, tokenizer, expert-parallel layout). Before the process group
-    every rank checks file sizes on its own; after it, unless ``--verify_checkpoint size``, the ranks
-    checksum the files between them, which may move the choice to an older tag. Collective then."""
-    checksums = args.verify_checkpoint == "checksum" and dist.is_initialized()
-    final = checksums or args.verify_checkpoint == "size"
-    resume = choose_resume(inputs.resume_request, checksums=checksums, announce=final)
-    if resume is None or resume == inputs.resume:
-        return inputs
-    ds_config = inputs.ds_config
-    if resume.is_universal:
-        ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
-    with checkpoint_loading(trusted=args.trust_checkpoint):
-        check_resume_expert_parallel(resume.root, resume.tag, inputs.ep_size, ds_config)
-        check_resume_fits(resume, read_client_state(resume), inputs.identity(args))
-    return replace(inputs, ds_config=ds_config, resume=resume)
 
 
 def check_kernels_run_on(impl: str, device: torch.device) -> None:
@@ -334,70 +275,6 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
         print0(f"expert parallelism: AutoEP size {inputs.ep_size}, "
                f"{inputs.model_config.n_routed_experts // inputs.ep_size} routed experts per rank")
     return engine, n_params
-
-
-def resume_state(args: argparse.Namespace, engine, inputs: RunInputs,
-                 data: TrainingData) -> tuple[TrainingPosition, str | None]:
-    """Load the resume checkpoint, if any (its pickles unchecked only with ``--trust_checkpoint``):
-    the position to continue from and the wandb run id. The learning rate follows this run's
-    schedule from the resumed step on, other data restarts the epoch's position, and another
-    global batch continues from the next micro-step boundary."""
-    total_steps = data.total_steps
-    if inputs.resume is None:
-        return TrainingPosition(), None
-    with checkpoint_loading(trusted=args.trust_checkpoint):
-        client_state = load_training_state(engine, inputs.resume.root, inputs.resume.tag)
-    position = TrainingPosition.from_client_state(client_state["position"])
-    if not data_position_applies(client_state, inputs.identity(args)):
-        position.sample_in_epoch = 0
-    moved = position.align(inputs.batch.micro_batch * inputs.batch.data_parallel, data.sampler.samples_per_epoch)
-    if moved:
-        print0(f"the global batch differs from the checkpoint's: the data position moves on {moved} samples, to the "
-               "next micro-step boundary")
-    if "scheduler" not in inputs.ds_config:
-        saved_total = (client_state.get("schedule") or {}).get("total_steps")
-        if saved_total is not None and saved_total != total_steps:
-            print0(f"the schedule's length changed from {saved_total} to {total_steps} steps: the learning rate "
-                   f"follows the new cosine from step {position.step} on")
-        follow_schedule(engine.lr_scheduler)
-    print0(f"resumed from {inputs.resume.tag_dir}{' (universal)' if inputs.resume.is_universal else ''} at step "
-           f"{position.step}, epoch {position.epoch}")
-    return position, client_state.get("wandb_run_id")
-
-
-def checkpoint_writer(args: argparse.Namespace, inputs: RunInputs, engine, wandb_run_id: str | None,
-                      total_steps: int) -> Callable[[TrainingPosition], None]:
-    """The checkpointer's ``write(position)``: a DeepSpeed checkpoint with the client state and
-    MiniMind's ``.pth`` in the tag, the tag's manifest, then the ``.pth`` published to ``--save_dir``."""
-    checkpoint_dir = inputs.save_dir / "checkpoints"
-    client_extra = {
-        "resolved_ds_config": inputs.ds_config,
-        "args": vars(args),
-        "wandb_run_id": wandb_run_id,
-        "schedule": {"total_steps": total_steps, "warmup_steps": args.warmup_steps},
-        **inputs.identity(args).client_state(),
-    }
-    writes = CheckpointWrites(engine)
-    name = weights_name(args)
-
-    def write_weights(tag_dir: Path) -> Path | None:
-        if inputs.ep_size is None:
-            return write_minimind_weights(engine, tag_dir / name)
-        return write_expert_parallel_weights(engine, tag_dir / name)
-
-    def write(at: TrainingPosition) -> None:
-        tag, weights = save_training_state(engine, checkpoint_dir, at, client_extra, args.keep_checkpoints, writes,
-                                           write_weights)
-        if weights is not None:
-            publish_weights(weights, inputs.save_dir / name)
-        print0(f"step {at.step}: checkpoint {checkpoint_dir / tag}, weights {inputs.save_dir / name}")
-
-    return write
-
-
-def weights_name(args: argparse.Namespace) -> str:
-    """MiniMind's ``.pth`` name for this run's model."""
-    return minimind_weights_name(args.hidden_size, bool(args.use_moe))
 
 
 def model_dtype(ds_config: dict) -> torch.dtype:

@@ -14,15 +14,25 @@ reach one verdict, so every rank raises the same one-line error or loads the sam
 """
 
 import argparse
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.integrity import TagKind, TagVerdict, inspect_tag
-from minimind.checkpoint.locate import CheckpointLocation, latest_tag, locate_checkpoint, step_tags
+from minimind.checkpoint.locate import (
+    MODEL_STATES,
+    SUPERSEDED_FOLDER,
+    CheckpointLocation,
+    latest_tag,
+    locate_checkpoint,
+    step_tags,
+    tag_step,
+)
 from minimind.checkpoint.manifest import entry_problem
-from minimind.training.collectives import all_gather_object, broadcast_object, participants
+from minimind.training.checkpointing import point_latest_at
+from minimind.training.collectives import all_gather_object, barrier, broadcast_object, participants
 from minimind.training.rank_print import print0
 
 
@@ -109,7 +119,8 @@ def warn_if_unverifiable(location: CheckpointLocation, verdict: TagVerdict, say:
 def verify_together(tag_dir: Path, latest: str | None, checksums: bool) -> TagVerdict:
     """``tag_dir``'s verdict, its files checked by all ranks between them (largest first, dealt
     round-robin; by this process alone before the process group exists), the first problem in
-    manifest order reported to every rank. Collective."""
+    manifest order reported to every rank. Sizes always; checksums when asked, and always for the
+    model-states file, which is unpickled before the engine exists. Collective."""
     rank, ranks = participants()
     verdict = broadcast_object(inspect_tag(tag_dir, latest) if rank == 0 else None)
     if verdict.kind is not TagKind.COMPLETE or verdict.problem is not None:
@@ -118,8 +129,29 @@ def verify_together(tag_dir: Path, latest: str | None, checksums: bool) -> TagVe
     mine = order[rank::ranks]
     found = []
     for index in mine:
-        problem = entry_problem(tag_dir, verdict.entries[index], checksums)
+        entry = verdict.entries[index]
+        problem = entry_problem(tag_dir, entry, checksums or entry.name == MODEL_STATES)
         if problem is not None:
             found.append((index, problem))
     problems = sorted(problem for rank_problems in all_gather_object(found) for problem in rank_problems)
     return TagVerdict(verdict.kind, verdict.entries, problems[0][1] if problems else None)
+
+
+def set_aside_newer_tags(resume: CheckpointLocation, checkpoint_dir: Path) -> None:
+    """When this run resumes from a tag of its own folder older than others there (a fallback past
+    broken tags, or ``--resume_from`` an earlier step), move those newer tags to
+    ``{checkpoint_dir}/superseded`` and point ``latest`` at the resumed one: a requeue then
+    continues this run, never the abandoned one, and pruning counts this run's tags. Collective."""
+    resumed_step = tag_step(resume.tag)
+    if participants()[0] == 0 and resume.root == checkpoint_dir and resumed_step is not None:
+        newer = [tag_dir for tag_dir in step_tags(checkpoint_dir) if tag_step(tag_dir.name) > resumed_step]
+        aside = checkpoint_dir / SUPERSEDED_FOLDER
+        for tag_dir in newer:
+            aside.mkdir(exist_ok=True)
+            shutil.rmtree(aside / tag_dir.name, ignore_errors=True)
+            tag_dir.rename(aside / tag_dir.name)
+        if newer:
+            point_latest_at(checkpoint_dir, resume.tag)
+            print0(f"moved {', '.join(tag_dir.name for tag_dir in newer)} aside to {aside}: this run continues "
+                   f"from {resume.tag} (delete them once you no longer need them)")
+    barrier()

@@ -4,7 +4,9 @@ Global rank 0 holds an exclusive ``flock`` on ``{save_dir}/.run.lock`` for the w
 writes who holds it there. A second run on the folder is refused in one line naming the
 holder. The kernel releases the lock when its holder dies, however it dies, so the lock of a
 killed job is free: the next run (a requeue with ``--from_resume 1``) takes it over and says
-so. A fresh run (no resume flag) on a folder holding checkpoints is refused before any work,
+so. (On a network file system a dead node's lock lasts until its lease expires, about a
+minute and a half on NFSv4; a requeue sooner than that is refused and can be started again.)
+A fresh run (no resume flag) on a folder holding checkpoints is refused before any work,
 naming ``--from_resume 1``, another folder, or ``--overwrite``, which starts over on purpose.
 """
 
@@ -77,6 +79,10 @@ def take_lock(path: Path) -> tuple[TextIO | None, str | None]:
         holder = handle.read().strip() or "holder unknown"
         handle.close()
         return None, holder
+    except OSError as error:  # ENOLCK and the like: a file system without locks
+        print0(f"warning: {path}: this file system has no locks ({error.strerror or error}); nothing stops a "
+               "second run on this --save_dir")
+        return handle, None
     handle.seek(0)
     previous = handle.read().strip()
     if previous:
