@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.engine import build_engine
-from minimind.checkpoint.manifest import file_entry
+from minimind.checkpoint.manifest import file_entry, tag_files
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.presets import preset_config_kwargs
 from minimind.training.process_group import init_process_group
@@ -54,7 +54,7 @@ def time_save_and_hash(engine, folder: Path, tag: str) -> tuple[float, float, in
     engine.save_checkpoint(str(folder), tag=tag, save_latest=False)
     saved = time.perf_counter()
     tag_dir = folder / tag
-    entries = [file_entry(path, tag_dir) for path in sorted(tag_dir.rglob("*")) if path.is_file()]
+    entries = [file_entry(path, tag_dir) for path in tag_files(tag_dir)]
     hashed = time.perf_counter()
     return saved - started, hashed - saved, sum(entry.size for entry in entries)
 

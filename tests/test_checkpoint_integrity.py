@@ -11,16 +11,18 @@ import xxhash
 
 from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.errors import CheckpointError
-from minimind.checkpoint.locate import MODEL_STATES, locate_checkpoint
+from minimind.checkpoint.locate import MODEL_STATES, CheckpointLocation, locate_checkpoint
 from minimind.checkpoint.manifest import (
     MANIFEST_NAME,
     READ_CHUNK,
+    manifest_digest,
     manifest_of_folder,
     read_manifest,
     verify_entries,
 )
 from minimind.training.checkpointing import prune_checkpoints
 from minimind.training.resume import ResumeRequest, choose_resume
+from minimind.training.universal_resume import copy_of
 
 WEIGHTS = "pretrain_64.pth"
 
@@ -162,3 +164,16 @@ def test_verify_command_prints_one_line_per_tag(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == (f"step_10: BROKEN: {MODEL_STATES} fails its xxh3_128 checksum "
                                                "(same size, different bytes)")
     assert checkpoint_main(["verify", str(folder / "step_10"), "--verify_checkpoint", "size"]) == 0
+
+
+def test_a_universal_copy_serves_only_the_exact_tag_it_was_made_from(tmp_path):
+    folder = tmp_path / "checkpoints"
+    source = fabricate_tag(folder, 20, seed=20)
+    copy = fabricate_tag(folder / "universal", 20, seed=21, manifest=False)
+    manifest_of_folder(copy, world_size=None, source=manifest_digest(source))
+    converted = CheckpointLocation(folder / "universal", "step_20")
+    assert copy_of(converted, manifest_digest(source))
+    (source / WEIGHTS).write_bytes(b"retrained")  # the tag saved again at its step
+    manifest_of_folder(source, world_size=2)
+    assert not copy_of(converted, manifest_digest(source))
+    assert not copy_of(converted, None)

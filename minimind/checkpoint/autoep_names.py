@@ -10,6 +10,13 @@ import torch
 EXPERT_TENSOR_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
+def saved_expert_parallel_size(client_state: dict) -> int | None:
+    """The AutoEP size a checkpoint's client state records (DeepSpeed saves AutoEP only when every
+    layer has the same size); None for a checkpoint without AutoEP."""
+    layers = client_state.get("ds_autoep_layers") or []
+    return layers[0]["ep_size"] if layers else None
+
+
 def minimind_expert_keys(tensors: dict[str, torch.Tensor], moe_layers: Iterable[str]) -> dict[str, torch.Tensor]:
     """AutoEP names renamed to MiniMind's keys, for tensors that hold every expert.
 

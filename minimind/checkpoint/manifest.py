@@ -65,10 +65,14 @@ def write_manifest(tag_dir: Path, entries: list[FileEntry], world_size: int | No
     return path
 
 
+def tag_files(tag_dir: Path) -> list[Path]:
+    """Every file under ``tag_dir`` but its manifest, in name order."""
+    return sorted(path for path in tag_dir.rglob("*") if path.is_file() and path.name != MANIFEST_NAME)
+
+
 def manifest_of_folder(tag_dir: Path, world_size: int | None, source: str | None = None) -> Path:
     """Write the manifest of every file now under ``tag_dir`` (a tag one process wrote)."""
-    files = sorted(path for path in tag_dir.rglob("*") if path.is_file() and path.name != MANIFEST_NAME)
-    return write_manifest(tag_dir, [file_entry(path, tag_dir) for path in files], world_size, source)
+    return write_manifest(tag_dir, [file_entry(path, tag_dir) for path in tag_files(tag_dir)], world_size, source)
 
 
 def manifest_digest(tag_dir: Path) -> str | None:

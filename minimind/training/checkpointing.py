@@ -18,7 +18,7 @@ import torch
 
 from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.locate import TAG_PREFIX, UNIVERSAL_FOLDER, latest_tag, step_tags
-from minimind.checkpoint.manifest import MANIFEST_NAME, file_entry, write_manifest
+from minimind.checkpoint.manifest import MANIFEST_NAME, file_entry, tag_files, write_manifest
 from minimind.training.checkpoint_writes import CheckpointWriteError, CheckpointWrites, failed_save_message
 from minimind.training.collectives import all_gather_object, barrier
 from minimind.training.world import global_rank, world_size
@@ -125,8 +125,7 @@ def save_training_state(
     gathered = all_gather_object([file_entry(path, tag_dir) for path in mine])
     if global_rank() == 0:
         entries = {entry.name: entry for rank_entries in gathered for entry in rank_entries}
-        unrecorded = [path for path in sorted(tag_dir.rglob("*"))
-                      if path.is_file() and path.relative_to(tag_dir).as_posix() not in entries]
+        unrecorded = [path for path in tag_files(tag_dir) if path.relative_to(tag_dir).as_posix() not in entries]
         try:
             write_manifest(tag_dir, [*entries.values(), *(file_entry(path, tag_dir) for path in unrecorded)],
                            world_size())

@@ -24,7 +24,7 @@ from deepspeed.checkpoint.autoep_affine import autoep_experts_for_rank
 from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 from torch import nn
 
-from minimind.checkpoint.autoep_names import EXPERT_TENSOR_NAMES, minimind_expert_keys
+from minimind.checkpoint.autoep_names import EXPERT_TENSOR_NAMES, minimind_expert_keys, saved_expert_parallel_size
 from minimind.checkpoint.locate import MODEL_STATES, locate_checkpoint, read_client_state
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
@@ -179,9 +179,7 @@ def checkpoint_expert_parallel_size(checkpoint_dir: Path, tag: str | None) -> tu
     written with (None: no AutoEP)."""
     location = locate_checkpoint(Path(checkpoint_dir) / tag if tag else checkpoint_dir)
     path = location.tag_dir / MODEL_STATES
-    layers = read_client_state(location).get("ds_autoep_layers") or []  # metadata only: no tensor is read
-    # DeepSpeed saves AutoEP only when every layer has the same size.
-    return path, (layers[0]["ep_size"] if layers else None)
+    return path, saved_expert_parallel_size(read_client_state(location))  # metadata only: no tensor is read
 
 
 def check_resume_expert_parallel(checkpoint_dir: Path, tag: str | None, ep_size: int | None, ds_config: dict) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from minimind.checkpoint.autoep_names import saved_expert_parallel_size
 from minimind.checkpoint.integrity import verify_tag
 from minimind.checkpoint.locate import UNIVERSAL_FOLDER, CheckpointLocation, latest_tag, read_client_state
 from minimind.checkpoint.manifest import manifest_digest, manifest_field
@@ -32,9 +33,8 @@ def written_layout(location: CheckpointLocation) -> tuple[int | None, int | None
     """``(ranks that wrote the tag, AutoEP size or None)``: the manifest's count (DeepSpeed's
     ``dp_world_size`` for a checkpoint from before manifests) and the AutoEP layers' size."""
     state = read_client_state(location)
-    layers = state.get("ds_autoep_layers") or []
     ranks = manifest_field(location.tag_dir, "world_size") or state.get("dp_world_size")
-    return ranks, (layers[0]["ep_size"] if layers else None)
+    return ranks, saved_expert_parallel_size(state)
 
 
 def layout_differs(location: CheckpointLocation, world: int, ep_size: int | None) -> str | None:
