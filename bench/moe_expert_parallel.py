@@ -12,7 +12,7 @@ model (MiniMind's 145M MoE preset layout, 4 routed experts top-2 plus 1 shared, 
 width and depth) from one seed on the same random-token micro-batches, with
 ``ds_configs/zero2_fp32.json`` (ZeRO-2, fp32) and ``minimind.training.loop.train_step``:
 
-- ``plain``: no expert parallelism, MiniMind's own MoE layer (a Python loop over experts);
+- ``plain``: no expert parallelism, the project's MoE layer (grouped GEMMs over experts sorted on the device);
 - ``ep1``: AutoEP at size 1: every rank holds all experts, no all-to-all;
 - ``ep2``: AutoEP at size 2: each rank holds 2 of the 4 experts, tokens go to their
   experts' rank and back by all-to-all (the cost this measures).

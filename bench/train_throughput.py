@@ -63,7 +63,7 @@ from minimind.model.loss import token_cross_entropy
 from minimind.model.precision import precision_of
 from minimind.tokenizer import load_tokenizer
 from minimind.training.collectives import all_gather_object, all_reduce, barrier
-from minimind.training.loop import StepResult, all_reduce_sum, take, train_step
+from minimind.training.loop import StepResult, take, train_step
 from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0
 
@@ -333,7 +333,7 @@ def make_plain_step(model: nn.Module, ds_config: dict, grad_clip: float,
     def step(micro: list[dict]) -> StepResult:
         accumulation = len(micro)
         local_targets = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro)
-        (global_targets,) = all_reduce_sum([local_targets], device)
+        global_targets = float(all_reduce(torch.tensor(float(local_targets), dtype=torch.float64)))
         scale = world / max(global_targets, 1.0)
         loss_sum = aux_sum = 0.0
         for index, batch in enumerate(micro):
@@ -348,9 +348,8 @@ def make_plain_step(model: nn.Module, ds_config: dict, grad_clip: float,
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        total_loss, total_aux = all_reduce_sum([loss_sum, aux_sum], device)
-        return StepResult(total_loss / max(global_targets, 1.0), total_aux / (accumulation * world),
-                          int(global_targets))
+        sums = all_reduce(torch.tensor([loss_sum, aux_sum, local_targets], dtype=torch.float64))
+        return StepResult(sums, accumulation * world)
 
     return step
 

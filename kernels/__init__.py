@@ -12,6 +12,11 @@ The Triton code lives in ``kernels.fused_rms_norm`` and ``kernels.rope`` and is 
 only when first used, so this package imports without Triton. (The RMSNorm module is not
 called ``kernels.rms_norm``: importing a submodule of that name would rebind the attribute
 ``kernels.rms_norm`` from this function to the module.)
+
+``torch.compile(fullgraph=True)`` traces these functions on either implementation without a
+graph break: the choice between the two is made once per ``impl`` and device
+(``kernels.dispatch``) and folded into the graph, and the Triton kernels enter it as custom
+operators (``kernels.custom_ops``).
 """
 
 import torch

@@ -7,6 +7,9 @@ run; ``torch`` always takes the reference.
 Whether Triton can compile is checked once per CUDA device and process, by compiling and
 launching a tiny kernel (``kernels.compile_probe``). Where that fails, ``auto`` falls back
 to PyTorch and logs the reason in one line, once.
+
+The choice itself is made once per implementation and device and then looked up, and
+``torch.compile`` folds it into the graph as a constant, so it costs a compiled model nothing.
 """
 
 import functools
@@ -80,18 +83,35 @@ def log_auto_fallback(reason: str) -> None:
     logger.warning("kernels auto: using the PyTorch reference: %s", reason)
 
 
+@torch.compiler.assume_constant_result
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """Turn ``auto|triton|torch`` into the implementation that runs on ``device``."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"kernel implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
+    """Turn ``auto|triton|torch`` into the implementation that runs on ``device``.
+
+    Decided once per implementation, device and interpreter setting (``resolved_impl``); later
+    calls look it up (``torch`` needs no lookup). ``torch.compile`` calls it once while tracing
+    and keeps the answer as a constant: no graph break, no guard on this module's state. (Under
+    it, a ``KernelUnavailableError`` reaches the caller as dynamo's ``InternalTorchDynamoError``
+    with the same message: check ``--kernels`` before compiling, as the training entry point does.)
+    """
     if impl == "torch":
         return "torch"
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"kernel implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
+    index = cuda_device_index(device) if device.type == "cuda" else None
+    return resolved_impl(impl, device.type, index, triton_interpreted())
+
+
+@functools.cache
+def resolved_impl(impl: str, device_type: str, device_index: int | None, interpreted: bool) -> str:
+    """``resolve_impl`` for ``auto`` or ``triton`` on device ``device_type:device_index``, cached;
+    a ``KernelUnavailableError`` is raised again on every call, not cached."""
+    device = torch.device(device_type, device_index)
     reason = triton_unavailable_reason(device)
     if impl == "triton":
         if reason is not None:
             raise KernelUnavailableError(f"--kernels triton cannot run: {reason}")
         return "triton"
-    if device.type != "cuda":
+    if device_type != "cuda":
         return "torch"  # auto never picks the slow interpreter
     if reason is not None:
         log_auto_fallback(reason)

@@ -1,4 +1,4 @@
-"""Fused RMSNorm in Triton: forward, backward and the autograd Functions.
+"""Fused RMSNorm in Triton: forward, backward, the autograd Functions and the custom operators.
 
 Math (MiniMind's, see ``kernels.reference.rms_norm_torch``), per row of ``x`` (..., hidden)::
 
@@ -18,7 +18,8 @@ the result to both x and residual.
 
 Layout: the input is flattened to (rows, hidden). Rows may be strided (a view such as
 ``x[..., :hidden]`` is read in place), but the hidden dimension must have unit stride;
-any other layout is copied once with ``.contiguous()``. Outputs are always contiguous.
+any other layout is copied with ``.contiguous()`` (by the forward and again by the backward,
+which gets the input as it was given). Outputs are always contiguous.
 Hidden sizes up to ``MAX_FUSED_HIDDEN`` are supported (one tile holds a whole row);
 larger ones raise ``ValueError``.
 
@@ -30,16 +31,26 @@ In-place policy: nothing is written in place. The forward returns a new tensor, 
 backward writes new gradient buffers rather than reusing ``dy``, because autograd may hand
 the same gradient tensor to several consumers (e.g. both inputs of an addition).
 
+Two ways in, one set of launchers: in eager mode the autograd Functions call the launchers
+directly; while ``torch.compile`` traces them they call the custom operators
+(``kernels.custom_ops``) ``minimind::rms_norm`` -> (y, rstd), ``minimind::rms_norm_residual``
+-> (y, h, rstd) and ``minimind::rms_norm_backward`` -> (dh, dweight), one graph node each with a
+fake implementation. (Registering the backward on the operators instead would send eager calls
+through the dispatcher as well: 30 to 60 us more host time per call and its backward, measured
+on CPU.)
+
 Every buffer the launchers allocate comes from ``_empty``; the tests replace it with a
 NaN-filling allocator so that an element a kernel forgets to write cannot go unnoticed.
 """
 
 import functools
+import math
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.custom_ops import kernel_op, wrap_triton
 from kernels.device_guard import on_device_of
 
 # One program holds a whole row in registers; beyond this the tile no longer fits.
@@ -194,42 +205,59 @@ def _as_rows(t: torch.Tensor, hidden: int) -> torch.Tensor:
     return rows
 
 
-def rms_norm_forward(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel.
+def _forward_outputs(
+    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Check the forward's arguments and allocate its outputs ``(y, h, rstd)``, all contiguous.
 
-    x: (..., hidden); weight: (hidden,); residual: None, or shaped like x. The row normalized
-    is h = x, or h = x + residual (in their promoted dtype). Returns ``(y, h, h_rows, rstd)``:
-    y shaped like x in ``promote_types(weight.dtype, h.dtype)``; h (x itself without a
-    residual, else a new tensor); h_rows, the (rows, hidden) view of h the backward reads;
-    rstd (rows,) fp32.
+    y: x's shape in ``promote_types(weight.dtype, h.dtype)``; h: the sum x + residual in their
+    promoted dtype, None without a residual; rstd: (rows,) fp32. The launcher and the fake
+    implementations share this, so compiled graphs see exactly the shapes the kernels write.
     """
     hidden = x.shape[-1]
+    _block_n(hidden)  # raises for hidden sizes the kernels do not support
     if weight.shape != (hidden,):
         raise ValueError(f"weight must have shape ({hidden},), got {tuple(weight.shape)}")
-    block_n = _block_n(hidden)
-    x_rows = _as_rows(x, hidden)  # (rows, hidden)
-    n_rows = x_rows.shape[0]
-    if residual is None:
-        h, h_rows, residual_rows = x, x_rows, x_rows
-    else:
+    h = None
+    if residual is not None:
         if residual.shape != x.shape:
             raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-        residual_rows = _as_rows(residual, hidden)
-        h = _empty(x.shape, torch.promote_types(x.dtype, residual.dtype), x.device)  # contiguous
-        h_rows = h.view(n_rows, hidden)
-    weight = weight.contiguous()
-    y = _empty(x.shape, torch.promote_types(weight.dtype, h.dtype), x.device)  # contiguous
-    rstd = _empty((n_rows,), torch.float32, x.device)
+        h = _empty(x.shape, torch.promote_types(x.dtype, residual.dtype), x.device)
+    h_dtype = x.dtype if h is None else h.dtype
+    y = _empty(x.shape, torch.promote_types(weight.dtype, h_dtype), x.device)
+    rstd = _empty((math.prod(x.shape[:-1]),), torch.float32, x.device)
+    return y, h, rstd
+
+
+def rms_norm_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    kernel=_rms_norm_fwd_kernel,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel (``kernel``: it, or an operator's traceable wrapper of it).
+
+    x: (..., hidden); weight: (hidden,); residual: None, or shaped like x. The row normalized
+    is h = x, or h = x + residual (in their promoted dtype). Returns ``(y, h, rstd)``: y shaped
+    like x in ``promote_types(weight.dtype, h.dtype)``; h (x itself without a residual, else a
+    new contiguous tensor); rstd (rows,) fp32.
+    """
+    y, h, rstd = _forward_outputs(x, weight, residual)
+    hidden = x.shape[-1]
+    x_rows = _as_rows(x, hidden)  # (rows, hidden)
+    n_rows = x_rows.shape[0]
+    residual_rows = x_rows if residual is None else _as_rows(residual, hidden)
+    h_rows = x_rows if h is None else h.view(n_rows, hidden)
     if n_rows > 0:
+        block_n = _block_n(hidden)
         block_m = _rows_per_tile(block_n, n_rows)
         with on_device_of(x_rows):
-            _rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+            kernel[(triton.cdiv(n_rows, block_m),)](
                 x_rows,
                 residual_rows,
                 h_rows,
-                weight,
+                weight.contiguous(),
                 y,
                 rstd,
                 x_rows.stride(0),
@@ -242,37 +270,40 @@ def rms_norm_forward(
                 BLOCK_N=block_n,
                 num_warps=_num_warps(block_m * block_n),
             )
-    return y, h, h_rows, rstd
+    return y, (x if h is None else h), rstd
 
 
 def rms_norm_backward(
     dy: torch.Tensor,
-    h_rows: torch.Tensor,
+    h: torch.Tensor,
     weight: torch.Tensor,
     rstd: torch.Tensor,
     dsum: torch.Tensor | None = None,
+    kernel=_rms_norm_bwd_kernel,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel.
+    """Launch the backward kernel (``kernel``: it, or an operator's traceable wrapper of it).
 
-    dy: (..., hidden) gradient of y; h_rows: (rows, hidden) and rstd: (rows,) as returned by
-    ``rms_norm_forward``; weight: (hidden,); dsum: None, or the gradient of the returned
-    sum h, added to the result. Returns ``(dh, dweight)``: dh (rows, hidden) in h's dtype
-    and dweight (hidden,) in weight's dtype.
+    dy: (..., hidden) gradient of y; h: (..., hidden) the row the forward normalized and rstd:
+    (rows,) as returned by ``rms_norm_forward``; weight: (hidden,); dsum: None, or the gradient
+    of the returned sum h, added to the result. Returns ``(dh, dweight)``: dh contiguous, shaped
+    like h in h's dtype, and dweight (hidden,) in weight's dtype.
     """
-    n_rows, hidden = h_rows.shape
+    hidden = h.shape[-1]
     block_n = _block_n(hidden)
+    h_rows = _as_rows(h, hidden)  # (rows, hidden); a copy only for a layout the forward copied too
+    n_rows = h_rows.shape[0]
     dy_rows = _as_rows(dy, hidden)  # (rows, hidden)
     dsum_rows = dy_rows if dsum is None else _as_rows(dsum, hidden)
     weight = weight.contiguous()
-    dh = _empty((n_rows, hidden), h_rows.dtype, h_rows.device)
+    dh = _empty(h.shape, h.dtype, h.device)  # contiguous
     if n_rows == 0:
         return dh, torch.zeros_like(weight)
     block_m = _rows_per_tile(block_n, n_rows)
-    rows_per_program = triton.cdiv(n_rows, _backward_programs(h_rows.device))
+    rows_per_program = triton.cdiv(n_rows, _backward_programs(h.device))
     n_programs = triton.cdiv(n_rows, rows_per_program)
-    dw_partial = _empty((n_programs, hidden), torch.float32, h_rows.device)
+    dw_partial = _empty((n_programs, hidden), torch.float32, h.device)
     with on_device_of(h_rows):
-        _rms_norm_bwd_kernel[(n_programs,)](
+        kernel[(n_programs,)](
             dy_rows,
             h_rows,
             dsum_rows,
@@ -294,21 +325,76 @@ def rms_norm_backward(
     return dh, dw_partial.sum(dim=0).to(weight.dtype)
 
 
+@kernel_op("rms_norm")
+def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, rstd)``: RMSNorm of x (..., hidden) with weight (hidden,), and each row's fp32 rstd."""
+    y, _, rstd = rms_norm_forward(x, weight, eps, kernel=wrap_triton(_rms_norm_fwd_kernel))
+    return y, rstd
+
+
+@kernel_op("rms_norm_residual")
+def rms_norm_residual_op(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, h, rstd)``: RMSNorm y of h = x + residual, h itself, and each row's fp32 rstd."""
+    return rms_norm_forward(x, weight, eps, residual, kernel=wrap_triton(_rms_norm_fwd_kernel))
+
+
+@kernel_op("rms_norm_backward")
+def rms_norm_backward_op(
+    dy: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, dsum: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dh, dweight)`` of either forward, see ``rms_norm_backward``."""
+    return rms_norm_backward(dy, h, weight, rstd, dsum, kernel=wrap_triton(_rms_norm_bwd_kernel))
+
+
+@rms_norm_op.register_fake
+def _rms_norm_fake(x, weight, eps):
+    y, _, rstd = _forward_outputs(x, weight, None)
+    return y, rstd
+
+
+@rms_norm_residual_op.register_fake
+def _rms_norm_residual_fake(x, residual, weight, eps):
+    return _forward_outputs(x, weight, residual)
+
+
+@rms_norm_backward_op.register_fake
+def _rms_norm_backward_fake(dy, h, weight, rstd, dsum):
+    return _empty(h.shape, h.dtype, h.device), _empty(weight.shape, weight.dtype, weight.device)
+
+
+def _forward(x, weight, eps, residual):
+    """``rms_norm_forward``'s ``(y, h, rstd)``: through the operators while torch.compile traces."""
+    if not torch.compiler.is_compiling():
+        return rms_norm_forward(x, weight, eps, residual)
+    if residual is None:
+        y, rstd = rms_norm_op(x, weight, eps)
+        return y, x, rstd
+    return rms_norm_residual_op(x, residual, weight, eps)
+
+
+def _backward(dy, h, weight, rstd, dsum):
+    """``rms_norm_backward``'s ``(dh, dweight)``: through the operator while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return rms_norm_backward_op(dy, h, weight, rstd, dsum)
+    return rms_norm_backward(dy, h, weight, rstd, dsum)
+
+
 class RMSNormFunction(torch.autograd.Function):
-    """Autograd wrapper: saves x (as the kernel read it), weight and the per-row rstd."""
+    """Autograd wrapper: saves x (the row normalized), weight and the per-row rstd."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        y, _, x_rows, rstd = rms_norm_forward(x, weight, eps)
-        ctx.save_for_backward(x_rows, weight, rstd)
-        ctx.x_shape = x.shape
+        y, _, rstd = _forward(x, weight, eps, None)
+        ctx.save_for_backward(x, weight, rstd)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x_rows, weight, rstd = ctx.saved_tensors
-        dx, dweight = rms_norm_backward(dy, x_rows, weight, rstd)
-        return dx.view(ctx.x_shape), dweight, None
+        x, weight, rstd = ctx.saved_tensors
+        dx, dweight = _backward(dy, x, weight, rstd, None)
+        return dx, dweight, None
 
 
 class RMSNormResidualFunction(torch.autograd.Function):
@@ -316,20 +402,18 @@ class RMSNormResidualFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
-        y, h, h_rows, rstd = rms_norm_forward(x, weight, eps, residual=residual)
-        ctx.save_for_backward(h_rows, weight, rstd)
-        ctx.x_shape = x.shape
+        y, h, rstd = _forward(x, weight, eps, residual)
+        ctx.save_for_backward(h, weight, rstd)
         ctx.input_dtypes = (x.dtype, residual.dtype)
         ctx.set_materialize_grads(False)  # an unused sum output costs no extra read
         return y, h
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor | None, dsum: torch.Tensor | None):
-        h_rows, weight, rstd = ctx.saved_tensors
+        h, weight, rstd = ctx.saved_tensors
         if dy is None:
-            dy = torch.zeros_like(h_rows, dtype=torch.promote_types(weight.dtype, h_rows.dtype))
-        dh, dweight = rms_norm_backward(dy, h_rows, weight, rstd, dsum=dsum)
-        dh = dh.view(ctx.x_shape)
+            dy = torch.zeros_like(h, dtype=torch.promote_types(weight.dtype, h.dtype))
+        dh, dweight = _backward(dy, h, weight, rstd, dsum)
         x_dtype, residual_dtype = ctx.input_dtypes
         # d(x + residual)/dx = d/dresidual = 1: both get dh, as torch's addition hands them.
         return dh.to(x_dtype), dh.to(residual_dtype), dweight, None

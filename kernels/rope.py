@@ -29,6 +29,10 @@ gradient tensor to several consumers (``q_rot + bias`` hands one tensor to both 
 or a stride-0 expanded one (``q_rot.sum()``), and overwriting either corrupts other
 gradients; the extra buffer costs memory, not bandwidth.
 
+The autograd Function calls the launcher directly in eager mode, and the custom operators
+(``kernels.custom_ops``) ``minimind::rotary`` and ``minimind::rotary_backward`` while
+``torch.compile`` traces it (see ``kernels.fused_rms_norm`` for why).
+
 No gradient flows to cos and sin: they are constant tables, and ``apply_rotary_triton``
 refuses tables that require grad.
 
@@ -40,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.custom_ops import kernel_op, wrap_triton
 from kernels.device_guard import on_device_of
 
 # Each program rotates all heads of up to _MAX_POSITIONS_PER_TILE positions, ~_TILE_ELEMENTS values.
@@ -199,6 +204,15 @@ def _check_shapes(q, k, cos, sin, position_offset: int) -> None:
         raise ValueError(f"q, k, cos and sin must share a device, got {devices}")
 
 
+def _rope_outputs(q, k, cos, sin, position_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the arguments and allocate the outputs: new contiguous tensors shaped and typed like q and k.
+
+    The launcher and the fake implementations share this, so compiled graphs see what the kernel writes.
+    """
+    _check_shapes(q, k, cos, sin, position_offset)
+    return _empty(q.shape, q.dtype, q.device), _empty(k.shape, k.dtype, k.device)
+
+
 def rope_launch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -206,20 +220,21 @@ def rope_launch(
     sin: torch.Tensor,
     position_offset: int,
     backward: bool,
+    kernel=_rope_kernel,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q and k (or counter-rotate their gradients when ``backward``) in one launch.
+    """Rotate q and k (or counter-rotate their gradients when ``backward``) in one launch of
+    ``kernel`` (``_rope_kernel``, or an operator's traceable wrapper of it).
 
     q: (batch, seq, q_heads, head_dim); k: (batch, seq, kv_heads, head_dim); cos, sin:
     (positions, head_dim). Returns new contiguous tensors shaped and typed like q and k.
     """
+    q_out, k_out = _rope_outputs(q, k, cos, sin, position_offset)
     q = _unit_last_stride(q)
     k = _unit_last_stride(k)
     cos = _unit_last_stride(cos)
     sin = _unit_last_stride(sin)
     batch, seq, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
-    q_out = _empty(q.shape, q.dtype, q.device)
-    k_out = _empty(k.shape, k.dtype, k.device)
     if batch * seq == 0:
         return q_out, k_out
     half_dim = head_dim // 2
@@ -234,7 +249,7 @@ def rope_launch(
     while block_s < max_block_s and 2 * block_s * per_position <= _TILE_ELEMENTS:
         block_s *= 2
     with on_device_of(q):
-        _rope_kernel[(triton.cdiv(n_positions, block_s),)](
+        kernel[(triton.cdiv(n_positions, block_s),)](
             q,
             k,
             q_out,
@@ -261,14 +276,32 @@ def rope_launch(
     return q_out, k_out
 
 
-def rope_forward(q, k, cos, sin, position_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+@kernel_op("rotary")
+def rotary_op(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin)`` at the offset positions."""
-    return rope_launch(q, k, cos, sin, position_offset, backward=False)
+    return rope_launch(q, k, cos, sin, position_offset, backward=False, kernel=wrap_triton(_rope_kernel))
 
 
-def rope_backward(dq, dk, cos, sin, position_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+@kernel_op("rotary_backward")
+def rotary_backward_op(
+    dq: torch.Tensor, dk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of q and k from those of the rotated outputs: rotation by the negative angle."""
-    return rope_launch(dq, dk, cos, sin, position_offset, backward=True)
+    return rope_launch(dq, dk, cos, sin, position_offset, backward=True, kernel=wrap_triton(_rope_kernel))
+
+
+rotary_op.register_fake(_rope_outputs)
+rotary_backward_op.register_fake(_rope_outputs)
+
+
+def _rotate(q, k, cos, sin, position_offset: int, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rope_launch``: through the operators while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        op = rotary_backward_op if backward else rotary_op
+        return op(q, k, cos, sin, position_offset)
+    return rope_launch(q, k, cos, sin, position_offset, backward)
 
 
 class RotaryFunction(torch.autograd.Function):
@@ -276,7 +309,7 @@ class RotaryFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, cos, sin, position_offset: int):
-        q_rot, k_rot = rope_forward(q, k, cos, sin, position_offset)
+        q_rot, k_rot = _rotate(q, k, cos, sin, position_offset, backward=False)
         ctx.save_for_backward(cos, sin)
         ctx.position_offset = position_offset
         return q_rot, k_rot
@@ -284,7 +317,7 @@ class RotaryFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dq, dk):
         cos, sin = ctx.saved_tensors
-        dq_in, dk_in = rope_backward(dq, dk, cos, sin, ctx.position_offset)
+        dq_in, dk_in = _rotate(dq, dk, cos, sin, ctx.position_offset, backward=True)
         return dq_in, dk_in, None, None, None
 
 
@@ -300,7 +333,6 @@ def apply_rotary_triton(
     cos, sin: (positions, head_dim) tables; rows ``position_offset .. position_offset+seq-1``
     apply. Differentiable in q and k; returns new tensors in q's and k's dtypes.
     """
-    _check_shapes(q, k, cos, sin, position_offset)
     if torch.is_grad_enabled() and (cos.requires_grad or sin.requires_grad):
         raise ValueError("apply_rotary_triton does not differentiate through cos/sin; pass constant tables")
-    return RotaryFunction.apply(q, k, cos, sin, int(position_offset))
+    return RotaryFunction.apply(q, k, cos, sin, position_offset)

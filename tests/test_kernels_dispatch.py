@@ -48,6 +48,24 @@ def test_interpreter_allows_triton_on_cpu(monkeypatch):
     assert resolve_impl("auto", CPU) == "torch"  # auto never picks the slow interpreter
 
 
+def test_choice_is_made_once_per_impl_and_device(monkeypatch):
+    """Later calls look the choice up: the availability check runs once per impl and device."""
+    checked = []
+
+    def available(device: torch.device) -> None:
+        checked.append(device)
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(dispatch, "triton_unavailable_reason", available)
+    dispatch.resolved_impl.cache_clear()
+    try:
+        assert [resolve_impl("triton", CPU) for _ in range(3)] == ["triton"] * 3
+        assert [resolve_impl("auto", CPU) for _ in range(3)] == ["torch"] * 3
+        assert checked == [CPU, CPU]  # once for triton, once for auto
+    finally:
+        dispatch.resolved_impl.cache_clear()  # later tests must not see this test's stand-in
+
+
 def test_torch_path_is_the_reference():
     x = torch.randn(3, 5, 64, dtype=torch.bfloat16)
     weight = torch.randn(64, dtype=torch.bfloat16)
@@ -96,14 +114,18 @@ def compile_probe():
 
 @pytest.fixture
 def compiled_triton(monkeypatch, compile_probe):
-    """Compiled (not interpreted) Triton, with the once-per-process probe and log caches fresh."""
+    """Compiled (not interpreted) Triton, with the once-per-process choice, probe and log caches fresh."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    dispatch.triton_compile_failure.cache_clear()
-    dispatch.log_auto_fallback.cache_clear()
+    clear_dispatch_caches()
     yield
     # The next test (or a real GPU run) must probe for itself, not see this test's fake answer.
-    dispatch.triton_compile_failure.cache_clear()
-    dispatch.log_auto_fallback.cache_clear()
+    clear_dispatch_caches()
+
+
+def clear_dispatch_caches() -> None:
+    """Forget every once-per-process answer of ``kernels.dispatch``."""
+    for cached in (dispatch.resolved_impl, dispatch.triton_compile_failure, dispatch.log_auto_fallback):
+        cached.cache_clear()
 
 
 @pytest.fixture

@@ -30,7 +30,12 @@ def build(kernel_impl: str, use_moe: bool) -> MiniMindForCausalLM:
 @pytest.mark.parametrize("use_moe", [False, True])
 def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, monkeypatch):
     calls = {"rms_norm": 0, "rope": 0}
-    for module, name, key in ((fused_rms_norm, "rms_norm_triton", "rms_norm"), (rope, "apply_rotary_triton", "rope")):
+    launchers = [
+        (fused_rms_norm, "rms_norm_triton", "rms_norm"),
+        (fused_rms_norm, "rms_norm_residual_triton", "rms_norm"),  # a norm fused with the residual add before it
+        (rope, "apply_rotary_triton", "rope"),
+    ]
+    for module, name, key in launchers:
         monkeypatch.setattr(module, name, counted(getattr(module, name), calls, key))
     ids = torch.randint(0, 97, (2, 11))
     results = {}
@@ -48,3 +53,22 @@ def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, mo
     assert grads_k.keys() == grads_t.keys()
     for name in grads_t:
         torch.testing.assert_close(grads_k[name], grads_t[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_model_with_triton_kernels_compiles_to_one_graph():
+    """The dense model traces whole (``fullgraph``) with the kernels as operators, and the
+    compiled step gives eager's loss and gradients."""
+    ids = torch.randint(0, 97, (2, 11))
+    results = []
+    for compiled in (False, True):
+        model = build("triton", use_moe=False)
+        step = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        torch._dynamo.reset()
+        loss = step(ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}))
+    (loss_eager, grads_eager), (loss_compiled, grads_compiled) = results
+    torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-6, atol=1e-6)
+    assert grads_compiled.keys() == grads_eager.keys()
+    for name in grads_eager:
+        torch.testing.assert_close(grads_compiled[name], grads_eager[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -120,6 +120,34 @@ def test_causal_gqa_attention(sdpa, heads, kv_heads, seq):
     torch.testing.assert_close(attn(x, (cos, sin)), attention_ref(x, attn, cos_ref, sin_ref), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("sdpa", [True, False])
+def test_a_block_with_the_fused_residual_norm_equals_the_unfused_pre_norm_block(sdpa):
+    """The residual add fused into the norm (one kernel on Triton) leaves MiniMind's block:
+    h += attn(norm(h)); h += mlp(norm(h))."""
+    model = float64_model(tiny_config(flash_attn=sdpa), 2)
+    block = model.model.layers[1]
+    x = torch.randn(3, 9, 48, dtype=torch.float64)
+    rope = (model.model.freqs_cos.double(), model.model.freqs_sin.double())
+    hidden = x + block.self_attn(block.input_layernorm(x), rope)
+    expected = hidden + block.mlp(block.post_attention_layernorm(hidden))
+    torch.testing.assert_close(block(x, rope), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("use_moe", [False, True])
+def test_attention_gives_the_same_result_with_sdpa_s_own_gqa_and_with_copied_kv_heads(use_moe, monkeypatch):
+    """GPUs copy the K/V heads where SDPA's fast kernels cannot take fewer of them: the same logits."""
+    model = float64_model(tiny_config(use_moe=use_moe), 3)
+    ids = torch.randint(0, 97, (2, 13))
+    mask = torch.ones(2, 13, dtype=torch.long)
+    mask[0, :4] = 0  # a left-padded row: the masked path
+    with torch.no_grad():
+        native = [model(ids).logits, model(ids, attention_mask=mask).logits]
+        monkeypatch.setattr("minimind.model.layers.sdpa_takes_fewer_kv_heads", lambda q, causal_only: False)
+        copied = [model(ids).logits, model(ids, attention_mask=mask).logits]
+    for a, b in zip(native, copied, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_swiglu_mlp():
     model = float64_model(tiny_config(intermediate_size=40), 1)
     mlp = model.model.layers[1].mlp

@@ -139,15 +139,16 @@ def test_cpu_demo_applies_only_without_size_flags():
     args = parse_args([])
     assert apply_defaults(args, cpu_only=True)
     assert all(getattr(args, name) == value for name, value in CPU_DEMO.items())
-    assert args.deepspeed_config.endswith("zero2_fp32.json")
+    assert args.deepspeed_config is None  # the processor decides: choose_cpu_ds_config
     args = parse_args(["--hidden_size", "64"])
     assert not apply_defaults(args, cpu_only=True)
     assert (args.hidden_size, args.num_hidden_layers, args.max_seq_len, args.batch_size) == (64, 8, 340, None)
-    assert args.deepspeed_config.endswith("zero2_bf16.json")
+    assert args.deepspeed_config is None
     args = parse_args(["--deepspeed_config", "mine.json"])
     assert apply_defaults(args, cpu_only=True) and args.deepspeed_config == "mine.json"
     args = parse_args([])
     assert not apply_defaults(args, cpu_only=False) and args.max_steps is None
+    assert args.deepspeed_config.endswith("zero2_bf16.json")
 
 
 def test_minimind_cosine_schedule():

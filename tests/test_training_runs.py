@@ -51,6 +51,30 @@ def test_two_ranks_reproduce_one_rank_with_the_whole_batch(reference_run, one_ra
     assert sharded[0]["loss"] == pytest.approx(math.log(6400), rel=0.05)  # near-uniform start
 
 
+def test_a_compiled_model_trains_as_the_eager_one(one_rank, launch_dir, corpus, launch_env_vars):
+    save_dir = launch_dir / "compiled"
+    result = launch(1, [*ONE_RANK_WHOLE_BATCH, "--compile", "1", "--data_path", str(corpus),
+                        "--save_dir", str(save_dir)], env=launch_env_vars)
+    assert "torch.compile" in result.stdout
+    # inductor fuses the elementwise work, so sums may round in another order: agreement to 1e-5
+    assert_losses_follow(read_metrics(save_dir), read_metrics(one_rank), exact_steps=6, rel=1e-5)
+
+
+def test_zero3_trains_a_moe_model_as_zero2_does(launch_dir, corpus, launch_env_vars, tmp_path):
+    """ZeRO-3 partitions every weight: the fused residual norm and the grouped experts (which stack
+    the experts' weights without calling the experts) still see whole weights."""
+    losses = {}
+    for stage in (2, 3):
+        config = config_with_updates("zero3_bf16.json", tmp_path / f"zero{stage}.json",
+                                     {"bf16": {"enabled": False}, "zero_optimization": {"stage": stage}})
+        save_dir = launch_dir / f"moe_zero{stage}"
+        launch(2, [*short_training(config, 4), "--use_moe", "1", "--data_path", str(corpus), "--save_dir",
+                   str(save_dir)], env=launch_env_vars)
+        losses[stage] = read_metrics(save_dir)
+    assert_losses_follow(losses[3], losses[2], exact_steps=4, rel=1e-5)
+    assert all(m["aux_loss"] > 0 for m in losses[3])
+
+
 def test_torchrun_trains_as_deepspeed_s_launcher_does(reference_run, launch_dir, corpus, launch_env_vars):
     save_dir = launch_dir / "torchrun"
     port = free_local_port()

@@ -31,8 +31,10 @@ class MiniMindBlock(GradientCheckpointingLayer):
         self.mlp = MOEFeedForward(config) if config.use_moe else FeedForward(config)
 
     def forward(self, hidden, rope, cache=None, attention_mask=None) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, cache, attention_mask)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        attended = self.self_attn(self.input_layernorm(hidden), rope, cache, attention_mask)
+        # hidden + attended and its norm in one pass (one fused kernel on Triton)
+        normed, hidden = self.post_attention_layernorm(attended, residual=hidden)
+        return hidden + self.mlp(normed)
 
 
 class MiniMindPreTrainedModel(PreTrainedModel):

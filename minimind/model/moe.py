@@ -3,6 +3,16 @@
 Module and parameter names follow MiniMind (``gate.weight``, ``experts.{e}.*``,
 ``shared_experts.{s}.*``) so that a MiniMind checkpoint loads as it is and DeepSpeed's
 AutoEP can find the router, the experts and the shared experts by name.
+
+Tokens reach their experts without any expert's token count being read on the host (on a GPU,
+a device sync per layer, twice under activation checkpointing): the (token, slot) pairs are
+sorted by expert, each expert's end row is found on the device, and each projection of all
+experts is one grouped GEMM (``torch._grouped_mm``) over the experts' own weights, stacked on
+the fly. The stacked copy is not kept for the backward (it is stacked again there). Where
+``torch._grouped_mm`` has no sync-free kernel (float64, unaligned widths, autocast; on CUDA
+anything but bfloat16 on compute capability 9.x) the layer runs MiniMind's loop over experts,
+which reads the counts on the host: the static-shape alternative, every expert on every
+token, costs n_routed_experts / top_k times the experts' work, more than one sync per layer.
 """
 
 import math
@@ -10,9 +20,15 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from minimind.model.config import MiniMindConfig
 from minimind.model.layers import FeedForward
+
+HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")  # torch 2.8 on
+GROUPED_MM_ON_CPU = HAS_GROUPED_MM and TorchVersion(torch.__version__) >= "2.9"  # 2.8 has no CPU kernel
+# torch._grouped_mm reads every operand's rows with 16-byte alignment.
+ALIGNMENT_BYTES = 16
 
 
 class MoEGate(nn.Module):
@@ -63,6 +79,75 @@ class SharedExperts(nn.ModuleList):
         return sum(expert(x) for expert in self)
 
 
+def grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """True when ``torch._grouped_mm`` runs on ``device`` in ``dtype`` without reading its offsets on the host.
+
+    On CPU it takes float32, bfloat16 and float16, and a host read there is no device sync. On
+    CUDA only its CUTLASS kernel is sync-free: bfloat16 on compute capability 9.x; elsewhere
+    torch falls back to a loop that copies the offsets to the host. Capability 10.x is left
+    out: grouped GEMMs there have been reported to give an expert without tokens a non-zero
+    weight gradient (pytorch/pytorch#172439).
+    """
+    if device.type == "cpu":
+        return GROUPED_MM_ON_CPU and dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if device.type == "cuda":
+        return HAS_GROUPED_MM and dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] == 9
+    return False
+
+
+def grouped_experts_usable(tokens: torch.Tensor, experts: nn.ModuleList) -> bool:
+    """Whether ``grouped_swiglu`` can run these experts on ``tokens`` (device, dtype, alignment, no autocast)."""
+    weight = experts[0].gate_proj.weight  # (intermediate, hidden); all experts share the shapes
+    widths_aligned = all(width * tokens.element_size() % ALIGNMENT_BYTES == 0 for width in weight.shape)
+    return (
+        weight.dtype == tokens.dtype
+        and weight.device == tokens.device
+        and widths_aligned
+        and not torch.is_autocast_enabled(tokens.device.type)
+        and grouped_mm_supported(tokens.device, tokens.dtype)
+    )
+
+
+class GroupedLinear(torch.autograd.Function):
+    """``rows[ends[e-1]:ends[e]] @ weights[e].T`` for every expert ``e``, in one grouped GEMM each way.
+
+    ``rows``: (R, in) sorted by expert, ``ends``: (experts,) int32 cumulative row counts ending
+    at R, ``weights``: one (out, in) tensor per expert. Returns (R, out). An expert without rows
+    gets a zero weight gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, ends: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, ends, *weights)
+        return torch._grouped_mm(rows, torch.stack(weights).transpose(1, 2), offs=ends)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, ends, *weights = ctx.saved_tensors
+        grad = grad.contiguous()  # (R, out)
+        grad_rows = torch._grouped_mm(grad, torch.stack(weights), offs=ends) if ctx.needs_input_grad[0] else None
+        if any(ctx.needs_input_grad[2:]):
+            grad_weights = torch._grouped_mm(grad.t(), rows, offs=ends).unbind(0)  # (experts, out, in)
+        else:
+            grad_weights = (None,) * len(weights)
+        return grad_rows, None, *grad_weights
+
+
+def grouped_swiglu(rows: torch.Tensor, ends: torch.Tensor, experts: nn.ModuleList) -> torch.Tensor:
+    """Each expert's ``FeedForward`` on its rows: (R, hidden) sorted by expert -> (R, hidden).
+
+    The same computation as calling ``experts[e]`` on its slice: activation and dropout are
+    the experts' own (one config builds them all, so the first expert's stand for all).
+    """
+
+    def project(inputs: torch.Tensor, name: str) -> torch.Tensor:
+        return GroupedLinear.apply(inputs, ends, *(getattr(expert, name).weight for expert in experts))
+
+    first = experts[0]
+    gated = first.act_fn(project(rows, "gate_proj")) * project(rows, "up_proj")  # (R, intermediate)
+    return first.dropout(project(gated, "down_proj"))
+
+
 class MOEFeedForward(nn.Module):
     """Routed experts weighted by the router, plus the shared experts. No token is dropped.
 
@@ -89,11 +174,34 @@ class MOEFeedForward(nn.Module):
         return routed
 
     def route(self, tokens: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
-        """Send each (token, slot) to its expert and sum the weighted outputs: (tokens, hidden)."""
+        """Send each (token, slot) to its expert and sum the weighted outputs: (tokens, hidden).
+
+        Grouped GEMMs where ``torch._grouped_mm`` runs without a host read (no device sync),
+        else the per-expert loop.
+        """
+        if grouped_experts_usable(tokens, self.experts):
+            return self.route_grouped(tokens, topk_idx, topk_weight)
+        return self.route_loop(tokens, topk_idx, topk_weight)
+
+    def route_grouped(self, tokens: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
+        """``route`` with every expert in one grouped GEMM per projection; nothing is read on the host."""
+        tokens_count, k = topk_idx.shape
+        sorted_expert, order = topk_idx.reshape(-1).sort(stable=True)  # (tokens * k,) slots grouped by expert
+        # Each expert's end row in the sorted slots. Not bincount: on CUDA it reads the largest id on the host.
+        expert_ids = torch.arange(self.n_routed_experts, device=tokens.device)
+        ends = torch.searchsorted(sorted_expert, expert_ids, right=True).to(torch.int32)
+        # Every expert is in the grouped GEMMs, an idle one on zero rows, so each gets a (zero)
+        # gradient in training: data-parallel ranks must reduce the same set.
+        expert_out = grouped_swiglu(tokens.index_select(0, order // k), ends, self.experts)  # (tokens * k, hidden)
+        per_slot = expert_out.index_select(0, order.argsort()).view(tokens_count, k, -1)  # back in slot order
+        return torch.bmm(topk_weight.to(tokens.dtype).unsqueeze(1), per_slot).squeeze(1)
+
+    def route_loop(self, tokens: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
+        """``route`` one expert at a time, as MiniMind does: reads the per-expert counts on the host."""
         k = topk_idx.shape[1]
         flat_expert = topk_idx.reshape(-1)  # (tokens * k,)
         order = flat_expert.argsort(stable=True)
-        counts = torch.bincount(flat_expert, minlength=self.n_routed_experts).tolist()
+        counts = torch.bincount(flat_expert, minlength=self.n_routed_experts).tolist()  # host read: a device sync
         token_of_slot = order // k
         out = torch.zeros_like(tokens)
         start = 0

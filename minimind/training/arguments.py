@@ -13,11 +13,15 @@ import deepspeed
 from kernels import IMPLEMENTATIONS
 from minimind.checkpoint.manifest import VERIFY_MODES
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
+from minimind.model.config import MiniMindConfig
 from minimind.model.presets import PRESETS, preset_config_kwargs
+from minimind.training.cpu_host import choose_cpu_precision
+from minimind.training.ds_config import read_ds_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
-CPU_DEMO_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"  # bf16 matmuls are slow on most CPUs
+# Without --deepspeed_config a CPU run takes one of these, as its processor suits (``cpu_host``).
+CPU_DS_CONFIGS = {"fp32": REPO_ROOT / "ds_configs" / "zero2_fp32.json", "bf16": DEFAULT_DS_CONFIG}
 
 MINIMIND_DEFAULTS = {
     "hidden_size": 512,
@@ -66,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ep_size", type=POSITIVE, default=None,
                        help="MoE expert-parallel size (DeepSpeed AutoEP); overrides the JSON's expert_parallel")
     model.add_argument("--kernels", choices=IMPLEMENTATIONS, default="auto", help="RMSNorm/RoPE implementation")
+    model.add_argument("--compile", type=int, choices=(0, 1), default=0,
+                       help="1: torch.compile the model through DeepSpeed's engine.compile() (with AutoEP: all but "
+                            "the expert layers); slower on the project's CPU machine, unmeasured on GPUs")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data_path", default=None, help="JSON Lines pretraining file (default: bundled corpus)")
@@ -129,18 +136,16 @@ def apply_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
     """Fill unset size, interval and config flags in place; returns True when the CPU demo applies.
 
     The demo applies on a CPU-only machine when none of its model, batch or schedule flags
-    was given; any flag given by the user keeps its value (the demo trains in fp32 unless
-    ``--deepspeed_config`` says otherwise). Otherwise MiniMind's defaults and
-    ``ds_configs/zero2_bf16.json`` fill in.
+    was given; any flag given by the user keeps its value. Otherwise MiniMind's defaults fill
+    in. An unset ``--deepspeed_config`` becomes ``ds_configs/zero2_bf16.json`` on an accelerator
+    and stays unset on a CPU-only machine, where ``choose_cpu_ds_config`` picks it.
     """
     demo = cpu_only and all(getattr(args, name) is None for name in CPU_DEMO_TRIGGERS)
     if demo:
         for name, value in CPU_DEMO.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
-        if args.deepspeed_config is None:
-            args.deepspeed_config = str(CPU_DEMO_DS_CONFIG)
-    if args.deepspeed_config is None:
+    if args.deepspeed_config is None and not cpu_only:
         args.deepspeed_config = str(DEFAULT_DS_CONFIG)
     preset = preset_config_kwargs(args.preset) if args.preset else {}
     for name, value in (("hidden_size", preset.get("hidden_size")), ("num_hidden_layers",
@@ -151,6 +156,16 @@ def apply_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
         if getattr(args, name) is None:
             setattr(args, name, value)
     return demo
+
+
+def choose_cpu_ds_config(args: argparse.Namespace) -> str:
+    """Set an unset ``--deepspeed_config`` on a CPU-only machine to the ZeRO-2 config in the precision
+    this processor runs fastest (``cpu_host.choose_cpu_precision``); returns the line that says why."""
+    config = MiniMindConfig(**{**model_config_kwargs(args), "kernel_impl": "torch"})
+    micro_batch = args.batch_size or read_ds_config(CPU_DS_CONFIGS["fp32"])["train_micro_batch_size_per_gpu"]
+    choice = choose_cpu_precision(config, micro_batch, args.max_seq_len)
+    args.deepspeed_config = str(CPU_DS_CONFIGS[choice.precision])
+    return f"precision {choice.precision}: {choice.reason} (--deepspeed_config chooses another)"
 
 
 def model_config_kwargs(args: argparse.Namespace) -> dict:

@@ -17,6 +17,7 @@ from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.collectives import all_reduce
 from minimind.training.ds_config import BatchPlan
+from minimind.training.host_copy import copy_to_host_later
 from minimind.training.metrics import MetricsLogger, StepMetrics, ThroughputMeter
 from minimind.training.rank_print import print0
 from minimind.training.stop_request import StopRequest
@@ -25,46 +26,64 @@ from minimind.training.world import world_size
 
 @dataclass
 class StepResult:
-    """The global numbers of one optimizer step."""
+    """The global numbers of one optimizer step, left on the accelerator until a property reads them."""
 
-    loss: float
-    aux_loss: float
-    target_tokens: int
+    sums: torch.Tensor  # (3,) float64 over every rank: summed token loss, summed aux loss, target tokens
+    aux_terms: int  # micro-batches x ranks: the aux loss reported is the mean over them
     stop: bool = False
 
+    @property
+    def target_count(self) -> torch.Tensor:
+        """The step's target tokens over every rank, as a tensor still on the accelerator."""
+        return self.sums[2]
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum ``values`` over all ranks (float64, one collective on ``device``)."""
-    return all_reduce(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+    @property
+    def target_tokens(self) -> int:
+        """The step's target tokens over every rank (read from the device)."""
+        return int(self.sums[2])
+
+    @property
+    def loss(self) -> float:
+        """Mean token cross-entropy of the step over all its target tokens (read from the device)."""
+        loss_sum, _, targets = self.sums.tolist()
+        return loss_sum / max(targets, 1.0)
+
+    @property
+    def aux_loss(self) -> float:
+        """MoE auxiliary loss, the mean over micro-batches and ranks (read from the device)."""
+        return float(self.sums[1]) / self.aux_terms
 
 
 def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False) -> StepResult:
     """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``targets`` (batch, seq)).
 
-    ``stop_requested`` (this rank got a signal) rides on the step's first collective;
+    Nothing inside the step waits for the accelerator: token counts, losses and the stop vote
+    stay on the device, in two all-reduces (counts before the first forward, losses after the
+    last backward); only the stop vote is copied back, without draining the queue.
+    ``stop_requested`` (this rank got a signal) rides on the first collective;
     ``StepResult.stop`` is True on every rank when any rank asked.
     """
     accumulation = len(micro_batches)
     world = world_size()
-    local_targets = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro_batches)
-    global_targets, stop_votes = all_reduce_sum([local_targets, float(stop_requested)], device)
+    batches = [{key: batch[key].to(device, non_blocking=True) for key in ("input_ids", "targets")}
+               for batch in micro_batches]
+    local_targets = sum((batch["targets"] != IGNORE_INDEX).sum() for batch in batches).to(torch.float64)
+    stop_vote = torch.full((), float(stop_requested), dtype=torch.float64, device=device)
+    counts = all_reduce(torch.stack([local_targets, stop_vote]))  # (targets, stop votes)
+    stopping = copy_to_host_later(counts[1])
     # engine.backward divides by accumulation and gradients are averaged over ranks:
     # scaling by accumulation * world / global_targets leaves sum(token losses) / global_targets.
-    scale = accumulation * world / max(global_targets, 1.0)
-    loss_sum = aux_sum = 0.0
-    for batch in micro_batches:
-        input_ids = batch["input_ids"].to(device, non_blocking=True)
-        targets = batch["targets"].to(device, non_blocking=True)
-        output = engine(input_ids=input_ids)
-        token_loss = token_cross_entropy(output.logits, targets, reduction="sum")
+    scale = (accumulation * world / counts[0].clamp(min=1.0)).float()
+    loss_sum = aux_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in batches:
+        output = engine(input_ids=batch["input_ids"])
+        token_loss = token_cross_entropy(output.logits, batch["targets"], reduction="sum")
         engine.backward(token_loss * scale + output.aux_loss)
         engine.step()
-        loss_sum += token_loss.item()
-        aux_sum += output.aux_loss.item()
-    total_loss, total_aux = all_reduce_sum([loss_sum, aux_sum], device)
-    return StepResult(
-        total_loss / max(global_targets, 1.0), total_aux / (accumulation * world), int(global_targets), stop_votes > 0
-    )
+        loss_sum = loss_sum + token_loss.detach()
+        aux_sum = aux_sum + output.aux_loss.detach()
+    sums = all_reduce(torch.stack([loss_sum, aux_sum, local_targets]))
+    return StepResult(sums, accumulation * world, bool(stopping()))
 
 
 def take(iterator: Iterator[dict], count: int) -> list[dict]:
@@ -143,7 +162,7 @@ def run_training(
         skipped_before = engine.skipped_steps
         result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
         position.advance(settings.batch.global_batch)
-        meter.count(result.target_tokens)
+        meter.count(result.target_count)
         logger.advance()
         if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
             logger.log(step_metrics(engine, position, settings, result, lr, *meter.read(position.step)))

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from minimind.errors import MissingDependencyError
@@ -37,21 +38,24 @@ class StepMetrics:
 
 
 class ThroughputMeter:
-    """Target tokens per second over each log window, and wall seconds per step since the start."""
+    """Target tokens per second over each log window, and wall seconds per step since the start.
+
+    Counts may be accelerator tensors: they are added up there and read once per window.
+    """
 
     def __init__(self, start_step: int):
         self.started = self.window_start = time.perf_counter()
         self.start_step = start_step
         self.window_tokens = 0
 
-    def count(self, tokens: int) -> None:
-        """Add one step's target tokens to the current window."""
+    def count(self, tokens: int | torch.Tensor) -> None:
+        """Add one step's target tokens (a number, or a tensor not read until ``read``) to the current window."""
         self.window_tokens += tokens
 
     def read(self, step: int) -> tuple[float, float]:
         """``(tokens per second in the window, seconds per step so far)`` at ``step``; starts a new window."""
         now = time.perf_counter()
-        tokens_per_s = self.window_tokens / max(now - self.window_start, 1e-9)
+        tokens_per_s = float(self.window_tokens) / max(now - self.window_start, 1e-9)
         seconds_per_step = (now - self.started) / max(step - self.start_step, 1)
         self.window_start, self.window_tokens = now, 0
         return tokens_per_s, seconds_per_step

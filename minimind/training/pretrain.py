@@ -32,14 +32,15 @@ from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precision_of
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs
+from minimind.training.arguments import CPU_DEMO, apply_defaults, choose_cpu_ds_config, model_config_kwargs
 from minimind.training.checkpoint_writer import checkpoint_writer
 from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import (
     TrainingPosition,
 )
-from minimind.training.collectives import accelerator_device, barrier
+from minimind.training.collectives import accelerator_device, barrier, broadcast_object
 from minimind.training.corpus_fit import fit_batch_to_corpus
+from minimind.training.cpu_host import set_cpu_threads
 from minimind.training.ds_config import resolve_ds_config
 from minimind.training.expert_parallel import (
     install_aux_loss,
@@ -57,7 +58,7 @@ from minimind.training.run_inputs import RunInputs, TrainingData, weights_name
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
-from minimind.training.world import LaunchedWorld, launched_world, world_size
+from minimind.training.world import LaunchedWorld, global_rank, launched_world, world_size
 
 
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
@@ -69,6 +70,7 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     inputs, samples, fit_note = fit_samples(inputs, samples)
     announce(args, inputs, launched_world(), fit_note)
     start_process_group(args, inputs)
+    inputs = follow_rank_zero_precision(inputs)
     save_dir_lock = claim_save_dir(inputs.save_dir, overwrite=args.overwrite)
     try:
         position = train(args, with_resume(args, inputs), samples)
@@ -123,6 +125,10 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     cpu_only = accelerator.device_name() == "cpu"
     batch_chosen = args.batch_size is not None or args.accumulation_steps is not None
     demo = apply_defaults(args, cpu_only)
+    host_notes = (set_cpu_threads(),) if cpu_only else ()
+    precision_timed = args.deepspeed_config is None
+    if precision_timed:
+        host_notes += (choose_cpu_ds_config(args),)
     ds_config, batch = resolve_ds_config(
         args.deepspeed_config,
         data_parallel=world_size(),
@@ -155,7 +161,8 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
     inputs = RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
                        resume_request(args, save_dir), ep_size,
-                       fit_batch_to_corpus=data_path is None and (demo or not batch_chosen))
+                       fit_batch_to_corpus=data_path is None and (demo or not batch_chosen), host_notes=host_notes,
+                       precision_timed=precision_timed)
     return with_resume(args, inputs)
 
 
@@ -178,15 +185,31 @@ def start_process_group(args: argparse.Namespace, inputs: RunInputs) -> None:
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
 
 
+def follow_rank_zero_precision(inputs: RunInputs) -> RunInputs:
+    """Where each rank timed its own precision (a CPU run without ``--deepspeed_config``), every rank
+    takes rank 0's: ranks in different precisions cannot reduce their gradients together, and on a
+    busy node, or nodes with other processors, the timings may disagree."""
+    if not inputs.precision_timed:
+        return inputs
+    mine = precision_of(inputs.ds_config)
+    agreed = broadcast_object(mine)
+    if agreed == mine:
+        return inputs
+    print(f"rank {global_rank()}: timed {mine} as the faster precision here; trains in rank 0's {agreed}", flush=True)
+    return replace(inputs, ds_config={**inputs.ds_config, "bf16": {"enabled": agreed == "bf16"}})
+
+
 def tf32_matmuls(args: argparse.Namespace, inputs: RunInputs, device: torch.device) -> bool:
     """Whether fp32 matmuls run on TF32 tensor cores: fp32 training on CUDA, unless ``--tf32 0``."""
     return bool(args.tf32) and device.type == "cuda" and precision_of(inputs.ds_config) == "fp32"
 
 
 def announce(args: argparse.Namespace, inputs: RunInputs, world: LaunchedWorld, fit_note: str | None) -> None:
-    """Rank 0 states the launcher, the demonstration settings and the corpus fit (if any), and the
-    resolved batch arithmetic."""
+    """Rank 0 states the launcher, the CPU threads and precision (on a CPU-only machine), the
+    demonstration settings and the corpus fit (if any), and the resolved batch arithmetic."""
     print0(world.describe())
+    for note in inputs.host_notes:
+        print0(note)
     if inputs.demo:
         print0(
             f"CPU-only machine: short demonstration run ({', '.join(f'--{k} {v}' for k, v in CPU_DEMO.items())}); "
@@ -259,13 +282,19 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {n_params / 1e6:.2f}M parameters, hidden {args.hidden_size} x {args.num_hidden_layers} layers"
            f"{' (MoE)' if args.use_moe else ''}, kernels {args.kernels}"
-           f"{', activation checkpointing' if args.activation_checkpointing else ''}")
+           f"{', activation checkpointing' if args.activation_checkpointing else ''}"
+           f"{', torch.compile' if args.compile else ''}")
     scheduler = None if "scheduler" in inputs.ds_config else (
         lambda optimizer: minimind_scheduler(optimizer, total_steps, args.warmup_steps)
     )
+    ds_config = inputs.ds_config
+    if args.compile and inputs.ep_size is not None:  # AutoEP's token exchange stays eager
+        ds_config = {**ds_config, "compile": {**ds_config.get("compile", {}), "autoep_non_moe": True}}
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=inputs.ds_config, lr_scheduler=scheduler
+        model=model, model_parameters=model.parameters(), config=ds_config, lr_scheduler=scheduler
     )
+    if args.compile:
+        engine.compile()
     module_bytes = PRECISION_BYTES[precision_of(inputs.ds_config)]
     warning = disk_space_warning(inputs.save_dir, n_params, module_bytes, args.keep_checkpoints)
     if warning:

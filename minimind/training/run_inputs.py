@@ -34,6 +34,8 @@ class RunInputs:
     ep_size: int | None
     fit_batch_to_corpus: bool  # the bundled corpus with a batch the user did not choose
     resume: CheckpointLocation | None = None  # the verified tag, once the process group has chosen it
+    host_notes: tuple[str, ...] = ()  # CPU threads and precision, said in the run's first lines
+    precision_timed: bool = False  # the precision was chosen by timing this rank's processor
 
     def identity(self, args: argparse.Namespace) -> RunIdentity:
         """What a checkpoint of this run records, and a resumed checkpoint must share."""
