@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import deepspeed
+import torch
 from deepspeed import DeepSpeedEngine
 from deepspeed.accelerator import get_accelerator
 
@@ -32,3 +33,13 @@ def build_engine(config_path: Path, data_parallel: int, model: MiniMindForCausal
     if expert_parallel is not None:
         install_aux_loss(engine, model.config)
     return engine, ds_config, batch
+
+
+def plain_adamw(model: torch.nn.Module, ds_config: dict) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``model`` with the DeepSpeed config's lr, betas, eps and weight decay:
+    the optimizer a plain PyTorch loop compared with the engine takes. Refuses a non-AdamW config."""
+    if ds_config["optimizer"]["type"].lower() != "adamw":
+        raise ValueError(f"the plain loop runs AdamW, the config asks for {ds_config['optimizer']['type']}")
+    params = ds_config["optimizer"]["params"]
+    return torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]), eps=params["eps"],
+                             weight_decay=params["weight_decay"])

@@ -40,6 +40,7 @@ from deepspeed.accelerator import get_accelerator
 from bench.engine import build_engine
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.training.collectives import all_gather, all_reduce, barrier
+from minimind.training.cpu_host import set_cpu_threads
 from minimind.training.loop import train_step
 from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0
@@ -117,7 +118,7 @@ def run_variant(args: argparse.Namespace) -> None:
     """Train one variant on this rank; rank 0 writes the results."""
     init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
+    set_cpu_threads()
     model_config = MiniMindConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                                   use_moe=True, kernel_impl="torch")
     torch.manual_seed(args.seed)

@@ -47,7 +47,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from torch import nn
 
-from bench.engine import build_engine
+from bench.engine import build_engine, plain_adamw
 from bench.launch_part import launch_part
 from minimind.data import (
     IGNORE_INDEX,
@@ -63,6 +63,7 @@ from minimind.model.loss import token_cross_entropy
 from minimind.model.precision import precision_of
 from minimind.tokenizer import load_tokenizer
 from minimind.training.collectives import all_gather_object, all_reduce, barrier
+from minimind.training.cpu_host import set_cpu_threads
 from minimind.training.loop import StepResult, take, train_step
 from minimind.training.process_group import init_process_group
 from minimind.training.rank_print import print0
@@ -231,8 +232,10 @@ def rss_growth(memory: dict) -> int:
 def run_part(args: argparse.Namespace) -> None:
     """Run the throughput or memory part on this rank; rank 0 writes the results to ``--out``."""
     init_process_group()
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-    torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0)) // local_ranks))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    else:
+        set_cpu_threads()
     device = torch.device(get_accelerator().current_device_name())
     tokenizer = load_tokenizer()
     cache = build_or_load_token_cache(default_corpus_path(show_progress=False), tokenizer, show_progress=False,
@@ -320,11 +323,7 @@ def make_plain_step(model: nn.Module, ds_config: dict, grad_clip: float,
     """
     if precision_of(ds_config) != "fp32":
         raise ValueError(f"the plain loop trains in fp32; the config trains in {precision_of(ds_config)}")
-    if ds_config["optimizer"]["type"].lower() != "adamw":
-        raise ValueError(f"the plain loop runs AdamW, the config asks for {ds_config['optimizer']['type']}")
-    params = ds_config["optimizer"]["params"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]),
-                                  eps=params["eps"], weight_decay=params["weight_decay"])
+    optimizer = plain_adamw(model, ds_config)
     world = dist.get_world_size()
     # The RoPE tables are constant buffers: synced once at construction, not before every forward.
     ddp = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model

@@ -59,7 +59,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 from torch.utils.data import Dataset
 
-from bench.engine import build_engine
+from bench.engine import build_engine, plain_adamw
 from bench.train_throughput import cpu_model
 from minimind.data import (
     IGNORE_INDEX,
@@ -164,15 +164,6 @@ def minimind_step(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip:
     return step_loss
 
 
-def minimind_optimizer(model: nn.Module, ds_config: dict) -> torch.optim.AdamW:
-    """MiniMind's ``torch.optim.AdamW`` with the DeepSpeed config's lr, betas, eps and weight decay."""
-    if ds_config["optimizer"]["type"].lower() != "adamw":
-        raise ValueError("the comparison is AdamW on both sides: pass an AdamW DeepSpeed config")
-    params = ds_config["optimizer"]["params"]
-    return torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]), eps=params["eps"],
-                             weight_decay=params["weight_decay"])
-
-
 @dataclass
 class Side:
     """One side of the comparison: ``step()`` runs an optimizer step and returns (loss, useful tokens, positions)."""
@@ -251,7 +242,7 @@ def build_sides(args: argparse.Namespace, flags: argparse.Namespace) -> tuple[li
     engine, ds_config, batch = build_engine(Path(flags.deepspeed_config), 1, model, flags.batch_size,
                                             flags.accumulation_steps)
     engine.train()
-    optimizer = minimind_optimizer(baseline, ds_config)
+    optimizer = plain_adamw(baseline, ds_config)
     pad_id = tokenizer.pad_token_id
     packed = PackedWindows(cache.tokens, flags.max_seq_len, pad_id=pad_id)
     padded = PaddedDocuments(cache.tokens, cache.offsets, flags.max_seq_len, pad_id=pad_id)

@@ -15,9 +15,9 @@ from minimind.checkpoint.locate import MODEL_STATES, CheckpointLocation, locate_
 from minimind.checkpoint.manifest import (
     MANIFEST_NAME,
     READ_CHUNK,
-    manifest_digest,
     manifest_of_folder,
     read_manifest,
+    tag_state_digest,
     verify_entries,
 )
 from minimind.training.checkpointing import prune_checkpoints
@@ -170,10 +170,24 @@ def test_a_universal_copy_serves_only_the_exact_tag_it_was_made_from(tmp_path):
     folder = tmp_path / "checkpoints"
     source = fabricate_tag(folder, 20, seed=20)
     copy = fabricate_tag(folder / "universal", 20, seed=21, manifest=False)
-    manifest_of_folder(copy, world_size=None, source=manifest_digest(source))
+    manifest_of_folder(copy, world_size=None, source=tag_state_digest(source))
     converted = CheckpointLocation(folder / "universal", "step_20")
-    assert copy_of(converted, manifest_digest(source))
+    assert copy_of(converted, tag_state_digest(source))
     (source / WEIGHTS).write_bytes(b"retrained")  # the tag saved again at its step
     manifest_of_folder(source, world_size=2)
-    assert not copy_of(converted, manifest_digest(source))
-    assert not copy_of(converted, None)
+    assert not copy_of(converted, tag_state_digest(source))
+
+
+def test_a_universal_copy_of_a_tag_from_before_manifests_is_reused_by_the_ranks_after_the_converter(tmp_path):
+    """Without a manifest the source is named by its file listing: the ranks that take the lock after
+    the converter find its copy (they do not convert again), and a resave at the step does not."""
+    folder = tmp_path / "checkpoints"
+    source = fabricate_tag(folder, 20, seed=20, manifest=False)
+    digest = tag_state_digest(source)
+    assert digest == tag_state_digest(source)  # the same for every rank that reads the tag
+    copy = fabricate_tag(folder / "universal", 20, seed=21, manifest=False)
+    manifest_of_folder(copy, world_size=None, source=digest)
+    converted = CheckpointLocation(folder / "universal", "step_20")
+    assert copy_of(converted, tag_state_digest(source))
+    (source / WEIGHTS).write_bytes(b"saved again at this step, another size")
+    assert not copy_of(converted, tag_state_digest(source))

@@ -46,7 +46,7 @@ def write_manifest(tag_dir: Path, entries: list[FileEntry], world_size: int | No
                    source: str | None = None) -> Path:
     """Write ``tag_dir/manifest.json`` atomically (a temporary file, synced, renamed over it);
     ``world_size`` is the number of ranks that wrote the tag (None: a universal checkpoint),
-    ``source`` the ``manifest_digest`` of the tag a converted one was made from."""
+    ``source`` the ``tag_state_digest`` of the tag a converted one was made from."""
     manifest = {
         "format": MANIFEST_FORMAT,
         "checksum": CHECKSUM,
@@ -75,12 +75,14 @@ def manifest_of_folder(tag_dir: Path, world_size: int | None, source: str | None
     return write_manifest(tag_dir, [file_entry(path, tag_dir) for path in tag_files(tag_dir)], world_size, source)
 
 
-def manifest_digest(tag_dir: Path) -> str | None:
-    """xxh3-128 of ``tag_dir``'s manifest file: names one exact state of a tag (None: no manifest)."""
+def tag_state_digest(tag_dir: Path) -> str:
+    """A digest naming one exact state of a tag: xxh3-128 of its manifest file or, for a tag written
+    before manifests, of its files' names and sizes (the same on every rank that reads it)."""
     try:
         return xxhash.xxh3_128((tag_dir / MANIFEST_NAME).read_bytes()).hexdigest()
     except OSError:
-        return None
+        listing = "\n".join(f"{path.relative_to(tag_dir)} {path.stat().st_size}" for path in tag_files(tag_dir))
+        return xxhash.xxh3_128(listing.encode()).hexdigest()
 
 
 def read_manifest(tag_dir: Path) -> list[FileEntry] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from minimind.checkpoint.errors import CheckpointError
 from minimind.checkpoint.locate import CheckpointLocation
-from minimind.checkpoint.manifest import manifest_digest, manifest_of_folder
+from minimind.checkpoint.manifest import manifest_of_folder, tag_state_digest
 
 
 def convert_to_universal(source: CheckpointLocation, destination: str | Path, workers: int = 1,
@@ -53,5 +53,5 @@ def convert_to_universal(source: CheckpointLocation, destination: str | Path, wo
         raise CheckpointError(
             f"{source.tag_dir}: ds_to_universal failed ({type(error).__name__}: {error}) after {last[0]!r}"
         ) from None
-    manifest_of_folder(output, world_size=None, source=manifest_digest(source.tag_dir))
+    manifest_of_folder(output, world_size=None, source=tag_state_digest(source.tag_dir))
     return CheckpointLocation(destination, source.tag)

@@ -282,8 +282,7 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {n_params / 1e6:.2f}M parameters, hidden {args.hidden_size} x {args.num_hidden_layers} layers"
            f"{' (MoE)' if args.use_moe else ''}, kernels {args.kernels}"
-           f"{', activation checkpointing' if args.activation_checkpointing else ''}"
-           f"{', torch.compile' if args.compile else ''}")
+           f"{', activation checkpointing' if args.activation_checkpointing else ''}")
     scheduler = None if "scheduler" in inputs.ds_config else (
         lambda optimizer: minimind_scheduler(optimizer, total_steps, args.warmup_steps)
     )
@@ -295,6 +294,9 @@ def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):
     )
     if args.compile:
         engine.compile()
+        if engine.is_compiled:
+            backend = get_accelerator().get_compile_backend()
+            print0(f"torch.compile: the model compiles at its first forward ({backend} backend)")
     module_bytes = PRECISION_BYTES[precision_of(inputs.ds_config)]
     warning = disk_space_warning(inputs.save_dir, n_params, module_bytes, args.keep_checkpoints)
     if warning:

@@ -6,8 +6,9 @@ converted to the universal format once, into ``{checkpoint_dir}/universal/{tag}`
 ranks have verified the tag together: one process converts under a file lock while the other
 ranks wait on the lock (not in a collective, so no collective timeout runs; the converter's
 progress line keeps the waiters from taking it for dead). The copy's manifest records the
-digest of the manifest of the tag it was made from, so a later resume reuses it only for that
-same tag (a tag saved again at the same step gets a new copy). A ZeRO stage 0 checkpoint (no
+digest of the tag it was made from (of its manifest, or of its file listing for a tag from
+before manifests), so a later resume, and every rank after the converter, reuses it only for
+that same tag (a tag saved again at the same step gets a new copy). A ZeRO stage 0 checkpoint (no
 optimizer shards) loads at any world size and is used as it is. ``--auto_universal 0``
 refuses instead, naming the command that converts by hand.
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from minimind.checkpoint.autoep_names import saved_expert_parallel_size
 from minimind.checkpoint.integrity import verify_tag
 from minimind.checkpoint.locate import UNIVERSAL_FOLDER, CheckpointLocation, latest_tag, read_client_state
-from minimind.checkpoint.manifest import manifest_digest, manifest_field
+from minimind.checkpoint.manifest import manifest_field, tag_state_digest
 from minimind.checkpoint.universal import convert_to_universal
 from minimind.data.build_lock import BuildProgress, build_once
 from minimind.errors import ConfigError
@@ -62,7 +63,7 @@ def universal_copy(location: CheckpointLocation, layout: str, say: Callable[[str
     this same tag is there and its files match its manifest. Every rank calls it; one converts."""
     destination = location.root / UNIVERSAL_FOLDER
     converted = CheckpointLocation(destination, location.tag)
-    source = manifest_digest(location.tag_dir)
+    source = tag_state_digest(location.tag_dir)
     built = build_once(converted.tag_dir, lambda: copy_of(converted, source),
                        lambda progress: convert_with_heartbeat(location, destination, progress), log=say)
     say(f"{location.tag_dir} {layout}: resuming from its universal copy {converted.tag_dir} "
@@ -70,10 +71,10 @@ def universal_copy(location: CheckpointLocation, layout: str, say: Callable[[str
     return converted
 
 
-def copy_of(converted: CheckpointLocation, source: str | None) -> bool:
-    """Whether ``converted`` is a finished conversion of the tag whose manifest digest is ``source``,
+def copy_of(converted: CheckpointLocation, source: str) -> bool:
+    """Whether ``converted`` is a finished conversion of the tag whose ``tag_state_digest`` is ``source``,
     its files matching its own manifest (sizes)."""
-    if source is None or not converted.tag_dir.is_dir() or manifest_field(converted.tag_dir, "source") != source:
+    if not converted.tag_dir.is_dir() or manifest_field(converted.tag_dir, "source") != source:
         return False
     verdict = verify_tag(converted.tag_dir, latest_tag(converted.root), checksums=False)
     return verdict.loadable and bool(verdict.entries)
