@@ -356,11 +356,14 @@ def planned_total_gib(check: Check, plan_flags: list[str], log_name: str) -> flo
 
 
 def read_metrics(save_dir: Path) -> list[dict]:
-    """The records of ``{save_dir}/metrics.jsonl``."""
+    """The training records of ``{save_dir}/metrics.jsonl`` (its validation rows left out)."""
     path = save_dir / "metrics.jsonl"
     if not path.is_file():
         raise PartFailed(f"the run wrote no {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from minimind.training.run_files import is_validation_record  # a constant module: loads nothing of training
+
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for record in records if not is_validation_record(record)]
 
 
 def launch_training(check: Check, run: TrainingRun, ds_config: Path, save_dir: Path) -> GpuMemoryPeak | None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from minimind.training.run_files import is_validation_record
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
 
@@ -44,7 +46,8 @@ def measure(preset: str, ranks: int, steps: int, max_seq_len: int, work: Path) -
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{preset}: run failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()][WARMUP_STEPS:]
+    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [record for record in records if not is_validation_record(record)][WARMUP_STEPS:]
     return {"preset": preset, "config": config,
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
             "mfu": statistics.median(r.get("mfu", 0.0) for r in records)}

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from kernels.dispatch import triton_interpreted  # noqa: E402
-from tests.launcher import REFERENCE_TRAINING, launch, write_corpus  # noqa: E402
+from tests.launcher import REFERENCE_TRAINING, evaluation_flags, launch, write_corpus  # noqa: E402
 
 
 def nan_filled_empty(shape, dtype, device):
@@ -50,9 +50,17 @@ def corpus(launch_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_run(launch_dir, corpus, launch_env_vars) -> Path:
-    """``save_dir`` of one uninterrupted 2-rank run with ``REFERENCE_TRAINING``, shared by every test
-    that compares against it or reads its checkpoints (which must not be written to)."""
+def eval_corpus(launch_dir) -> Path:
+    """A validation file drawn from the same distribution as ``corpus``, other documents."""
+    return write_corpus(launch_dir / "eval.jsonl", lines=30, seed=1)
+
+
+@pytest.fixture(scope="session")
+def reference_run(launch_dir, corpus, eval_corpus, launch_env_vars) -> Path:
+    """``save_dir`` of one uninterrupted 2-rank run with ``REFERENCE_TRAINING`` (and evaluation on
+    ``eval_corpus``), shared by every test that compares against it or reads its checkpoints (which
+    must not be written to)."""
     save_dir = launch_dir / "reference"
-    launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(save_dir)], env=launch_env_vars)
+    launch(2, [*REFERENCE_TRAINING, "--data_path", str(corpus), *evaluation_flags(eval_corpus),
+               "--save_dir", str(save_dir)], env=launch_env_vars)
     return save_dir

@@ -16,6 +16,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from minimind.training.process_group import free_local_port
+from minimind.training.run_files import is_validation_record
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIGS = REPO_ROOT / "ds_configs"
@@ -36,6 +37,13 @@ REFERENCE_TRAINING = [*TINY_MODEL, "--deepspeed_config", str(FP32_CONFIG), "--ba
                       "2", "--max_steps", str(REFERENCE_STEPS), "--learning_rate", "3e-3", "--save_interval",
                       str(REFERENCE_SAVE_INTERVAL)]
 ONE_RANK_WHOLE_BATCH = [*REFERENCE_TRAINING, "--batch_size", "4"]  # the later flag wins
+# What the reference run and the one-rank run evaluate, every 10 steps (the save interval) and at the end.
+SAMPLE_TOKENS = 6
+
+
+def evaluation_flags(eval_corpus: Path) -> list[str]:
+    """Validation on ``eval_corpus`` and samples of the default prompts."""
+    return ["--eval_data_path", str(eval_corpus), "--sample_prompts", "default", "--sample_tokens", str(SAMPLE_TOKENS)]
 # ``pretrain_ds.py`` with faults injected where its environment asks (see that file).
 FAULT_INJECTION_ENTRY = "tests/fault_injection_entry.py"
 
@@ -140,7 +148,17 @@ def started_job(ranks: int, args: list[str], env: dict | None = None, **popen_kw
 
 
 def read_metrics(save_dir: Path) -> list[dict]:
-    """The records of ``{save_dir}/metrics.jsonl``."""
+    """The training records of ``{save_dir}/metrics.jsonl`` (one per logged step)."""
+    return [record for record in read_metrics_file(save_dir) if not is_validation_record(record)]
+
+
+def read_eval_rows(save_dir: Path) -> list[dict]:
+    """The validation records of ``{save_dir}/metrics.jsonl`` (one per evaluation)."""
+    return [record for record in read_metrics_file(save_dir) if is_validation_record(record)]
+
+
+def read_metrics_file(save_dir: Path) -> list[dict]:
+    """Every record of ``{save_dir}/metrics.jsonl``."""
     return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -105,3 +105,15 @@ def causal_lm_ref(model, input_ids):
         h = h + out
     h = rms_norm_ref(h, model.model.norm.weight, cfg.rms_norm_eps)
     return h @ model.lm_head.weight.double().T, aux_total
+
+
+def greedy_full_recompute(model, prompt: list[int], new_tokens: int, eos: int | None = None) -> list[int]:
+    """The reference decode: each new token the argmax of a forward over the whole sequence so far (no
+    cache), up to ``new_tokens`` or ``eos`` (included)."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == eos:
+                break
+    return ids[len(prompt):]

@@ -2,10 +2,15 @@
 
 
 class PlainEngine:
-    """The three calls ``train_step`` makes of a DeepSpeed engine, on a plain module."""
+    """The calls ``train_step`` and the evaluation make of a DeepSpeed engine, on a plain module."""
 
     def __init__(self, model):
         self.model = model
+
+    @property
+    def module(self):
+        """The wrapped model, as DeepSpeed names it."""
+        return self.model
 
     def __call__(self, **inputs):
         return self.model(**inputs)
@@ -15,3 +20,11 @@ class PlainEngine:
 
     def step(self):
         pass
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self

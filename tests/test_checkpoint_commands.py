@@ -101,7 +101,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 assert importlib.util.find_spec("minimind") is None and importlib.util.find_spec("kernels") is None
 folder = sys.argv[1]
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
-tokenizer = AutoTokenizer.from_pretrained(folder)
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 ids = torch.tensor(json.loads(sys.argv[2]))
 with torch.no_grad():
     logits = model(ids).logits

@@ -28,13 +28,15 @@ from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.locate import read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import FP32_CONFIG, TINY_MODEL, launch, read_metrics
+from tests.launcher import FP32_CONFIG, TINY_MODEL, launch, read_eval_rows, read_metrics
 from tests.test_checkpoint_commands import CLEAN_LOAD, PROMPT
 
 pytestmark = pytest.mark.slow
 
+# Every run also validates on 5% of the corpus held out and continues the default prompts, at each save and
+# at the end: AutoEP exchanges tokens inside each forward, so the ranks must evaluate in lockstep.
 TINY_MOE = [*TINY_MODEL, "--use_moe", "1", "--deepspeed_config", str(FP32_CONFIG), "--accumulation_steps", "2",
-            "--max_steps", "4"]
+            "--max_steps", "4", "--eval_fraction", "0.05", "--sample_prompts", "default", "--sample_tokens", "4"]
 LAYOUTS = {2: ["--batch_size", "2", "--ep_size", "2"], 1: ["--batch_size", "4", "--ep_size", "1"]}
 MOMENTS = ("exp_avg", "exp_avg_sq")
 EXPERT_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
@@ -78,13 +80,31 @@ def assert_losses_continue(resumed: list[dict], uninterrupted: list[dict]) -> No
 
 
 def test_ep2_and_ep1_runs_agree(ep2_run, ep1_run):
-    """The two layouts train the same model on the same global batch (so either can continue the other)."""
+    """The two layouts train the same model on the same global batch (so either can continue the other),
+    and evaluate it alike: the same validation losses and greedy samples."""
     sharded, single = read_metrics(ep2_run), read_metrics(ep1_run)
     assert [m["step"] for m in sharded] == [m["step"] for m in single] == [1, 2, 3, 4]
     for a, b in zip(sharded, single, strict=True):
         for key in ("loss", "aux_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
         assert a["aux_loss"] > 0
+    assert_evaluations_agree(ep2_run, ep1_run, steps=[2, 4])
+    assert read_samples(ep2_run) == read_samples(ep1_run)
+
+
+def assert_evaluations_agree(run: Path, other: Path, steps: list[int]) -> None:
+    """``run``'s validation rows at ``steps`` match ``other``'s at the same steps."""
+    rows = {row["step"]: row for row in read_eval_rows(run)}
+    other_rows = {row["step"]: row for row in read_eval_rows(other)}
+    assert sorted(rows) == steps
+    for step in steps:
+        assert rows[step]["eval_tokens"] == other_rows[step]["eval_tokens"]
+        assert rows[step]["val_loss"] == pytest.approx(other_rows[step]["val_loss"], rel=1e-5)
+
+
+def read_samples(save_dir: Path) -> list[dict]:
+    """The rows of ``{save_dir}/samples.jsonl``."""
+    return [json.loads(line) for line in (save_dir / "samples.jsonl").read_text().splitlines()]
 
 
 def test_ep2_universal_resumes_on_one_rank_at_ep1(launch_dir, corpus, launch_env_vars, ep2_run, ep2_universal):
@@ -92,6 +112,7 @@ def test_ep2_universal_resumes_on_one_rank_at_ep1(launch_dir, corpus, launch_env
                              "--resume_from", str(ep2_universal))
     assert "(universal) at step 2" in result.stdout
     assert_losses_continue(read_metrics(save_dir), read_metrics(ep2_run))
+    assert_evaluations_agree(save_dir, ep2_run, steps=[4])
 
 
 def test_ep1_universal_resumes_on_two_ranks_at_ep2(launch_dir, corpus, launch_env_vars, ep1_run):
@@ -100,6 +121,7 @@ def test_ep1_universal_resumes_on_two_ranks_at_ep2(launch_dir, corpus, launch_en
                              "--resume_from", str(universal))
     assert "(universal) at step 2" in result.stdout
     assert_losses_continue(read_metrics(save_dir), read_metrics(ep1_run))
+    assert_evaluations_agree(save_dir, ep1_run, steps=[4])
 
 
 def test_plain_moe_run_is_told_to_pass_ep_size(ep2_universal, corpus, tmp_path, capsys, monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu_check import PARTS, training_runs
+from tests.launcher import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,7 @@ def test_training_figures_are_read_from_each_runs_metrics(dry_run, report):
     for name in TRAINING_PARTS:
         figures = parts[name]["figures"]
         assert isinstance(figures["tokens_per_s"], float) and figures["tokens_per_s"] > 0, name
-        records = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(out / "runs" / name)
         expected = statistics.median(record["tokens_per_s"] for record in records[warmup[name]:])
         assert figures["tokens_per_s"] == expected, name
         assert not (out / "runs" / name / "checkpoints").exists(), f"{name}: checkpoints left behind"

@@ -17,7 +17,8 @@ from tests.launcher import REPO_ROOT
 # nothing else of the project; ``kernels`` stays a library that knows nothing of the application above it.
 LAYERS = ("kernels", "minimind.errors", "minimind.model", "minimind.tokenizer", "minimind.data", "minimind.checkpoint",
           "minimind.training")
-ENTRY_POINTS = ("pretrain_ds", "bench", "minimind.plan", "minimind.tokenizer.train", "minimind.checkpoint.__main__")
+ENTRY_POINTS = ("pretrain_ds", "bench", "minimind.plan", "minimind.generate", "minimind.report",
+                "minimind.tokenizer.train", "minimind.checkpoint.__main__")
 DISTRIBUTED = ("deepspeed", "torch.distributed")
 LOCAL = LAYERS[:5]  # the model and its data: no distribution in them
 

@@ -75,7 +75,7 @@ def train(engine, total_steps: int, interval: int, max_nonfinite: int = 10, stop
             yield {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}
 
     settings = LoopSettings(epochs=1, total_steps=total_steps, batch=BatchPlan(1, 1, 1, 1.0), log_interval=1,
-                            max_nonfinite_steps=max_nonfinite, flops_per_token=1.0, peak_flops_total=1.0)
+                            max_nonfinite_steps=max_nonfinite, flops_per_token=1.0, peak_flops_total=1.0, seq_len=8)
     checkpointer = Checkpointer(lambda position: saved.append(position.step), interval, saved_step=0)
     try:
         end = run_training(engine, micro_batches_for_epoch, TrainingPosition(), settings, QuietLogger(), checkpointer,

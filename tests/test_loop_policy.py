@@ -9,7 +9,7 @@ from minimind.training.loop import LoopSettings, optimizer_steps
 
 def settings(epochs: int, total_steps: int, batch: BatchPlan) -> LoopSettings:
     return LoopSettings(epochs=epochs, total_steps=total_steps, batch=batch, log_interval=1, max_nonfinite_steps=1,
-                        flops_per_token=1.0, peak_flops_total=1.0)
+                        flops_per_token=1.0, peak_flops_total=1.0, seq_len=8)
 
 
 def run_steps(start: TrainingPosition, loop: LoopSettings, micro_batches_per_epoch: int):

@@ -135,6 +135,21 @@ def test_entry_point_rejects_a_missing_data_file_and_tokenizer(tmp_path, capsys)
     assert status == 2 and "no-tok" in err
 
 
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], (None, 0.01, "default", 50)),  # the CPU demonstration: every 50 steps
+    (["--hidden_size", "64"], (None, 0.01, "default", 1000)),  # the bundled corpus: the save interval
+    (["--sample_prompts", "p.txt"], (None, 0.01, "p.txt", 50)),
+    (["--eval_fraction", "0"], (None, 0, "default", 50)),
+    (["--eval_data_path", "v.jsonl", "--hidden_size", "64", "--save_interval", "7"], ("v.jsonl", None, "default", 7)),
+    (["--data_path", "d.jsonl"], (None, None, None, 50)),  # the user's data: nothing unless asked
+    (["--data_path", "d.jsonl", "--eval_fraction", "0.2", "--eval_interval", "3"], (None, 0.2, None, 3)),
+])
+def test_the_bundled_corpus_is_evaluated_unless_the_flags_say_otherwise(flags, expected):
+    args = parse_args(flags)
+    apply_defaults(args, cpu_only=True)
+    assert (args.eval_data_path, args.eval_fraction, args.sample_prompts, args.eval_interval) == expected
+
+
 def test_cpu_demo_applies_only_without_size_flags():
     args = parse_args([])
     assert apply_defaults(args, cpu_only=True)

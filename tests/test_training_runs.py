@@ -4,42 +4,51 @@ Most tests read the session's ``reference_run`` (2 ranks, ZeRO-2 fp32, micro-bat
 accumulation 2, 40 steps, checkpoints every 10); the others launch the one variation they test.
 """
 
+import json
 import math
 import sys
 
 import pytest
 import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.checkpoint.__main__ import main as checkpoint_main
+from minimind.data.default_corpus import SAMPLE_PROMPTS
 from minimind.model.pth_weights import load_minimind_pth
+from minimind.tokenizer.loader import load_tokenizer
 from tests.launcher import (
     FAULT_INJECTION_ENTRY,
     ONE_RANK_WHOLE_BATCH,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
+    SAMPLE_TOKENS,
     assert_losses_follow,
     assert_weights_file_holds_the_masters,
     config_with_updates,
+    evaluation_flags,
     free_local_port,
     launch,
     module_weights,
+    read_eval_rows,
     read_metrics,
     run_job,
     short_training,
 )
+from tests.model_reference import greedy_full_recompute
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def one_rank(launch_dir, corpus, launch_env_vars):
+def one_rank(launch_dir, corpus, eval_corpus, launch_env_vars):
     """The whole batch in one process started as MiniMind's users start its trainer, with no
-    launcher at all: ``python pretrain_ds.py ...``."""
+    launcher at all: ``python pretrain_ds.py ...``; it evaluates as the reference run does."""
     save_dir = launch_dir / "one_rank"
     port = free_local_port()  # where the single process's group meets (the run picks one itself otherwise)
     result = run_job([sys.executable, "pretrain_ds.py", *ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus),
-                      "--save_dir", str(save_dir)], port, env={**launch_env_vars, "MASTER_PORT": str(port)})
+                      *evaluation_flags(eval_corpus), "--save_dir", str(save_dir)], port,
+                     env={**launch_env_vars, "MASTER_PORT": str(port)})
     assert "launcher: none, a single process (rank 0 of 1)" in result.stdout
     return save_dir
 
@@ -49,6 +58,49 @@ def test_two_ranks_reproduce_one_rank_with_the_whole_batch(reference_run, one_ra
     assert [m["step"] for m in sharded] == list(range(1, REFERENCE_STEPS + 1))
     assert_losses_follow(sharded, single, exact_steps=6, rel=1e-5)
     assert sharded[0]["loss"] == pytest.approx(math.log(6400), rel=0.05)  # near-uniform start
+
+
+def test_validation_is_the_plain_pytorch_loss_on_one_and_two_ranks(reference_run, one_rank, eval_corpus):
+    sharded, single = read_eval_rows(reference_run), read_eval_rows(one_rank)
+    assert [row["step"] for row in sharded] == [row["step"] for row in single] == [10, 20, 30, 40]
+    assert [row["eval_tokens"] for row in sharded] == [row["eval_tokens"] for row in single]
+    for two, one in zip(sharded, single, strict=True):
+        assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+        assert two["val_ppl"] == pytest.approx(math.exp(two["val_loss"]), rel=1e-9)
+    model = final_model(reference_run)
+    tokenizer = load_tokenizer()
+    stream = []
+    for line in eval_corpus.read_text().splitlines():
+        text = json.loads(line)["text"]
+        stream += [tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+    loss_sum, targets = 0.0, 0
+    with torch.no_grad():  # windows of max_seq_len + 1 tokens; the last one shorter (no padding needed)
+        for start in range(0, len(stream), 33):
+            window = torch.tensor(stream[start:start + 33])
+            logits = model(input_ids=window[None, :-1]).logits[0].double()
+            loss_sum += torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").item()
+            targets += len(window) - 1
+    assert sharded[-1]["eval_tokens"] == targets
+    assert sharded[-1]["val_loss"] == pytest.approx(loss_sum / targets, rel=1e-5)
+
+
+def test_samples_are_the_greedy_continuation_of_a_full_recompute_decode(reference_run):
+    rows = [json.loads(line) for line in (reference_run / "samples.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [step for step in (10, 20, 30, 40) for _ in SAMPLE_PROMPTS]
+    model, tokenizer = final_model(reference_run), load_tokenizer()
+    for row, prompt in zip(rows[-len(SAMPLE_PROMPTS):], SAMPLE_PROMPTS, strict=True):
+        ids = [tokenizer.bos_token_id, *tokenizer.encode(prompt, add_special_tokens=False)]
+        new = greedy_full_recompute(model, ids, SAMPLE_TOKENS)
+        if tokenizer.eos_token_id in new:
+            new = new[:new.index(tokenizer.eos_token_id)]
+        assert row["prompt"] == prompt and row["text"] == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def final_model(save_dir) -> MiniMindForCausalLM:
+    """The fp32 model holding the run's last checkpoint's master weights (DeepSpeed's ``zero_to_fp32``)."""
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, kernel_impl="torch"))
+    model.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(save_dir / "checkpoints")), strict=False)
+    return model.eval()
 
 
 def test_a_compiled_model_trains_as_the_eager_one(one_rank, launch_dir, corpus, launch_env_vars):
@@ -62,17 +114,23 @@ def test_a_compiled_model_trains_as_the_eager_one(one_rank, launch_dir, corpus, 
 
 def test_zero3_trains_a_moe_model_as_zero2_does(launch_dir, corpus, launch_env_vars, tmp_path):
     """ZeRO-3 partitions every weight: the fused residual norm and the grouped experts (which stack
-    the experts' weights without calling the experts) still see whole weights."""
-    losses = {}
+    the experts' weights without calling the experts) still see whole weights, and so do the
+    evaluation and the KV-cached sample decode at the end of the run."""
+    save_dirs = {}
     for stage in (2, 3):
         config = config_with_updates("zero3_bf16.json", tmp_path / f"zero{stage}.json",
                                      {"bf16": {"enabled": False}, "zero_optimization": {"stage": stage}})
-        save_dir = launch_dir / f"moe_zero{stage}"
-        launch(2, [*short_training(config, 4), "--use_moe", "1", "--data_path", str(corpus), "--save_dir",
-                   str(save_dir)], env=launch_env_vars)
-        losses[stage] = read_metrics(save_dir)
+        save_dirs[stage] = launch_dir / f"moe_zero{stage}"
+        launch(2, [*short_training(config, 4), "--use_moe", "1", "--data_path", str(corpus), "--eval_fraction",
+                   "0.05", "--sample_prompts", "default", "--sample_tokens", "4", "--save_dir", str(save_dirs[stage])],
+               env=launch_env_vars)
+    losses = {stage: read_metrics(save_dir) for stage, save_dir in save_dirs.items()}
     assert_losses_follow(losses[3], losses[2], exact_steps=4, rel=1e-5)
     assert all(m["aux_loss"] > 0 for m in losses[3])
+    (zero3,), (zero2,) = read_eval_rows(save_dirs[3]), read_eval_rows(save_dirs[2])
+    assert zero3["step"] == 4 and zero3["val_loss"] == pytest.approx(zero2["val_loss"], rel=1e-5)
+    samples = {stage: (save_dir / "samples.jsonl").read_text() for stage, save_dir in save_dirs.items()}
+    assert samples[3] == samples[2] and samples[3].count("\n") == 3
 
 
 def test_torchrun_trains_as_deepspeed_s_launcher_does(reference_run, launch_dir, corpus, launch_env_vars):

@@ -46,6 +46,12 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--ep_size", "0"], "--ep_size: must be at least 1"),
     (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
     (["--max_seq_len", "40000"], "--max_seq_len 40000 exceeds the model's max_position_embeddings 32768"),
+    (["--eval_fraction", "0.7"], "--eval_fraction: must be at most 0.5, got 0.7"),
+    (["--eval_batches", "-1"], "--eval_batches: must be at least 0, got -1"),
+    (["--eval_fraction", "0.1", "--eval_data_path", "eval.jsonl"],
+     "--eval_data_path and --eval_fraction both name a validation set; pass one"),
+    (["--eval_data_path", "/no/such/eval.jsonl"], "/no/such/eval.jsonl"),
+    (["--sample_prompts", "/no/such/prompts.txt"], "--sample_prompts /no/such/prompts.txt: cannot read it"),
 ])
 def test_bad_flags_are_one_line_before_the_process_group(flags, named, tmp_path, capsys):
     status, err = run_main(["--save_dir", str(tmp_path), *flags], capsys)

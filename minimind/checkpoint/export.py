@@ -13,6 +13,8 @@ fused expert tensors and router are renamed to MiniMind's per-expert keys by
 
 import contextlib
 import io
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from minimind.errors import first_line
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import PRECISION_DTYPES
 from minimind.model.pth_weights import minimind_weights_name, save_minimind_state, state_dict_mismatch
-from minimind.tokenizer.loader import load_tokenizer
+from minimind.tokenizer.loader import load_tokenizer, tokenizer_folder
 
 TIED_KEY, TIED_SOURCE = "lm_head.weight", "model.embed_tokens.weight"
 
@@ -109,7 +111,8 @@ def export_hf(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype,
     """A folder ``AutoModelForCausalLM.from_pretrained(destination, trust_remote_code=True)`` loads.
 
     Holds config.json (``auto_map`` to the bundled ``modeling_minimind.py``), model.safetensors,
-    generation_config.json and the tokenizer files; the model runs the PyTorch reference kernels.
+    generation_config.json and the tokenizer files (``export_tokenizer``); the model runs the
+    PyTorch reference kernels.
     """
     destination.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -126,8 +129,28 @@ def export_hf(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype,
     GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=0
     ).save_pretrained(destination)
-    load_tokenizer(tokenizer_path).save_pretrained(destination)
+    export_tokenizer(tokenizer_path, destination)
     return destination
+
+
+def export_tokenizer(tokenizer_path: str | None, destination: Path) -> None:
+    """Copy the run's tokenizer files (validated by ``load_tokenizer``) into ``destination``, padding on the left.
+
+    Copied, not re-saved: transformers' ``save_pretrained`` writes its load-time options
+    (``is_local``, ``local_files_only``) into tokenizer_config.json. Left padding makes ``generate``
+    on a padded batch of prompts continue each prompt from its own last token.
+    """
+    load_tokenizer(tokenizer_path)
+    source = tokenizer_folder(tokenizer_path)
+    # transformers 5 keeps a chat template apart; a user's tokenizer may carry the older side files
+    for name in ("tokenizer.json", "chat_template.jinja", "special_tokens_map.json", "added_tokens.json"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, destination / name)
+    config = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["padding_side"] = "left"
+    (destination / "tokenizer_config.json").write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 def export_checkpoint(source: CheckpointLocation, destination: str | Path, fmt: str = "hf",

@@ -2,11 +2,13 @@
 
 The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a JSON Lines file once;
 ``PackedWindows`` (or ``PaddedDocuments``) turns the cache into samples;
+``split_documents`` and ``DocumentStream`` hold documents out for validation;
 ``RankInvariantSampler`` deals them to ranks; ``make_data_loader`` batches them.
 """
 
 from minimind.data.cache_root import cache_root
 from minimind.data.default_corpus import build_corpus, default_corpus_path
+from minimind.data.held_out import DocumentSplit, DocumentStream, split_documents
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts, validate_jsonl
 from minimind.data.loader import make_data_loader
 from minimind.data.sampler import RankInvariantSampler, check_fills_one_global_batch
@@ -15,6 +17,8 @@ from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments, 
 
 __all__ = [
     "DataError",
+    "DocumentSplit",
+    "DocumentStream",
     "IGNORE_INDEX",
     "JsonlTextReader",
     "PackedWindows",
@@ -30,6 +34,7 @@ __all__ = [
     "cache_root",
     "default_corpus_path",
     "make_data_loader",
+    "split_documents",
     "token_cache_location",
     "validate_jsonl",
 ]

@@ -34,6 +34,8 @@ MIN_CHARS = 200
 MAX_CHARS = 1500
 SKIPPED_DIRS = frozenset({"__pycache__", "site-packages", "dist-packages", "test", "tests", "testing",
                           "idle_test"})
+# Openings in the corpus's own register (API documentation), for the samples a run generates as it trains.
+SAMPLE_PROMPTS = ("Return the number of", "This function is used to", "If the input tensor is")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 _DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 _STATEMENT_LISTS = ("body", "orelse", "finalbody", "handlers", "cases")

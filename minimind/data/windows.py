@@ -27,7 +27,8 @@ class PackedWindows(Dataset):
     """
 
     def __init__(self, tokens: np.ndarray, max_seq_len: int, *, pad_id: int = PAD_ID):
-        """``tokens``: (num_tokens,) integer array, e.g. ``TokenCache.tokens``."""
+        """``tokens``: (num_tokens,) integer array, e.g. ``TokenCache.tokens``, or anything sliced like
+        one (a ``DocumentStream`` of some documents)."""
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be positive, got {max_seq_len}")
         self.tokens = tokens
@@ -57,24 +58,28 @@ class PaddedDocuments(Dataset):
     documents waste most of each row on padding; ``PackedWindows`` avoids that.
     """
 
-    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, max_seq_len: int, *, pad_id: int = PAD_ID):
-        """``tokens``: (num_tokens,) integers; ``offsets``: (num_documents + 1,) document starts."""
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, max_seq_len: int, *, pad_id: int = PAD_ID,
+                 documents: np.ndarray | None = None):
+        """``tokens``: (num_tokens,) integers; ``offsets``: (num_documents + 1,) document starts;
+        ``documents``: the indices of the documents to serve, in order (default: all)."""
         if max_seq_len < 2:
             raise ValueError(f"max_seq_len must be at least 2 (bos and eos), got {max_seq_len}")
         self.tokens = tokens
         self.offsets = offsets
+        self.documents = np.arange(len(offsets) - 1) if documents is None else documents
         self.max_seq_len = max_seq_len
         self.pad_id = pad_id
-        kept_lengths = np.minimum(np.diff(offsets), max_seq_len + 1)
+        kept_lengths = np.minimum(offsets[self.documents + 1] - offsets[self.documents], max_seq_len + 1)
         self.num_label_tokens = int(kept_lengths.sum()) - len(kept_lengths)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.documents)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"document {index} out of range for {len(self)} documents")
-        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        document_index = int(self.documents[index])
+        start, end = int(self.offsets[document_index]), int(self.offsets[document_index + 1])
         document = self.tokens[start:end]
         if len(document) > self.max_seq_len + 1:
             document = np.concatenate([document[:self.max_seq_len], document[-1:]])

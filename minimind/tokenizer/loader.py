@@ -32,13 +32,18 @@ class TokenizerLayoutError(UserInputError):
         super().__init__(f"{folder}: {reason}")
 
 
+def tokenizer_folder(path: str | Path | None = None) -> Path:
+    """The tokenizer folder ``path`` names (None: the shipped default)."""
+    return DEFAULT_TOKENIZER_DIR if path is None else Path(path)
+
+
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
     """Load and validate a tokenizer folder (None: the shipped default) as a transformers fast tokenizer.
 
     Raises TokenizerLayoutError when the folder is missing, lacks the tokenizer files, or does
     not hold the three special tokens at ids 0/1/2 with the pad/bos/eos roles.
     """
-    folder = DEFAULT_TOKENIZER_DIR if path is None else Path(path)
+    folder = tokenizer_folder(path)
     if not folder.is_dir():
         raise TokenizerLayoutError(folder, "tokenizer folder not found")
     for name in TOKENIZER_FILES:

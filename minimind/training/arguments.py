@@ -12,6 +12,7 @@ import deepspeed
 
 from kernels import IMPLEMENTATIONS
 from minimind.checkpoint.manifest import VERIFY_MODES
+from minimind.errors import ConfigError
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
 from minimind.model.config import MiniMindConfig
 from minimind.model.presets import PRESETS, preset_config_kwargs
@@ -41,12 +42,16 @@ CPU_DEMO = {
     "accumulation_steps": 1,
     "learning_rate": 3e-3,
     "max_steps": 200,
-    "log_interval": 20,
+    "log_interval": 10,
     "save_interval": 100,
+    "eval_interval": 50,
 }
 CPU_DEMO_TRIGGERS = ("preset", "hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
                      "learning_rate", "max_steps")
 
+
+# What a run on the bundled corpus evaluates when no evaluation flag is given.
+BUNDLED_CORPUS_EVALUATION = {"eval_fraction": 0.01, "sample_prompts": "default"}
 
 # Longest wait a timeout flag accepts: beyond it torch's timedelta overflows, and no job waits a month.
 MAX_TIMEOUT_S = 30 * 24 * 3600
@@ -80,6 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max_seq_len", type=number_at_least(2), default=None, help="tokens per sample (MiniMind: 340)")
     data.add_argument("--packing", type=int, choices=(0, 1), default=1, help="1: pack documents; 0: pad each")
     data.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSON lines, counted")
+
+    evaluation = parser.add_argument_group("evaluation (default: off, but on for the bundled corpus)")
+    evaluation.add_argument("--eval_data_path", default=None,
+                            help="JSON Lines validation file, cut into packed windows like the training data")
+    evaluation.add_argument("--eval_fraction", type=number_at_least(0, float, maximum=0.5), default=None,
+                            help="hold this share of the training file's documents out of training and validate "
+                                 f"on it (the same documents on any number of ranks; bundled corpus: "
+                                 f"{BUNDLED_CORPUS_EVALUATION['eval_fraction']})")
+    evaluation.add_argument("--eval_interval", type=POSITIVE, default=None,
+                            help="optimizer steps between evaluations (default: --save_interval); one more at the end")
+    evaluation.add_argument("--eval_batches", type=number_at_least(0), default=0,
+                            help="micro-batches per rank per evaluation; 0: the whole eval set")
+    evaluation.add_argument("--sample_prompts", default=None,
+                            help="file of prompts (one a line) continued greedily at each evaluation into "
+                                 "samples.jsonl; 'default': a few in the bundled corpus's style; 'none': no samples "
+                                 "(bundled corpus: default)")
+    evaluation.add_argument("--sample_tokens", type=POSITIVE, default=32, help="new tokens per sample")
 
     optim = parser.add_argument_group("optimisation (unset: taken from the DeepSpeed JSON)")
     optim.add_argument("--batch_size", type=POSITIVE, default=None, help="micro-batch per rank")
@@ -155,7 +177,23 @@ def apply_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
     for name, value in MINIMIND_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    apply_evaluation_defaults(args)
     return demo
+
+
+def apply_evaluation_defaults(args: argparse.Namespace) -> None:
+    """A run on the bundled corpus holds ``BUNDLED_CORPUS_EVALUATION``'s share out unless it names a validation
+    set, and writes samples of the default prompts unless it names prompts; ``--eval_interval`` defaults to
+    ``--save_interval``. ``--eval_data_path`` with ``--eval_fraction`` is a ``ConfigError``."""
+    if args.eval_data_path is not None and args.eval_fraction:
+        raise ConfigError("--eval_data_path and --eval_fraction both name a validation set; pass one")
+    if args.data_path is None:
+        if args.eval_data_path is None and args.eval_fraction is None:
+            args.eval_fraction = BUNDLED_CORPUS_EVALUATION["eval_fraction"]
+        if args.sample_prompts is None:
+            args.sample_prompts = BUNDLED_CORPUS_EVALUATION["sample_prompts"]
+    if args.eval_interval is None:
+        args.eval_interval = args.save_interval
 
 
 def choose_cpu_ds_config(args: argparse.Namespace) -> str:

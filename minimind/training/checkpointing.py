@@ -26,16 +26,20 @@ from minimind.training.world import global_rank, world_size
 
 @dataclass
 class TrainingPosition:
-    """Where training stands: the optimizer step done and the next sample of the epoch."""
+    """Where training stands: the optimizer step done, the next sample of the epoch, the input tokens
+    trained on since the start, and the last step evaluated."""
 
     epoch: int = 0
     step: int = 0
     sample_in_epoch: int = 0
+    tokens_seen: int = 0
+    evaluated_step: int = 0
 
-    def advance(self, global_batch: int) -> None:
-        """One optimizer step over ``global_batch`` samples is done."""
+    def advance(self, global_batch: int, tokens_per_sample: int = 0) -> None:
+        """One optimizer step over ``global_batch`` samples of ``tokens_per_sample`` tokens is done."""
         self.step += 1
         self.sample_in_epoch += global_batch
+        self.tokens_seen += global_batch * tokens_per_sample
 
     def begin_epoch(self, epoch: int) -> None:
         """Move to the start of ``epoch`` (unless already in it: a resume mid-epoch keeps its place)."""

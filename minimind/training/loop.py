@@ -17,6 +17,7 @@ from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.collectives import all_reduce
 from minimind.training.ds_config import BatchPlan
+from minimind.training.evaluator import Evaluator
 from minimind.training.host_copy import copy_to_host_later
 from minimind.training.metrics import MetricsLogger, StepMetrics, ThroughputMeter
 from minimind.training.rank_print import print0
@@ -111,6 +112,7 @@ class LoopSettings:
     max_nonfinite_steps: int
     flops_per_token: float
     peak_flops_total: float
+    seq_len: int  # tokens per sample, counted into the tokens seen
 
 
 def optimizer_steps(
@@ -140,11 +142,14 @@ def run_training(
     checkpointer: Checkpointer,
     device: torch.device,
     stop_request: StopRequest | None = None,
+    evaluator: Evaluator | None = None,
 ) -> TrainingPosition:
     """Train from ``start`` to ``settings.total_steps``; returns where training ended.
 
     ``micro_batches_for_epoch(epoch, start_sample)`` yields this rank's micro-batches of an
-    epoch from a global sample index; ``checkpointer`` saves on its interval and where the loop ends.
+    epoch from a global sample index; ``checkpointer`` saves on its interval and where the loop ends;
+    ``evaluator`` (if any) evaluates on its interval and where a finished run ends, before the save of
+    the same step, so that the checkpoint records the evaluation.
 
     A step whose gradients are not finite is skipped by the engine on every rank (fp16: the
     loss scaler; bf16/fp32: DeepSpeed's gradient-overflow check), leaving the weights as they
@@ -161,7 +166,7 @@ def run_training(
         lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
         skipped_before = engine.skipped_steps
         result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
-        position.advance(settings.batch.global_batch)
+        position.advance(settings.batch.global_batch, settings.seq_len)
         meter.count(result.target_count)
         logger.advance()
         if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
@@ -170,7 +175,13 @@ def run_training(
         stopped_by_signal = result.stop
         if stopped_by_signal or nonfinite_in_a_row >= settings.max_nonfinite_steps:
             break
-        checkpointer.after_step(position)
+        with meter.paused():  # tokens/s is training's alone
+            if evaluator is not None:
+                evaluator.after_step(position)
+            checkpointer.after_step(position)
+    finished = not stopped_by_signal and nonfinite_in_a_row < settings.max_nonfinite_steps
+    if evaluator is not None and finished:
+        evaluator.close(position)
     checkpointer.close(position)
     if nonfinite_in_a_row >= settings.max_nonfinite_steps:
         raise NonFiniteStepsError(
@@ -196,6 +207,7 @@ def step_metrics(engine, position, settings, result, lr, tokens_per_s, seconds_p
         lr=lr,
         grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
         tokens_per_s=tokens_per_s,
+        tokens_seen=position.tokens_seen,
         mfu=settings.flops_per_token * tokens_per_s / settings.peak_flops_total,
         loss_scale=float(scaler) if scaler is not None else None,
         skipped_steps=int(engine.skipped_steps),

@@ -3,11 +3,13 @@
 Everything here runs on global rank 0 only; other ranks get a logger that does nothing.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +17,10 @@ import torch
 from tqdm import tqdm
 
 from minimind.errors import MissingDependencyError
+from minimind.training.checkpointing import TrainingPosition
+from minimind.training.evaluation import EvalResult
 from minimind.training.rank_print import print0
+from minimind.training.run_files import METRICS_FILE, SAMPLES_FILE
 from minimind.training.world import global_rank
 
 
@@ -31,6 +36,7 @@ class StepMetrics:
     lr: float
     grad_norm: float
     tokens_per_s: float
+    tokens_seen: int  # input tokens trained on since the start (samples x tokens per sample)
     mfu: float
     loss_scale: float | None
     skipped_steps: int
@@ -40,7 +46,9 @@ class StepMetrics:
 class ThroughputMeter:
     """Target tokens per second over each log window, and wall seconds per step since the start.
 
-    Counts may be accelerator tensors: they are added up there and read once per window.
+    Counts may be accelerator tensors: they are added up there and read once per window. Time spent
+    ``paused()`` (evaluations, checkpoint saves) is left out of the window's tokens per second, not
+    out of the seconds per step an ETA is made of.
     """
 
     def __init__(self, start_step: int):
@@ -51,6 +59,15 @@ class ThroughputMeter:
     def count(self, tokens: int | torch.Tensor) -> None:
         """Add one step's target tokens (a number, or a tensor not read until ``read``) to the current window."""
         self.window_tokens += tokens
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time inside the ``with`` block out of the current window."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_start += time.perf_counter() - start
 
     def read(self, step: int) -> tuple[float, float]:
         """``(tokens per second in the window, seconds per step so far)`` at ``step``; starts a new window."""
@@ -72,12 +89,13 @@ class MetricsLogger:
         """``monitor``: the engine's DeepSpeed ``MonitorMaster`` (TensorBoard/CSV/... from the JSON)."""
         self.enabled = global_rank() == 0
         self.monitor = monitor if monitor is not None and monitor.enabled else None
-        self.path = Path(save_dir) / "metrics.jsonl"
+        self.path = Path(save_dir) / METRICS_FILE
+        self.samples_path = Path(save_dir) / SAMPLES_FILE
         self.wandb_run = None
         self.wandb_run_id = wandb_run_id
         self.progress = None
         if self.enabled and use_wandb:
-            self.wandb_run = start_wandb(wandb_project, wandb_run_id, run_config)
+            self.wandb_run = start_wandb(wandb_project, wandb_run_id, run_config, Path(save_dir))
             self.wandb_run_id = self.wandb_run.id
 
     def start_progress(self, total_steps: int, steps_done: int) -> None:
@@ -96,20 +114,48 @@ class MetricsLogger:
             return
         scale = f" scale {metrics.loss_scale:g}" if metrics.loss_scale is not None else ""
         skipped = f" skipped {metrics.skipped_steps}" if metrics.skipped_steps else ""
-        (self.progress.write if self.progress is not None else print0)(
+        self.write_line(
             f"epoch {metrics.epoch} step {metrics.step}/{metrics.total_steps} loss {metrics.loss:.4f} "
             f"aux {metrics.aux_loss:.4f} lr {metrics.lr:.3e} grad_norm {metrics.grad_norm:.3f}{scale}{skipped} "
             f"tokens/s {metrics.tokens_per_s:,.0f} mfu {metrics.mfu:.1%} eta {format_seconds(metrics.eta_s)}"
         )
         record = asdict(metrics)
         record["time"] = time.time()
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_json_lines(self.path, [record])
         numbers = {k: v for k, v in record.items() if v is not None and k not in ("step", "total_steps", "time")}
+        self.publish("Train", numbers, metrics.step)
+
+    def log_eval(self, position: TrainingPosition, result: EvalResult) -> None:
+        """Report one evaluation (``EvalResult``) at ``position``: a line, a ``metrics.jsonl`` row, wandb, monitors."""
+        if not self.enabled:
+            return
+        self.write_line(f"step {position.step}: val_loss {result.val_loss:.4f} val_ppl {result.val_ppl:.2f} "
+                        f"over {result.eval_tokens:,} eval tokens")
+        numbers = {"val_loss": result.val_loss, "val_ppl": result.val_ppl, "eval_tokens": result.eval_tokens}
+        append_json_lines(self.path, [{"step": position.step, **numbers, "tokens_seen": position.tokens_seen,
+                                       "time": time.time()}])
+        self.publish("Eval", numbers, position.step)
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """Append ``{"step", "prompt", "text"}`` per sample to ``samples.jsonl`` (and a wandb table)."""
+        if not self.enabled:
+            return
+        append_json_lines(self.samples_path, [{"step": step, **row} for row in rows])
         if self.wandb_run is not None:
-            self.wandb_run.log(numbers, step=metrics.step)
+            import wandb  # present: the run started
+            table = wandb.Table(columns=["step", "prompt", "text"], data=[[step, r["prompt"], r["text"]] for r in rows])
+            self.wandb_run.log({"samples": table}, step=step)
+
+    def write_line(self, line: str) -> None:
+        """One log line, above the progress bar when there is one."""
+        (self.progress.write if self.progress is not None else print0)(line)
+
+    def publish(self, section: str, numbers: dict, step: int) -> None:
+        """``numbers`` to wandb (under their names) and to DeepSpeed's monitors (as ``{section}/{name}``)."""
+        if self.wandb_run is not None:
+            self.wandb_run.log(numbers, step=step)
         if self.monitor is not None:
-            self.monitor.write_events([(f"Train/{name}", value, metrics.step) for name, value in numbers.items()])
+            self.monitor.write_events([(f"{section}/{name}", value, step) for name, value in numbers.items()])
 
     def close(self) -> None:
         """Close the progress bar and finish the wandb run, if any."""
@@ -119,18 +165,24 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
+def append_json_lines(path: Path, records: list[dict]) -> None:
+    """Append one JSON object a line to ``path``."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
+
+
 def check_wandb_installed() -> None:
     """Raise ``MissingDependencyError`` when ``--use_wandb`` cannot work: wandb is not installed."""
     if importlib.util.find_spec("wandb") is None:
         raise MissingDependencyError("--use_wandb needs the wandb package: pip install wandb")
 
 
-def start_wandb(project: str, run_id: str | None, run_config: dict):
-    """Start (or resume, by id) a wandb run; offline when no login is configured."""
-    import wandb  # an optional dependency, checked at start-up by check_wandb_installed
+def start_wandb(project: str, run_id: str | None, run_config: dict, save_dir: Path):
+    """Start (or resume, by id) a wandb run writing under ``save_dir``; offline when no login is configured."""
+    import wandb  # checked at start-up by check_wandb_installed
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         os.environ["WANDB_MODE"] = "offline"
-    return wandb.init(project=project, id=run_id, resume="allow", config=run_config)
+    return wandb.init(project=project, id=run_id, resume="allow", config=run_config, dir=save_dir)
 
 
 def format_seconds(seconds: float) -> str:

@@ -17,14 +17,19 @@ from torch.utils.data import Dataset
 
 import kernels
 from minimind.data import (
+    DataError,
+    DocumentSplit,
+    DocumentStream,
     PackedWindows,
     PaddedDocuments,
     RankInvariantSampler,
     RepeatedSamples,
+    TokenCacheLocation,
     build_or_load_token_cache,
     check_fills_one_global_batch,
     default_corpus_path,
     make_data_loader,
+    split_documents,
     token_cache_location,
     validate_jsonl,
 )
@@ -38,10 +43,12 @@ from minimind.training.checkpointer import Checkpointer
 from minimind.training.checkpointing import (
     TrainingPosition,
 )
-from minimind.training.collectives import accelerator_device, barrier, broadcast_object
+from minimind.training.collectives import accelerator_device, barrier, broadcast_object, participants
 from minimind.training.corpus_fit import fit_batch_to_corpus
 from minimind.training.cpu_host import set_cpu_threads
 from minimind.training.ds_config import resolve_ds_config
+from minimind.training.evaluation import eval_batch_count
+from minimind.training.evaluator import EvalSettings, Evaluator
 from minimind.training.expert_parallel import (
     install_aux_loss,
     resolve_expert_parallel,
@@ -54,7 +61,10 @@ from minimind.training.process_group import init_process_group, local_device_ind
 from minimind.training.rank_print import print0
 from minimind.training.resume import resume_request
 from minimind.training.resume_run import resume_state, with_resume
+from minimind.training.run_files import METRICS_FILE, SAMPLES_FILE
 from minimind.training.run_inputs import RunInputs, TrainingData, weights_name
+from minimind.training.run_settings import run_settings, write_run_settings
+from minimind.training.samples import SampleGenerator, read_sample_prompts
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
@@ -66,14 +76,15 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     inputs = check_inputs(args)
     # The token cache is built before the process group exists: the ranks that need it wait on
     # a file lock, never in a collective that a long tokenization would outlast.
-    samples = load_samples(args, inputs)
+    samples, eval_windows = load_samples(args, inputs)
     inputs, samples, fit_note = fit_samples(inputs, samples)
     announce(args, inputs, launched_world(), fit_note)
+    announce_evaluation(args, inputs, eval_windows)
     start_process_group(args, inputs)
     inputs = follow_rank_zero_precision(inputs)
     save_dir_lock = claim_save_dir(inputs.save_dir, overwrite=args.overwrite)
     try:
-        position = train(args, with_resume(args, inputs), samples)
+        position = train(args, with_resume(args, inputs), samples, eval_windows)
     finally:
         save_dir_lock.release()
     # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
@@ -83,12 +94,15 @@ def pretrain(args: argparse.Namespace) -> TrainingPosition:
     return position
 
 
-def train(args: argparse.Namespace, inputs: RunInputs, samples: Dataset) -> TrainingPosition:
-    """Build the data, the engine and the logger, resume if asked, and run the loop; returns where it stopped."""
+def train(args: argparse.Namespace, inputs: RunInputs, samples: Dataset,
+          eval_windows: PackedWindows | None) -> TrainingPosition:
+    """Build the data, the engine, the logger and the evaluator, resume if asked, and run the loop; returns
+    where it stopped."""
     data = training_data(args, inputs, samples)
     engine, n_params = build_engine(args, inputs, data.total_steps)
     device = accelerator_device()
     position, wandb_run_id = resume_state(args, engine, inputs, data)
+    write_run_settings(inputs.save_dir, run_settings(args, inputs, n_params, position, data.total_steps))
     logger = MetricsLogger(inputs.save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args),
                            engine.monitor)
     checkpointer = Checkpointer(checkpoint_writer(args, inputs, engine, logger.wandb_run_id, data.total_steps),
@@ -102,21 +116,49 @@ def train(args: argparse.Namespace, inputs: RunInputs, samples: Dataset) -> Trai
         flops_per_token=model_flops_per_token(inputs.model_config, n_params, args.max_seq_len),
         peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config), tf32=tf32_enabled())
         * inputs.batch.data_parallel,
+        seq_len=args.max_seq_len,
     )
+    rank, world = participants()
+    evaluator = Evaluator(engine, eval_settings(args, inputs, engine, eval_windows, device), logger, rank, world)
 
     def micro_batches_for_epoch(epoch: int, start_sample: int):
         data.sampler.set_epoch(epoch, start_sample)
         return iter(data.loader)
 
     position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpointer, device,
-                            StopRequest().install())
+                            StopRequest().install(), evaluator)
     logger.close()
     print0(
         f"done at step {position.step}: checkpoints in {inputs.save_dir / 'checkpoints'} (resume with "
         f"--from_resume 1), MiniMind weights in {inputs.save_dir / weights_name(args)}, "
-        f"metrics in {inputs.save_dir / 'metrics.jsonl'}"
+        f"metrics in {inputs.save_dir / METRICS_FILE}"
     )
+    print0(f"plots and a summary of the run: python -m minimind.report {inputs.save_dir}")
     return position
+
+
+def eval_settings(args: argparse.Namespace, inputs: RunInputs, engine, eval_windows: PackedWindows | None,
+                  device: torch.device) -> EvalSettings:
+    """What each evaluation runs: the eval windows and the sample prompts (either may be absent)."""
+    samples = (SampleGenerator(engine, inputs.tokenizer, list(inputs.sample_prompts), args.sample_tokens, device)
+               if inputs.sample_prompts else None)
+    return EvalSettings(windows=eval_windows, samples=samples, interval=args.eval_interval,
+                        micro_batch=inputs.batch.micro_batch, max_batches=args.eval_batches,
+                        pad_id=inputs.tokenizer.pad_token_id, device=device)
+
+
+def announce_evaluation(args: argparse.Namespace, inputs: RunInputs, eval_windows: PackedWindows | None) -> None:
+    """Rank 0 states what each evaluation runs over, and how often."""
+    if eval_windows is not None:
+        source = (f"{args.eval_fraction:g} of the documents held out of training" if args.eval_fraction
+                  else args.eval_data_path)
+        batches = eval_batch_count(len(eval_windows), inputs.batch.micro_batch, inputs.batch.data_parallel,
+                                   args.eval_batches)
+        print0(f"evaluation: {len(eval_windows)} windows ({eval_windows.num_label_tokens:,} target tokens) from "
+               f"{source}, {batches} micro-batches per rank every {args.eval_interval} steps and at the end")
+    if inputs.sample_prompts:
+        print0(f"samples: {len(inputs.sample_prompts)} prompts continued by {args.sample_tokens} tokens at each "
+               f"evaluation, into {inputs.save_dir / SAMPLES_FILE}")
 
 
 def check_inputs(args: argparse.Namespace) -> RunInputs:
@@ -151,19 +193,28 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     if args.use_wandb:
         check_wandb_installed()
     data_path = Path(args.data_path) if args.data_path else None
-    # Every rank checks the whole file here, so that all reject bad data together before the
-    # process group starts; a file whose token cache exists was checked when it was built.
-    cache_location = None
-    if data_path is not None:
-        cache_location = token_cache_location(data_path, tokenizer, skip_bad_lines=args.skip_bad_lines)
-        if not cache_location.built:
-            validate_jsonl(data_path, skip_bad_lines=args.skip_bad_lines)
+    cache_location = checked_cache_location(data_path, tokenizer, args.skip_bad_lines) if data_path else None
+    eval_cache_location = (checked_cache_location(Path(args.eval_data_path), tokenizer, args.skip_bad_lines)
+                           if args.eval_data_path else None)
+    sample_prompts = tuple(read_sample_prompts(args.sample_prompts, tokenizer, model_config.max_position_embeddings)
+                           if args.sample_prompts else ())
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
     inputs = RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
                        resume_request(args, save_dir), ep_size,
                        fit_batch_to_corpus=data_path is None and (demo or not batch_chosen), host_notes=host_notes,
-                       precision_timed=precision_timed)
+                       precision_timed=precision_timed, eval_cache_location=eval_cache_location,
+                       sample_prompts=sample_prompts)
     return with_resume(args, inputs)
+
+
+def checked_cache_location(path: Path, tokenizer, skip_bad_lines: bool) -> TokenCacheLocation:
+    """The token cache location of the JSON Lines file ``path``. Every rank reads a file with no cache yet
+    whole here, so that all reject bad data together (a one-line ``DataError``) before the process group
+    starts; a file whose token cache exists was checked when it was built."""
+    location = token_cache_location(path, tokenizer, skip_bad_lines=skip_bad_lines)
+    if not location.built:
+        validate_jsonl(path, skip_bad_lines=skip_bad_lines)
+    return location
 
 
 def check_kernels_run_on(impl: str, device: torch.device) -> None:
@@ -227,17 +278,37 @@ def announce(args: argparse.Namespace, inputs: RunInputs, world: LaunchedWorld, 
     )
 
 
-def load_samples(args: argparse.Namespace, inputs: RunInputs) -> Dataset:
-    """The token cache (one process per node, or per shared cache folder, builds it; the others wait
-    on its file) cut into samples: packed windows or padded documents."""
+def load_samples(args: argparse.Namespace, inputs: RunInputs) -> tuple[Dataset, PackedWindows | None]:
+    """The token caches (one process per node, or per shared cache folder, builds each; the others wait on
+    its file) cut into training samples (packed windows or padded documents) and the eval windows, if any:
+    ``--eval_data_path``'s file, or the documents ``--eval_fraction`` holds out of the training file."""
     tokenizer = inputs.tokenizer
     token_cache = build_or_load_token_cache(
         inputs.data_path or default_corpus_path(log=print0), tokenizer, skip_bad_lines=args.skip_bad_lines,
         log=print0, location=inputs.cache_location,
     )
-    if args.packing:
-        return PackedWindows(token_cache.tokens, args.max_seq_len, pad_id=tokenizer.pad_token_id)
-    return PaddedDocuments(token_cache.tokens, token_cache.offsets, args.max_seq_len, pad_id=tokenizer.pad_token_id)
+    tokens, offsets, pad_id = token_cache.tokens, token_cache.offsets, tokenizer.pad_token_id
+    documents, eval_windows = None, None
+    if args.eval_fraction:
+        split = split_held_out(len(offsets) - 1, args.eval_fraction, inputs.data_path)
+        documents = split.train
+        eval_windows = PackedWindows(DocumentStream(tokens, offsets, split.held_out), args.max_seq_len, pad_id=pad_id)
+    elif args.eval_data_path:
+        eval_cache = build_or_load_token_cache(args.eval_data_path, tokenizer, skip_bad_lines=args.skip_bad_lines,
+                                               log=print0, location=inputs.eval_cache_location)
+        eval_windows = PackedWindows(eval_cache.tokens, args.max_seq_len, pad_id=pad_id)
+    if not args.packing:
+        return PaddedDocuments(tokens, offsets, args.max_seq_len, pad_id=pad_id, documents=documents), eval_windows
+    stream = tokens if documents is None else DocumentStream(tokens, offsets, documents)
+    return PackedWindows(stream, args.max_seq_len, pad_id=pad_id), eval_windows
+
+
+def split_held_out(num_documents: int, fraction: float, data_path: Path | None) -> DocumentSplit:
+    """``split_documents``, its refusal (too few documents) as a one-line ``DataError`` naming the file."""
+    try:
+        return split_documents(num_documents, fraction)
+    except ValueError as error:
+        raise DataError(f"--eval_fraction: {data_path or 'the bundled corpus'}: {error}") from None
 
 
 def fit_samples(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset, str | None]:

@@ -33,9 +33,14 @@ class RunIdentity:
                 "data": self.data}
 
 
-def data_identity(source: str, content_digest: str | None, packing: bool, max_seq_len: int) -> dict:
-    """The data a run trains on: the file (or the bundled corpus), its content digest, and the sample cut."""
-    return {"source": source, "content": content_digest, "packing": packing, "max_seq_len": max_seq_len}
+def data_identity(source: str, content_digest: str | None, packing: bool, max_seq_len: int,
+                  held_out_fraction: float | None = None) -> dict:
+    """The data a run trains on: the file (or the bundled corpus), its content digest, the sample cut and
+    the share of documents held out for validation (recorded only when some are)."""
+    identity = {"source": source, "content": content_digest, "packing": packing, "max_seq_len": max_seq_len}
+    if held_out_fraction:
+        identity["held_out_fraction"] = held_out_fraction
+    return identity
 
 
 def check_resume_fits(location: CheckpointLocation, client_state: dict, run: RunIdentity) -> None:
@@ -62,7 +67,7 @@ def data_position_applies(client_state: dict, run: RunIdentity) -> bool:
     saved = client_state.get("data")
     if saved is None or saved == run.data:
         return True
-    changed = [key for key in run.data if saved.get(key) != run.data[key]]
+    changed = [key for key in {**saved, **run.data} if saved.get(key) != run.data.get(key)]
     print0(f"warning: the data differs from the checkpoint's ({', '.join(changed)}: {saved.get('source')} -> "
            f"{run.data['source']}); the data position restarts at the start of epoch "
            f"{(client_state.get('position') or {}).get('epoch', 0)}")

@@ -66,6 +66,8 @@ def resume_state(args: argparse.Namespace, engine, inputs: RunInputs,
     with checkpoint_loading(trusted=args.trust_checkpoint):
         client_state = load_training_state(engine, inputs.resume.root, inputs.resume.tag)
     position = TrainingPosition.from_client_state(client_state["position"])
+    if "tokens_seen" not in client_state["position"]:  # a checkpoint from before tokens were counted
+        position.tokens_seen = position.step * inputs.batch.global_batch * args.max_seq_len
     if not data_position_applies(client_state, inputs.identity(args)):
         position.sample_in_epoch = 0
     moved = position.align(inputs.batch.micro_batch * inputs.batch.data_parallel, data.sampler.samples_per_epoch)

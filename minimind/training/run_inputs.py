@@ -36,13 +36,15 @@ class RunInputs:
     resume: CheckpointLocation | None = None  # the verified tag, once the process group has chosen it
     host_notes: tuple[str, ...] = ()  # CPU threads and precision, said in the run's first lines
     precision_timed: bool = False  # the precision was chosen by timing this rank's processor
+    eval_cache_location: TokenCacheLocation | None = None  # of --eval_data_path
+    sample_prompts: tuple[str, ...] = ()  # continued at each evaluation (none: no samples)
 
     def identity(self, args: argparse.Namespace) -> RunIdentity:
         """What a checkpoint of this run records, and a resumed checkpoint must share."""
         digest = self.cache_location.key_inputs["source"]["blake2b"] if self.cache_location else None
         source = self.data_path.name if self.data_path else "the bundled corpus"
         return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
-                           data_identity(source, digest, bool(args.packing), args.max_seq_len))
+                           data_identity(source, digest, bool(args.packing), args.max_seq_len, args.eval_fraction))
 
 
 @dataclass

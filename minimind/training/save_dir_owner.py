@@ -22,6 +22,7 @@ from minimind.checkpoint.locate import latest_tag, step_tags
 from minimind.errors import ConfigError
 from minimind.training.collectives import barrier, broadcast_object
 from minimind.training.rank_print import print0
+from minimind.training.run_files import RUN_RECORDS
 from minimind.training.world import global_rank
 
 LOCK_NAME = ".run.lock"
@@ -55,7 +56,7 @@ class SaveDirLock:
 def claim_save_dir(save_dir: Path, overwrite: bool) -> SaveDirLock:
     """Take ``save_dir`` for this run on every rank together, or raise the same ``ConfigError`` on
     all of them when another run holds it; with ``overwrite``, then remove the earlier run's
-    checkpoints and metrics. Collective."""
+    checkpoints and records (``RUN_RECORDS``). Collective."""
     handle, refusal = take_lock(save_dir / LOCK_NAME) if global_rank() == 0 else (None, None)
     refusal = broadcast_object(refusal)
     if refusal is not None:
@@ -63,8 +64,9 @@ def claim_save_dir(save_dir: Path, overwrite: bool) -> SaveDirLock:
                           "or choose another --save_dir")
     if overwrite and global_rank() == 0:
         shutil.rmtree(save_dir / "checkpoints", ignore_errors=True)
-        (save_dir / "metrics.jsonl").unlink(missing_ok=True)
-        print0(f"--overwrite: removed the earlier run's checkpoints and metrics from {save_dir}")
+        for name in RUN_RECORDS:
+            (save_dir / name).unlink(missing_ok=True)
+        print0(f"--overwrite: removed the earlier run's checkpoints, metrics and samples from {save_dir}")
     barrier()
     return SaveDirLock(handle)
 

@@ -1,0 +1,354 @@
+"""Continue a prompt with a trained model, printing the text as it is generated.
+
+    python -m minimind.generate out --prompt "The capital of France is"
+    python -m minimind.generate out/checkpoints/step_200 --prompt "..." --temperature 0 --max_new_tokens 64
+    echo "Once upon a time" | python -m minimind.generate out/pretrain_512.pth --prompt -
+    python -m minimind.generate out/hf --prompt "..." --top_k 40 --seed 1
+
+PATH is a training run's save folder (its ``checkpoints/``), a checkpoint folder (with
+``latest`` or ``latest_universal``), one tag folder (ZeRO or universal), a MiniMind ``.pth``
+(sized by a ``config.json`` beside it, else by the size flags) or a Hugging Face folder
+(``config.json`` + ``model.safetensors``). A checkpoint is verified against its manifest and
+read weights-only, as ``python -m minimind.checkpoint`` does; DeepSpeed is imported only then.
+
+The prompt is encoded as pretraining documents start, ``[bos] + text`` (``--prompt -`` reads it
+from stdin, its trailing newlines dropped); stdout gets the prompt, then the continuation as it
+is produced, then a newline. Prompt and new tokens together stay within the model's
+``max_position_embeddings`` (``--max_new_tokens`` is lowered to fit, with a note on stderr).
+Bad input (a path, a flag, a prompt, a tokenizer other than the checkpoint's) is one line on
+stderr and exit status 2.
+"""
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import torch
+from transformers import PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+from minimind.errors import ConfigError, UserInputError, first_line
+from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
+from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.generation import generate_tokens, new_tokens_that_fit, prompt_token_ids
+from minimind.model.precision import PRECISION_DTYPES
+from minimind.model.pth_weights import WeightsMismatchError, load_minimind_pth
+from minimind.tokenizer.loader import load_tokenizer, tokenizer_fingerprint
+
+SIZE_FLAGS = {"hidden_size": 512, "num_hidden_layers": 8, "use_moe": 0}  # MiniMind's defaults, for a bare .pth
+HF_CONFIG = "config.json"
+SAVE_DIR_CHECKPOINTS = "checkpoints"  # where a training run's save folder keeps its checkpoints
+FINGERPRINT_SHOWN = 12  # hex digits of a tokenizer fingerprint shown in an error
+
+
+class GenerationInputError(UserInputError):
+    """A model path, tokenizer or prompt that generation cannot use; the message is one line."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate (fp32, CPU, eval mode), its tokenizer, and a few words on each's origin."""
+
+    model: MiniMindForCausalLM
+    tokenizer: PreTrainedTokenizerFast
+    model_source: str
+    tokenizer_source: str
+
+
+def device_flag(text: str) -> torch.device:
+    """An argparse ``type``: a torch device name (``cpu``, ``cuda``, ``cuda:1``)."""
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The path and flags; a bad flag is a one-line ``ConfigError``."""
+    parser = FlagParser(prog="python -m minimind.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="save folder, checkpoint folder or tag, MiniMind .pth, or Hugging Face folder")
+    parser.add_argument("--prompt", required=True, help="text to continue; '-' reads it from stdin")
+    parser.add_argument("--max_new_tokens", type=POSITIVE, default=128, help="tokens to generate at most")
+    parser.add_argument("--temperature", type=number_at_least(0, float), default=0.8,
+                        help="sampling temperature; 0: greedy (argmax), top_k and top_p unused")
+    parser.add_argument("--top_k", type=number_at_least(0), default=0, help="sample among the k most likely; 0: off")
+    parser.add_argument("--top_p", type=number_at_least(0, float, maximum=1), default=0.9,
+                        help="sample among the most likely tokens holding this probability (nucleus); 1: off")
+    parser.add_argument("--seed", type=SEED, default=None, help="sampling seed (default: a fresh one each run)")
+    parser.add_argument("--tokenizer_path", default=None,
+                        help="tokenizer folder (default: the checkpoint's, an HF folder's, else the shipped one)")
+    parser.add_argument("--dtype", choices=tuple(PRECISION_DTYPES), default=None,
+                        help="precision to run in (default: bf16 on a GPU that has it, else fp32)")
+    parser.add_argument("--device", type=device_flag, default=None, help="default: cuda if available, else cpu")
+    sizes = parser.add_argument_group("sizes of a .pth without config.json beside it (MiniMind's defaults)")
+    sizes.add_argument("--hidden_size", type=POSITIVE, default=None, help="model width (512)")
+    sizes.add_argument("--num_hidden_layers", type=POSITIVE, default=None, help="number of blocks (8)")
+    sizes.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="1: MoE MLPs (0)")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="unpickle a checkpoint without the weights-only check (runs code from it)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate once; bad input is one line on stderr and exit status 2 (Ctrl-C: 130)."""
+    try:
+        args = parse_args(argv)
+        device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+        text = read_prompt(args.prompt)
+        loaded = load_model(args)
+        prompt = checked_prompt(text, loaded)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_status
+    try:
+        stream_continuation(loaded, text, prompt, args, device)
+    except KeyboardInterrupt:
+        print(file=sys.stdout)
+        return 130
+    return 0
+
+
+def stream_continuation(loaded: LoadedModel, text: str, prompt: list[int], args: argparse.Namespace,
+                        device: torch.device) -> None:
+    """Write ``text``, then its continuation as it is generated, to stdout; what ran and how fast to stderr."""
+    precision = args.dtype or default_precision(device)
+    model = loaded.model.to(device=device, dtype=PRECISION_DTYPES[precision])
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"{loaded.model_source}: {parameters / 1e6:.2f}M parameters, {precision} on {device}; "
+          f"tokenizer: {loaded.tokenizer_source}", file=sys.stderr)
+    budget = new_tokens_that_fit(model, len(prompt), args.max_new_tokens)
+    if budget < args.max_new_tokens:
+        print(f"note: at most {budget} new tokens: the model's context is {model.config.max_position_embeddings} "
+              f"positions and the prompt takes {len(prompt)}", file=sys.stderr)
+    generator = torch.Generator()  # sampling runs on the CPU: a seed gives the same draws on any device
+    if args.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(args.seed)
+    stream = TextStream(loaded.tokenizer, sys.stdout)
+    sys.stdout.write(text)
+    started = time.perf_counter()
+    new_ids = generate_tokens(model, prompt, budget, device=device, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, generator=generator, eos_token_id=loaded.tokenizer.eos_token_id,
+                              on_token=stream.add)
+    seconds = time.perf_counter() - started
+    stream.finish()
+    print(f"{len(new_ids)} tokens in {seconds:.2f} s ({len(new_ids) / max(seconds, 1e-9):.1f} tokens/s)",
+          file=sys.stderr)
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 on a CUDA device that computes in it, else fp32."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def read_prompt(flag: str) -> str:
+    """The ``--prompt`` text (``-``: stdin, trailing newlines dropped); an empty prompt is refused."""
+    text = sys.stdin.read().rstrip("\r\n") if flag == "-" else flag
+    if not text:
+        raise GenerationInputError("the prompt is empty" + (" (nothing on stdin)" if flag == "-" else ""))
+    return text
+
+
+def checked_prompt(text: str, loaded: LoadedModel) -> list[int]:
+    """The prompt's token ids, refused in one line when they do not fit the model (ids past its
+    vocabulary, more tokens than its context)."""
+    prompt = prompt_token_ids(loaded.tokenizer, text)
+    config = loaded.model.config
+    if max(prompt) >= config.vocab_size:
+        raise GenerationInputError(f"the prompt encodes to token id {max(prompt)}, past the model's vocab_size "
+                                   f"{config.vocab_size}: pass the tokenizer it was trained with (--tokenizer_path)")
+    if len(prompt) >= config.max_position_embeddings:
+        raise GenerationInputError(f"the prompt is {len(prompt)} tokens with bos, and the model's context "
+                                   f"(max_position_embeddings) is {config.max_position_embeddings}: shorten it")
+    return prompt
+
+
+class TextStream:
+    """Writes a growing list of token ids as text: the whole list is decoded each time and the new
+    suffix written, so a character whose bytes span several tokens prints once it is complete."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, out: TextIO):
+        self.tokenizer = tokenizer
+        self.out = out
+        self.ids: list[int] = []
+        self.written = ""
+
+    def add(self, token_id: int) -> None:
+        """Take one new token; write what it completes."""
+        self.ids.append(token_id)
+        # an incomplete UTF-8 character decodes to U+FFFD until its last byte's token arrives
+        self.write_upto(self.decoded().rstrip("\ufffd"))
+
+    def finish(self) -> None:
+        """Write the rest (a character left incomplete included) and end the line."""
+        self.write_upto(self.decoded())
+        self.out.write("\n")
+        self.out.flush()
+
+    def decoded(self) -> str:
+        """All the ids so far as text, special tokens left out."""
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def write_upto(self, text: str) -> None:
+        """Write what ``text`` adds to what is written (nothing when it does not extend it)."""
+        if text.startswith(self.written) and len(text) > len(self.written):
+            self.out.write(text[len(self.written):])
+            self.out.flush()
+            self.written = text
+
+
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """The model and tokenizer ``args.path`` names: a ``.pth``, a Hugging Face folder or a checkpoint."""
+    path = Path(args.path)
+    if not path.exists():
+        raise GenerationInputError(f"{path}: no such file or folder")
+    size_flags = {name: getattr(args, name) for name in SIZE_FLAGS if getattr(args, name) is not None}
+    if path.is_file():
+        return load_pth(path, size_flags, args.tokenizer_path)
+    if size_flags:
+        raise ConfigError(f"--{', --'.join(size_flags)}: size flags apply only to a .pth without {HF_CONFIG} "
+                          f"beside it; {path} records its sizes")
+    if (path / HF_CONFIG).is_file():
+        return load_hf_folder(path, args.tokenizer_path)
+    return load_checkpoint(path, args.tokenizer_path, args.trust_checkpoint)
+
+
+def read_config_json(path: Path) -> MiniMindConfig:
+    """A ``MiniMindConfig`` from a Hugging Face ``config.json``; another model type is refused."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GenerationInputError(f"{path}: unreadable ({first_line(error)})") from None
+    if not isinstance(values, dict) or values.get("model_type", MiniMindConfig.model_type) != MiniMindConfig.model_type:
+        found = values.get("model_type") if isinstance(values, dict) else type(values).__name__
+        raise GenerationInputError(f"{path}: not a MiniMind config (model_type {found!r})")
+    return MiniMindConfig.from_dict(values)
+
+
+def load_pth(path: Path, size_flags: dict, tokenizer_path: str | None) -> LoadedModel:
+    """MiniMind's ``.pth``, sized by the ``config.json`` beside it or by the size flags (MiniMind's defaults)."""
+    config_file = path.parent / HF_CONFIG
+    if config_file.is_file():
+        if size_flags:
+            raise ConfigError(f"--{', --'.join(size_flags)}: {path} has {config_file} beside it, which sets the "
+                              "sizes; drop the size flags")
+        config, sized_by = read_config_json(config_file), str(config_file)
+    else:
+        sizes = {**SIZE_FLAGS, **size_flags}
+        config = MiniMindConfig(hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_hidden_layers"],
+                                use_moe=bool(sizes["use_moe"]))
+        sized_by = f"--hidden_size {sizes['hidden_size']} --num_hidden_layers {sizes['num_hidden_layers']} " \
+                   f"--use_moe {sizes['use_moe']}"
+    try:
+        model = load_minimind_pth(MiniMindForCausalLM(config), path)
+    except WeightsMismatchError as error:
+        raise WeightsMismatchError(f"{error} (model sized by {sized_by})") from None
+    tokenizer, tokenizer_source = chosen_tokenizer(tokenizer_path)
+    return LoadedModel(model.eval(), tokenizer, f"{path} (sized by {sized_by})", tokenizer_source)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Within this block ``transformers`` shows no progress bars or load reports (errors still show)."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_hf_folder(path: Path, tokenizer_path: str | None) -> LoadedModel:
+    """A Hugging Face folder of a MiniMind model, loaded by this project's own model class (no remote code
+    runs); weights that do not fit its config.json exactly are refused."""
+    read_config_json(path / HF_CONFIG)
+    try:
+        with quiet_transformers():
+            model, info = MiniMindForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True,
+                                                              ignore_mismatched_sizes=True)  # reported below
+    except (OSError, ValueError) as error:
+        raise GenerationInputError(f"{path}: cannot load it as a Hugging Face model ({first_line(error)})") from None
+    missing, unexpected, mismatched = (sorted(info[f"{kind}_keys"]) for kind in ("missing", "unexpected", "mismatched"))
+    problems = [f"missing keys {missing[:3]}"] if missing else []
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:3]}")
+    if mismatched:
+        key, saved, built = mismatched[0]
+        problems.append(f"{key} has shape {tuple(saved)}, the config makes {tuple(built)}")
+    if problems:
+        raise WeightsMismatchError(f"{path}: weights do not fit its {HF_CONFIG}: {'; '.join(problems)}")
+    if tokenizer_path is None and (path / "tokenizer.json").is_file():
+        tokenizer_path = str(path)
+    tokenizer, tokenizer_source = chosen_tokenizer(tokenizer_path)
+    return LoadedModel(model.eval(), tokenizer, str(path), tokenizer_source)
+
+
+def chosen_tokenizer(tokenizer_path: str | None) -> tuple[PreTrainedTokenizerFast, str]:
+    """The tokenizer in ``tokenizer_path`` (None: the shipped one) and how to name it."""
+    return load_tokenizer(tokenizer_path), tokenizer_path or "the shipped default"
+
+
+def load_checkpoint(path: Path, tokenizer_path: str | None, trusted: bool) -> LoadedModel:
+    """The fp32 weights of a training checkpoint (a save folder, a checkpoint folder or a tag), after its
+    files verify against its manifest, with the tokenizer it was trained with."""
+    from minimind.checkpoint.export import load_checkpoint_model  # DeepSpeed: imported for checkpoints only
+    from minimind.checkpoint.integrity import TagKind, describe_verdict, require_intact
+    from minimind.checkpoint.locate import LATEST_NAMES, MODEL_STATES, locate_checkpoint, read_client_state
+    from minimind.checkpoint.manifest import MANIFEST_NAME
+    from minimind.checkpoint.safe_load import checkpoint_loading
+
+    if (path / SAVE_DIR_CHECKPOINTS).is_dir():
+        root = path / SAVE_DIR_CHECKPOINTS
+    elif any((path / name).exists() for name in (*LATEST_NAMES, MODEL_STATES, MANIFEST_NAME)):
+        root = path
+    else:
+        raise GenerationInputError(
+            f"{path}: not a model: neither a MiniMind .pth file, a Hugging Face folder ({HF_CONFIG}), a training "
+            f"run's save folder ({SAVE_DIR_CHECKPOINTS}/), a checkpoint folder ({LATEST_NAMES[0]}) nor a "
+            f"checkpoint tag ({MODEL_STATES})"
+        )
+    with checkpoint_loading(trusted=trusted):
+        location = locate_checkpoint(root)
+        verdict = require_intact(location)
+        client_state = read_client_state(location)
+        tokenizer, tokenizer_source = checkpoint_tokenizer(location.tag_dir, client_state, tokenizer_path)
+        model, _ = load_checkpoint_model(location)
+    if verdict.kind is TagKind.PRE_MANIFEST:
+        print(f"warning: {describe_verdict(location.tag_dir, verdict, checksums=True)}", file=sys.stderr)
+    return LoadedModel(model, tokenizer, str(location.tag_dir), tokenizer_source)
+
+
+def checkpoint_tokenizer(tag_dir: Path, client_state: dict, tokenizer_path: str | None,
+                         ) -> tuple[PreTrainedTokenizerFast, str]:
+    """``tokenizer_path``, else the tokenizer the checkpoint's run was given (``--tokenizer_path``, or the
+    shipped one), refused in one line when it is not the one whose fingerprint the checkpoint recorded."""
+    recorded = (client_state.get("args") or {}).get("tokenizer_path")
+    if tokenizer_path is None and recorded is not None and not Path(recorded).is_dir():
+        raise GenerationInputError(f"{tag_dir}: it was trained with the tokenizer in {recorded}, which is not "
+                                   "there; pass that tokenizer with --tokenizer_path")
+    tokenizer, source = chosen_tokenizer(tokenizer_path if tokenizer_path is not None else recorded)
+    saved = client_state.get("tokenizer_fingerprint")
+    found = tokenizer_fingerprint(tokenizer)
+    if saved is not None and found != saved:
+        trained_with = recorded or "the shipped default"
+        raise GenerationInputError(
+            f"tokenizer {source} (fingerprint {found[:FINGERPRINT_SHOWN]}) is not the one {tag_dir} was trained "
+            f"with ({trained_with}, fingerprint {saved[:FINGERPRINT_SHOWN]}); pass that one with --tokenizer_path"
+        )
+    return tokenizer, source
+
+
+if __name__ == "__main__":
+    sys.exit(main())

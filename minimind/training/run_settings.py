@@ -1,0 +1,45 @@
+"""``{save_dir}/run_settings.json``: what the latest run of a save folder was started with, for its report."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from minimind.model.precision import precision_of
+from minimind.training.checkpointing import TrainingPosition
+from minimind.training.run_files import RUN_SETTINGS_FILE
+from minimind.training.run_inputs import RunInputs
+from minimind.training.world import global_rank
+
+
+def run_settings(args: argparse.Namespace, inputs: RunInputs, n_params: int, start: TrainingPosition,
+                 total_steps: int) -> dict:
+    """The command, the resolved batch and precision, the model and the data of this run."""
+    batch, config = inputs.batch, inputs.model_config
+    evaluation = (f"{args.eval_fraction:g} of the documents held out" if args.eval_fraction
+                  else args.eval_data_path)
+    return {
+        "command": [part for part in sys.argv if not part.startswith("--local_rank")],  # the launcher adds it
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_from_step": start.step if start.step else None,
+        "total_steps": total_steps,
+        "world_size": batch.data_parallel,
+        "precision": precision_of(inputs.ds_config),
+        "zero_stage": inputs.ds_config.get("zero_optimization", {}).get("stage", 0),
+        "micro_batch": batch.micro_batch,
+        "accumulation": batch.accumulation,
+        "global_batch": batch.global_batch,
+        "max_seq_len": args.max_seq_len,
+        "parameters": n_params,
+        "model": {name: getattr(config, name) for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                          "num_key_value_heads", "vocab_size", "use_moe")},
+        "data": str(inputs.data_path) if inputs.data_path else "the bundled corpus",
+        "eval": evaluation,
+    }
+
+
+def write_run_settings(save_dir: Path, settings: dict) -> None:
+    """Rank 0 writes ``settings`` to ``{save_dir}/run_settings.json`` (replacing an earlier run's)."""
+    if global_rank() == 0:
+        (save_dir / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=1, default=str) + "\n", encoding="utf-8")
