@@ -20,7 +20,7 @@ from minimind.data import (
     PaddedDocuments,
     build_or_load_token_cache,
     default_corpus_path,
-    validate_jsonl,
+    validate_texts,
 )
 from minimind.tokenizer import load_tokenizer
 
@@ -39,7 +39,7 @@ def main() -> None:
           f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset)')}")
 
     start = time.perf_counter()
-    validate_jsonl(data)
+    validate_texts(data)
     read_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as cache_dir:
         start = time.perf_counter()

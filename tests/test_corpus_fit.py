@@ -50,7 +50,7 @@ def run_inputs(batch: BatchPlan, fit: bool) -> RunInputs:
     ds_config = {"train_micro_batch_size_per_gpu": batch.micro_batch,
                  "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_batch}
     return RunInputs(cpu_only=False, demo=False, ds_config=ds_config, batch=batch, save_dir=None, tokenizer=None,
-                     model_config=None, data_path=None, cache_location=None, resume_request=None, ep_size=None,
+                     model_config=None, data_paths=(), cache_locations=(), resume_request=None, ep_size=None,
                      fit_batch_to_corpus=fit)
 
 

@@ -89,7 +89,7 @@ def test_a_cpu_run_without_a_config_takes_the_chosen_precision(monkeypatch):
 
 def run_inputs(ds_config: dict, precision_timed: bool) -> RunInputs:
     return RunInputs(cpu_only=True, demo=False, ds_config=ds_config, batch=None, save_dir=None, tokenizer=None,
-                     model_config=None, data_path=None, cache_location=None, resume_request=None, ep_size=None,
+                     model_config=None, data_paths=(), cache_locations=(), resume_request=None, ep_size=None,
                      fit_batch_to_corpus=False, precision_timed=precision_timed)
 
 

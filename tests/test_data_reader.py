@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from minimind.data import DataError, JsonlTextReader, validate_jsonl
+from minimind.data import DataError, JsonlTextReader, validate_texts
 
 GOOD = json.dumps({"text": "a good line"})
 
@@ -84,24 +84,24 @@ def test_empty_file_is_an_error(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_bytes(b"")
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}: no texts"):
-        validate_jsonl(path)
+        validate_texts(path)
 
 
 def test_file_of_only_blank_or_skipped_lines_is_an_error(tmp_path):
     path = write_lines(tmp_path / "blank.jsonl", [json.dumps({"text": " "}), "not json"])
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}: no texts"):
-        validate_jsonl(path, skip_bad_lines=True)
+        validate_texts(path, skip_bad_lines=True)
 
 
 def test_missing_file_is_an_error(tmp_path):
     path = tmp_path / "nowhere.jsonl"
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}: cannot open"):
-        validate_jsonl(path)
+        validate_texts(path)
 
 
 def test_validate_returns_counts(tmp_path):
     path = write_lines(tmp_path / "ok.jsonl", [GOOD, json.dumps({"text": ""}), "oops", GOOD])
-    counts = validate_jsonl(path, skip_bad_lines=True)
+    counts = validate_texts(path, skip_bad_lines=True)
     assert (counts.texts, counts.blank, counts.bad_lines) == (2, 1, 1)
 
 

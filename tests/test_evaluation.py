@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.data import DocumentStream, PackedWindows, PaddedDocuments, split_documents
+from minimind.data import DocumentStream, PackedWindows, PaddedDocuments, split_documents, token_cache_location
 from minimind.errors import ConfigError
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.evaluation import eval_batch_count, evaluate, rank_window_indices
@@ -149,7 +149,8 @@ def test_the_run_trains_on_none_of_the_held_out_documents(packing, tmp_path, mon
     tokenizer = load_tokenizer()
     args = SimpleNamespace(skip_bad_lines=False, eval_fraction=0.1, eval_data_path=None, packing=packing,
                            max_seq_len=16)
-    inputs = SimpleNamespace(tokenizer=tokenizer, data_path=corpus, cache_location=None, eval_cache_location=None)
+    inputs = SimpleNamespace(tokenizer=tokenizer, data_paths=(corpus,), cache_locations=(token_cache_location(
+        corpus, tokenizer),), data_description=corpus.name, eval_cache_location=None)
     samples, eval_windows = load_samples(args, inputs)
     held_out = set(split_documents(len(texts), 0.1).held_out.tolist())
     documents = [[tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]

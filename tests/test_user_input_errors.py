@@ -52,6 +52,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
      "--eval_data_path and --eval_fraction both name a validation set; pass one"),
     (["--eval_data_path", "/no/such/eval.jsonl"], "/no/such/eval.jsonl"),
     (["--sample_prompts", "/no/such/prompts.txt"], "--sample_prompts /no/such/prompts.txt: cannot read it"),
+    (["--data_path", "/no/such/folder/*.jsonl"], "/no/such/folder/*.jsonl: the pattern matches no file"),
 ])
 def test_bad_flags_are_one_line_before_the_process_group(flags, named, tmp_path, capsys):
     status, err = run_main(["--save_dir", str(tmp_path), *flags], capsys)

@@ -7,21 +7,28 @@ The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a JSON Li
 """
 
 from minimind.data.cache_root import cache_root
+from minimind.data.corpus import ConcatenatedTokens, Corpus, data_files
 from minimind.data.default_corpus import build_corpus, default_corpus_path
 from minimind.data.held_out import DocumentSplit, DocumentStream, split_documents
-from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts, validate_jsonl
+from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts
 from minimind.data.loader import make_data_loader
+from minimind.data.parquet_reader import ParquetTextReader
 from minimind.data.sampler import RankInvariantSampler, check_fills_one_global_batch
+from minimind.data.text_sources import DATA_SUFFIXES, text_reader, validate_texts
 from minimind.data.token_cache import TokenCache, TokenCacheLocation, build_or_load_token_cache, token_cache_location
 from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments, RepeatedSamples
 
 __all__ = [
+    "ConcatenatedTokens",
+    "Corpus",
+    "DATA_SUFFIXES",
     "DataError",
     "DocumentSplit",
     "DocumentStream",
     "IGNORE_INDEX",
     "JsonlTextReader",
     "PackedWindows",
+    "ParquetTextReader",
     "PaddedDocuments",
     "RankInvariantSampler",
     "ReadCounts",
@@ -32,9 +39,11 @@ __all__ = [
     "check_fills_one_global_batch",
     "build_or_load_token_cache",
     "cache_root",
+    "data_files",
     "default_corpus_path",
     "make_data_loader",
     "split_documents",
+    "text_reader",
     "token_cache_location",
-    "validate_jsonl",
+    "validate_texts",
 ]

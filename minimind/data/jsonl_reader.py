@@ -1,15 +1,22 @@
-"""Streaming reader for pretraining data in JSON Lines: one ``{"text": "..."}`` object per line.
+"""Streaming reader for pretraining data in JSON Lines: one ``{"text": "..."}`` object per line,
+plain, gzip-compressed (``.jsonl.gz``) or Zstandard-compressed (``.jsonl.zst``).
 
-Memory use is bounded by the longest line (``max_line_bytes``), never by the file size. Every
-problem with the input raises :class:`DataError` with a one-line message that names the file
-and, where there is one, the line: ``data/x.jsonl:17: not valid JSON (...)``.
+Memory use is bounded by the longest line (``max_line_bytes``), never by the file size; a
+compressed file is decompressed as it streams. Every problem with the input raises
+:class:`DataError` with a one-line message that names the file and, where there is one, the
+line: ``data/x.jsonl:17: not valid JSON (...)``.
 """
 
 import codecs
+import contextlib
+import gzip
+import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from minimind.errors import UserInputError
 
@@ -41,33 +48,35 @@ class JsonlTextReader:
     """Iterable over the texts of a JSON Lines file, validating every line as it streams.
 
     Blank texts (empty or whitespace-only, and blank lines) are skipped and counted. A bad line
-    (not UTF-8, not JSON, not an object with a ``"text"`` string, longer than ``max_line_bytes``)
+    (not UTF-8, not JSON, not an object with a ``text_field`` string, longer than ``max_line_bytes``)
     raises :class:`DataError`, or is skipped and counted when ``skip_bad_lines``. A file with
     no texts at all raises :class:`DataError` at the end of the pass. ``counts`` describes the
-    pass in progress or the last one; each iteration starts a fresh pass.
+    pass in progress or the last one (``bytes_read`` counts the file's bytes, compressed or not);
+    each iteration starts a fresh pass.
     """
 
     def __init__(self, path: str | Path, *, skip_bad_lines: bool = False,
-                 max_line_bytes: int = MAX_LINE_BYTES):
+                 max_line_bytes: int = MAX_LINE_BYTES, text_field: str = "text"):
         self.path = Path(path)
         self.skip_bad_lines = skip_bad_lines
         self.max_line_bytes = max_line_bytes
+        self.text_field = text_field
         self.counts = ReadCounts()
 
     def __iter__(self) -> Iterator[str]:
         self.counts = ReadCounts()
         try:
-            handle = open(self.path, "rb")
+            file = open(self.path, "rb")
         except OSError as error:
             raise DataError(self.path, None, f"cannot open ({error.strerror or error})") from None
-        with handle:
+        with file, decompressed(file, self.path) as handle:
             line_number = 0
-            while raw := handle.readline(self.max_line_bytes + 1):
+            while raw := self._read_line(handle):
                 line_number += 1
-                self.counts.bytes_read += len(raw)
+                self.counts.bytes_read = file.tell()
                 try:
                     if len(raw) > self.max_line_bytes and not raw.endswith(b"\n"):
-                        self.counts.bytes_read += _skip_rest_of_line(handle)
+                        _skip_rest_of_line(handle)
                         raise DataError(self.path, line_number, f"line longer than {self.max_line_bytes} bytes")
                     text = self._parse(raw, line_number)
                 except DataError:
@@ -83,6 +92,14 @@ class JsonlTextReader:
         if self.counts.texts == 0:
             raise DataError(self.path, None, f"no texts ({line_number} lines, {self.counts.blank} blank, "
                                              f"{self.counts.bad_lines} bad)")
+
+    def _read_line(self, handle: BinaryIO) -> bytes:
+        """The next line (at most ``max_line_bytes + 1`` bytes of it); a corrupt compressed stream is a
+        ``DataError``."""
+        try:
+            return handle.readline(self.max_line_bytes + 1)
+        except (OSError, EOFError, ValueError, zlib.error) as error:  # BadGzipFile, ZstdError, truncation
+            raise DataError(self.path, None, f"cannot decompress ({type(error).__name__}: {error})") from None
 
     def _parse(self, raw: bytes, line_number: int) -> str | None:
         """Return the line's text, None for a blank line; raise DataError for a bad one."""
@@ -101,12 +118,12 @@ class JsonlTextReader:
         except RecursionError:
             raise DataError(self.path, line_number, "not valid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
-            raise DataError(self.path, line_number, f'expected an object with a "text" string, '
+            raise DataError(self.path, line_number, f'expected an object with a "{self.text_field}" string, '
                                                     f"got {type(record).__name__}")
-        text = record.get("text")
+        text = record.get(self.text_field)
         if not isinstance(text, str):
             found = "no" if text is None else type(text).__name__
-            raise DataError(self.path, line_number, f'expected a "text" string, found {found}')
+            raise DataError(self.path, line_number, f'expected a "{self.text_field}" string, found {found}')
         if "\\u" in line:
             # Only a \u escape can smuggle a lone surrogate in, which no tokenizer can encode.
             try:
@@ -116,20 +133,19 @@ class JsonlTextReader:
         return text
 
 
-def _skip_rest_of_line(handle) -> int:
-    """Read past the end of the current line; return the number of bytes skipped."""
-    skipped = 0
+def decompressed(file: BinaryIO, path: Path) -> BinaryIO:
+    """``file`` read through gzip (``.gz``) or Zstandard (``.zst``), as its name says; else ``file`` itself."""
+    if path.suffix == ".gz":
+        return gzip.GzipFile(fileobj=file, mode="rb")
+    if path.suffix == ".zst":
+        import zstandard  # only for .zst files
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(file, closefd=False))
+    return contextlib.nullcontext(file)
+
+
+def _skip_rest_of_line(handle) -> None:
+    """Read past the end of the current line."""
     while chunk := handle.readline(2**20):
-        skipped += len(chunk)
         if chunk.endswith(b"\n"):
             break
-    return skipped
-
-
-def validate_jsonl(path: str | Path, *, skip_bad_lines: bool = False,
-                   max_line_bytes: int = MAX_LINE_BYTES) -> ReadCounts:
-    """Read the whole file once, without tokenizing; raise DataError on the first problem."""
-    reader = JsonlTextReader(path, skip_bad_lines=skip_bad_lines, max_line_bytes=max_line_bytes)
-    for _ in reader:
-        pass
-    return reader.counts

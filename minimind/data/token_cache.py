@@ -1,11 +1,13 @@
-"""Tokenize a JSON Lines corpus once, on all CPU cores, into a memory-mapped cache on disk.
+"""Tokenize a data file (JSON Lines, compressed or not, or Parquet) once, on all CPU cores, into a
+memory-mapped cache on disk.
 
 A cache lives in ``<cache_dir>/<file stem>-<key>/``, where the key hashes the source file's
 identity (absolute path, size, mtime_ns, blake2b of its content), the tokenizer fingerprint and
 the settings, so a changed file, tokenizer or setting gets a new cache and an unchanged one is
 reused. It holds:
 
-    tokens.bin   uint16 little-endian, (num_tokens,): every document as [bos] + text tokens + [eos]
+    tokens.bin   uint16 little-endian (uint32 for a vocabulary past 65,536), (num_tokens,): every
+                 document as [bos] + text tokens + [eos]
     offsets.npy  int64, (num_documents + 1,): document d is tokens[offsets[d]:offsets[d + 1]]
     meta.json    the key's inputs and the counts, written last
 
@@ -32,11 +34,12 @@ from transformers import PreTrainedTokenizerFast
 
 from minimind.data.build_lock import BuildProgress, build_once
 from minimind.data.cache_root import cache_root
-from minimind.data.jsonl_reader import DataError, JsonlTextReader
+from minimind.data.jsonl_reader import DataError
+from minimind.data.text_sources import text_reader
 from minimind.tokenizer import TokenizerLayoutError, tokenizer_fingerprint
 
 CACHE_FORMAT = 1  # bump when the layout or the tokenization rules change
-TOKEN_DTYPE = np.dtype("<u2")
+TOKEN_DTYPES = (np.dtype("<u2"), np.dtype("<u4"))  # the narrowest that holds every id of the vocabulary
 BATCH_TEXTS = 1000
 _HASH_CHUNK_BYTES = 8 * 2**20
 _FALSE_VALUES = frozenset({"", "0", "f", "false", "n", "no", "off"})
@@ -47,7 +50,7 @@ class TokenCache:
     """A loaded token cache; ``reused`` is False when this call built it."""
 
     path: Path
-    tokens: np.ndarray  # (num_tokens,) uint16, memory-mapped read-only
+    tokens: np.ndarray  # (num_tokens,) uint16 (uint32 for a vocabulary past 65,536), memory-mapped read-only
     offsets: np.ndarray  # (num_documents + 1,) int64
     blank_texts: int
     bad_lines: int
@@ -83,7 +86,7 @@ class TokenCacheLocation:
 
 def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
                               cache_dir: str | Path | None = None, skip_bad_lines: bool = False,
-                              batch_texts: int = BATCH_TEXTS, show_progress: bool = True,
+                              text_field: str = "text", batch_texts: int = BATCH_TEXTS, show_progress: bool = True,
                               log: Callable[[str], None] = print,
                               location: TokenCacheLocation | None = None) -> TokenCache:
     """Return the token cache of ``data_path`` under ``tokenizer``, building it if there is none.
@@ -97,10 +100,9 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
     bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos_id is None or eos_id is None:
         raise TokenizerLayoutError(tokenizer.name_or_path, "tokenizer needs bos and eos tokens")
-    if len(tokenizer) > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise TokenizerLayoutError(tokenizer.name_or_path, f"{len(tokenizer)} tokens do not fit in uint16")
     if location is None:
-        location = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines)
+        location = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines,
+                                        text_field=text_field)
     built_here = build_once(
         location.folder, lambda: location.built,
         lambda progress: _build(location.folder, data_path, tokenizer, location.key_inputs, batch_texts=batch_texts,
@@ -113,15 +115,18 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
 
 
 def token_cache_location(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
-                         cache_dir: str | Path | None = None, skip_bad_lines: bool = False) -> TokenCacheLocation:
+                         cache_dir: str | Path | None = None, skip_bad_lines: bool = False,
+                         text_field: str = "text") -> TokenCacheLocation:
     """The location of the token cache of ``data_path`` under ``tokenizer``, built or not (hashes the file)."""
     data_path = Path(data_path).resolve()
+    settings = {"bos_id": tokenizer.bos_token_id, "eos_id": tokenizer.eos_token_id, "skip_bad_lines": skip_bad_lines}
+    if text_field != "text":  # recorded only when set, so that caches of the default stay where they are
+        settings["text_field"] = text_field
     key_inputs = {
         "format": CACHE_FORMAT,
         "source": source_identity(data_path),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "settings": {"bos_id": tokenizer.bos_token_id, "eos_id": tokenizer.eos_token_id,
-                     "skip_bad_lines": skip_bad_lines},
+        "settings": settings,
     }
     key = hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
     parent = Path(cache_dir) if cache_dir is not None else cache_root() / "tokens"
@@ -153,8 +158,11 @@ def _build(folder: Path, data_path: Path, tokenizer: PreTrainedTokenizerFast, ke
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        reader = JsonlTextReader(data_path, skip_bad_lines=key_inputs["settings"]["skip_bad_lines"])
-        bos_id, eos_id = key_inputs["settings"]["bos_id"], key_inputs["settings"]["eos_id"]
+        settings = key_inputs["settings"]
+        reader = text_reader(data_path, skip_bad_lines=settings["skip_bad_lines"],
+                             text_field=settings.get("text_field", "text"))
+        bos_id, eos_id = settings["bos_id"], settings["eos_id"]
+        dtype = token_dtype(len(tokenizer))
         offsets = [np.zeros(1, np.int64)]
         num_tokens = 0
         progress = tqdm(total=key_inputs["source"]["size"], unit="B", unit_scale=True, desc="tokenizing",
@@ -165,13 +173,13 @@ def _build(folder: Path, data_path: Path, tokenizer: PreTrainedTokenizerFast, ke
                 text_ids = [encoding.ids for encoding in encodings]
                 lengths = np.array([len(ids) + 2 for ids in text_ids], np.int64)
                 documents = itertools.chain.from_iterable((bos_id, *ids, eos_id) for ids in text_ids)
-                np.fromiter(documents, TOKEN_DTYPE, int(lengths.sum())).tofile(out)
+                np.fromiter(documents, dtype, int(lengths.sum())).tofile(out)
                 offsets.append(num_tokens + np.cumsum(lengths))
                 num_tokens += int(lengths.sum())
                 progress.update(reader.counts.bytes_read - progress.n)
                 lock_progress.report(f"tokenized {progress.n / 2**20:.1f} of {progress.total / 2**20:.1f} MiB")
         np.save(staging / "offsets.npy", np.concatenate(offsets))
-        meta = {**key_inputs, "documents": reader.counts.texts, "tokens": num_tokens,
+        meta = {**key_inputs, "documents": reader.counts.texts, "tokens": num_tokens, "dtype": dtype.str,
                 "blank_texts": reader.counts.blank, "bad_lines": reader.counts.bad_lines}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         try:
@@ -188,13 +196,22 @@ def _load(folder: Path, *, reused: bool) -> TokenCache:
     meta = json.loads((folder / "meta.json").read_text())
     tokens_path = folder / "tokens.bin"
     offsets = np.load(folder / "offsets.npy")
-    expected_bytes = meta["tokens"] * TOKEN_DTYPE.itemsize
+    dtype = np.dtype(meta.get("dtype", TOKEN_DTYPES[0].str))  # caches from before uint32 are uint16
+    expected_bytes = meta["tokens"] * dtype.itemsize
     if (not tokens_path.is_file() or tokens_path.stat().st_size != expected_bytes
             or len(offsets) != meta["documents"] + 1 or int(offsets[-1]) != meta["tokens"]):
         raise DataError(folder, None, "token cache is inconsistent with its meta.json; delete the folder")
-    tokens = np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r", shape=(meta["tokens"],))
+    tokens = np.memmap(tokens_path, dtype=dtype, mode="r", shape=(meta["tokens"],))
     return TokenCache(path=folder, tokens=tokens, offsets=offsets, blank_texts=meta["blank_texts"],
                       bad_lines=meta["bad_lines"], reused=reused)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest of ``TOKEN_DTYPES`` that holds ids ``0 .. vocab_size - 1``."""
+    for dtype in TOKEN_DTYPES:
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return dtype
+    raise ValueError(f"a vocabulary of {vocab_size} tokens does not fit in {TOKEN_DTYPES[-1]}")
 
 
 def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:

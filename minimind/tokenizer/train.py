@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from minimind.data.default_corpus import default_corpus_path
-from minimind.data.jsonl_reader import JsonlTextReader
+from minimind.data.text_sources import text_reader
 from minimind.errors import UserInputError
 from minimind.flags import FlagParser, number_at_least
 from minimind.tokenizer.loader import (
@@ -27,9 +27,9 @@ from minimind.tokenizer.loader import (
 )
 
 MODEL_MAX_LENGTH = 131072  # MiniMind's tokenizer_config value; the model config bounds real lengths
-# The special tokens and the 256 byte-level symbols come first; the token cache stores uint16 ids.
+# The special tokens and the 256 byte-level symbols come first.
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
-MAX_VOCAB_SIZE = 2**16
+MAX_VOCAB_SIZE = 2**32  # the token cache stores uint32 ids past 65,536
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 6400,
@@ -85,15 +85,16 @@ def tokenizer_config() -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point (see the module docstring)."""
     parser = FlagParser(prog="python -m minimind.tokenizer.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=None, help="JSON Lines file (default: the default corpus)")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="JSON Lines (.jsonl, .gz, .zst) or Parquet file of texts (default: the default corpus)")
     parser.add_argument("--out", type=Path, default=DEFAULT_TOKENIZER_DIR,
                         help="output folder (default: the shipped minimind/tokenizer/default)")
     parser.add_argument("--vocab_size", type=number_at_least(MIN_VOCAB_SIZE, maximum=MAX_VOCAB_SIZE), default=6400,
-                        help=f"at most {MAX_VOCAB_SIZE} (the token cache stores uint16 ids)")
+                        help="past 65,536 the token cache stores uint32 ids, twice the disk of uint16")
     try:
         args = parser.parse_args(argv)
         corpus = args.corpus if args.corpus is not None else default_corpus_path()
-        out = train_tokenizer(JsonlTextReader(corpus), args.out, vocab_size=args.vocab_size)
+        out = train_tokenizer(text_reader(corpus), args.out, vocab_size=args.vocab_size)
     except UserInputError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         sys.exit(error.exit_status)

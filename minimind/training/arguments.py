@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "the expert layers); slower on the project's CPU machine, unmeasured on GPUs")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data_path", default=None, help="JSON Lines pretraining file (default: bundled corpus)")
+    data.add_argument("--data_path", nargs="+", default=None,
+                      help="pretraining data: files, globs or folders of JSON Lines (.jsonl, also .gz or .zst "
+                           "compressed) or Parquet, concatenated in order (default: bundled corpus)")
+    data.add_argument("--text_field", default="text",
+                      help="the JSON field or Parquet column holding each document's text (of --data_path and "
+                           "--eval_data_path)")
     data.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the shipped one)")
     data.add_argument("--max_seq_len", type=number_at_least(2), default=None, help="tokens per sample (MiniMind: 340)")
     data.add_argument("--packing", type=int, choices=(0, 1), default=1, help="1: pack documents; 0: pad each")

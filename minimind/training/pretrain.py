@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 import kernels
 from minimind.data import (
+    Corpus,
     DataError,
     DocumentSplit,
     DocumentStream,
@@ -24,14 +25,16 @@ from minimind.data import (
     PaddedDocuments,
     RankInvariantSampler,
     RepeatedSamples,
+    TokenCache,
     TokenCacheLocation,
     build_or_load_token_cache,
     check_fills_one_global_batch,
+    data_files,
     default_corpus_path,
     make_data_loader,
     split_documents,
     token_cache_location,
-    validate_jsonl,
+    validate_texts,
 )
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
@@ -68,7 +71,7 @@ from minimind.training.samples import SampleGenerator, read_sample_prompts
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
-from minimind.training.world import LaunchedWorld, global_rank, launched_world, world_size
+from minimind.training.world import LaunchedWorld, global_rank, launched_world, local_rank, world_size
 
 
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
@@ -192,28 +195,29 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     check_kernels_run_on(args.kernels, torch.device(accelerator.device_name(local_device_index())))
     if args.use_wandb:
         check_wandb_installed()
-    data_path = Path(args.data_path) if args.data_path else None
-    cache_location = checked_cache_location(data_path, tokenizer, args.skip_bad_lines) if data_path else None
-    eval_cache_location = (checked_cache_location(Path(args.eval_data_path), tokenizer, args.skip_bad_lines)
+    data_paths = tuple(data_files(args.data_path)) if args.data_path else ()
+    cache_locations = tuple(checked_cache_location(path, tokenizer, args) for path in data_paths)
+    eval_cache_location = (checked_cache_location(Path(args.eval_data_path), tokenizer, args)
                            if args.eval_data_path else None)
     sample_prompts = tuple(read_sample_prompts(args.sample_prompts, tokenizer, model_config.max_position_embeddings)
                            if args.sample_prompts else ())
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
-    inputs = RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_path, cache_location,
+    inputs = RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_paths, cache_locations,
                        resume_request(args, save_dir), ep_size,
-                       fit_batch_to_corpus=data_path is None and (demo or not batch_chosen), host_notes=host_notes,
+                       fit_batch_to_corpus=not data_paths and (demo or not batch_chosen), host_notes=host_notes,
                        precision_timed=precision_timed, eval_cache_location=eval_cache_location,
                        sample_prompts=sample_prompts)
     return with_resume(args, inputs)
 
 
-def checked_cache_location(path: Path, tokenizer, skip_bad_lines: bool) -> TokenCacheLocation:
-    """The token cache location of the JSON Lines file ``path``. Every rank reads a file with no cache yet
-    whole here, so that all reject bad data together (a one-line ``DataError``) before the process group
-    starts; a file whose token cache exists was checked when it was built."""
-    location = token_cache_location(path, tokenizer, skip_bad_lines=skip_bad_lines)
+def checked_cache_location(path: Path, tokenizer, args: argparse.Namespace) -> TokenCacheLocation:
+    """The token cache location of the data file ``path`` (read as ``--skip_bad_lines`` and ``--text_field``
+    say). Every rank reads a file with no cache yet whole here, so that all reject bad data together (a
+    one-line ``DataError``) before the process group starts; a file whose token cache exists was checked
+    when it was built."""
+    location = token_cache_location(path, tokenizer, skip_bad_lines=args.skip_bad_lines, text_field=args.text_field)
     if not location.built:
-        validate_jsonl(path, skip_bad_lines=skip_bad_lines)
+        validate_texts(path, skip_bad_lines=args.skip_bad_lines, text_field=args.text_field)
     return location
 
 
@@ -283,14 +287,11 @@ def load_samples(args: argparse.Namespace, inputs: RunInputs) -> tuple[Dataset, 
     its file) cut into training samples (packed windows or padded documents) and the eval windows, if any:
     ``--eval_data_path``'s file, or the documents ``--eval_fraction`` holds out of the training file."""
     tokenizer = inputs.tokenizer
-    token_cache = build_or_load_token_cache(
-        inputs.data_path or default_corpus_path(log=print0), tokenizer, skip_bad_lines=args.skip_bad_lines,
-        log=print0, location=inputs.cache_location,
-    )
-    tokens, offsets, pad_id = token_cache.tokens, token_cache.offsets, tokenizer.pad_token_id
+    corpus = Corpus.of(training_caches(args, inputs))
+    tokens, offsets, pad_id = corpus.tokens, corpus.offsets, tokenizer.pad_token_id
     documents, eval_windows = None, None
     if args.eval_fraction:
-        split = split_held_out(len(offsets) - 1, args.eval_fraction, inputs.data_path)
+        split = split_held_out(corpus.num_documents, args.eval_fraction, inputs.data_description)
         documents = split.train
         eval_windows = PackedWindows(DocumentStream(tokens, offsets, split.held_out), args.max_seq_len, pad_id=pad_id)
     elif args.eval_data_path:
@@ -303,12 +304,29 @@ def load_samples(args: argparse.Namespace, inputs: RunInputs) -> tuple[Dataset, 
     return PackedWindows(stream, args.max_seq_len, pad_id=pad_id), eval_windows
 
 
-def split_held_out(num_documents: int, fraction: float, data_path: Path | None) -> DocumentSplit:
-    """``split_documents``, its refusal (too few documents) as a one-line ``DataError`` naming the file."""
+def training_caches(args: argparse.Namespace, inputs: RunInputs) -> list[TokenCache]:
+    """The token cache of every training file, in order (the bundled corpus's when none is named).
+
+    Each rank starts with another file (its local rank's turn in the list), so that the ranks of a
+    node build different caches at once, then loads the ones the others built.
+    """
+    if not inputs.data_paths:
+        return [build_or_load_token_cache(default_corpus_path(log=print0), inputs.tokenizer, log=print0)]
+    files = list(zip(inputs.data_paths, inputs.cache_locations, strict=True))
+    turn = local_rank() % len(files)
+    caches = {}
+    for path, location in files[turn:] + files[:turn]:
+        caches[path] = build_or_load_token_cache(path, inputs.tokenizer, skip_bad_lines=args.skip_bad_lines,
+                                                 log=print0, location=location)
+    return [caches[path] for path in inputs.data_paths]
+
+
+def split_held_out(num_documents: int, fraction: float, data: str) -> DocumentSplit:
+    """``split_documents``, its refusal (too few documents) as a one-line ``DataError`` naming the data."""
     try:
         return split_documents(num_documents, fraction)
     except ValueError as error:
-        raise DataError(f"--eval_fraction: {data_path or 'the bundled corpus'}: {error}") from None
+        raise DataError(f"--eval_fraction: {data}: {error}") from None
 
 
 def fit_samples(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset, str | None]:
@@ -324,7 +342,7 @@ def fit_samples(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset
                      "train_batch_size": fit.batch.global_batch}
         fitted = replace(inputs, ds_config=ds_config, batch=fit.batch)
         return fitted, RepeatedSamples(samples, fit.repeats) if fit.repeats > 1 else samples, fit.note
-    check_fills_one_global_batch(len(samples), inputs.batch.global_batch, inputs.data_path or "the bundled corpus")
+    check_fills_one_global_batch(len(samples), inputs.batch.global_batch, inputs.data_description)
     return inputs, samples, None
 
 

@@ -1,6 +1,7 @@
 """What a run resolved from its flags before any heavy work, and the data it trains on."""
 
 import argparse
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,8 @@ class RunInputs:
     save_dir: Path
     tokenizer: PreTrainedTokenizerFast
     model_config: MiniMindConfig
-    data_path: Path | None
-    cache_location: TokenCacheLocation | None  # of data_path; None for the bundled corpus
+    data_paths: tuple[Path, ...]  # every file --data_path names, in order; none: the bundled corpus
+    cache_locations: tuple[TokenCacheLocation, ...]  # one per data file
     resume_request: ResumeRequest | None
     ep_size: int | None
     fit_batch_to_corpus: bool  # the bundled corpus with a batch the user did not choose
@@ -41,10 +42,22 @@ class RunInputs:
 
     def identity(self, args: argparse.Namespace) -> RunIdentity:
         """What a checkpoint of this run records, and a resumed checkpoint must share."""
-        digest = self.cache_location.key_inputs["source"]["blake2b"] if self.cache_location else None
-        source = self.data_path.name if self.data_path else "the bundled corpus"
+        digests = [location.key_inputs["source"]["blake2b"] for location in self.cache_locations]
+        digest = None  # the bundled corpus
+        if digests:  # one file keeps its own digest, as checkpoints from before several files recorded it
+            digest = digests[0] if len(digests) == 1 else hashlib.blake2b("".join(digests).encode()).hexdigest()
         return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
-                           data_identity(source, digest, bool(args.packing), args.max_seq_len, args.eval_fraction))
+                           data_identity(self.data_description, digest, bool(args.packing), args.max_seq_len,
+                                         args.eval_fraction))
+
+    @property
+    def data_description(self) -> str:
+        """The training data in a few words: the file's name, the count and first names of several, or the
+        bundled corpus."""
+        names = [path.name for path in self.data_paths]
+        if len(names) > 1:
+            return f"{len(names)} files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        return names[0] if names else "the bundled corpus"
 
 
 @dataclass

@@ -34,7 +34,7 @@ def run_settings(args: argparse.Namespace, inputs: RunInputs, n_params: int, sta
         "parameters": n_params,
         "model": {name: getattr(config, name) for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                           "num_key_value_heads", "vocab_size", "use_moe")},
-        "data": str(inputs.data_path) if inputs.data_path else "the bundled corpus",
+        "data": [str(path) for path in inputs.data_paths] or "the bundled corpus",
         "eval": evaluation,
     }
 

@@ -1,0 +1,94 @@
+"""The data files a run names, and their token caches read as one corpus.
+
+``--data_path`` takes files, globs and folders; ``data_files`` turns them into the sorted list of
+files they name, each a one-line ``DataError`` when it names nothing. Each file keeps its own
+token cache (adding a file tokenizes only that file); ``Corpus.of`` lays the caches end to end,
+so samples, sampler and held-out split see one stream of documents, without copying a token.
+"""
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minimind.data.jsonl_reader import DataError
+from minimind.data.text_sources import DATA_SUFFIXES
+from minimind.data.token_cache import TokenCache
+
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def data_files(entries: list[str]) -> list[Path]:
+    """The files ``entries`` name, in order, each once: a file as given, a glob's matches (sorted), a
+    folder's data files (names ending in ``DATA_SUFFIXES``, sorted). A glob that matches nothing, a
+    folder without data files or a path that does not exist is a one-line ``DataError``."""
+    files: dict[Path, None] = {}
+    for entry in entries:
+        if GLOB_CHARACTERS & set(entry):
+            matches = sorted(Path(match) for match in glob.glob(entry, recursive=True) if Path(match).is_file())
+            if not matches:
+                raise DataError(entry, None, "the pattern matches no file")
+        elif Path(entry).is_dir():
+            matches = sorted(path for path in Path(entry).iterdir()
+                             if path.is_file() and path.name.endswith(DATA_SUFFIXES))
+            if not matches:
+                raise DataError(entry, None, f"no data file in the folder (names ending {', '.join(DATA_SUFFIXES)})")
+        elif Path(entry).is_file():
+            matches = [Path(entry)]
+        else:
+            raise DataError(entry, None, "no such file or folder")
+        files.update(dict.fromkeys(path.resolve() for path in matches))
+    return list(files)
+
+
+class ConcatenatedTokens:
+    """Several token arrays end to end, read like one 1-D array: ``len()`` and contiguous slices (NumPy arrays
+    in the widest dtype), which is all ``PackedWindows``, ``PaddedDocuments`` and ``DocumentStream`` use."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.starts = np.r_[0, np.cumsum([len(array) for array in arrays])]  # (arrays + 1,)
+        self.dtype = np.result_type(*arrays)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        if not isinstance(window, slice) or window.step not in (None, 1):
+            raise TypeError("concatenated tokens are read by contiguous slices")
+        start, stop, _ = window.indices(len(self))
+        pieces = []
+        index = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while start < stop:
+            take = min(stop, int(self.starts[index + 1])) - start
+            offset = start - int(self.starts[index])
+            pieces.append(self.arrays[index][offset:offset + take])
+            start += take
+            index += 1
+        if not pieces:
+            return np.empty(0, dtype=self.dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces).astype(self.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The documents of one or more token caches, in order: ``tokens`` sliced like an array and ``offsets``
+    (num_documents + 1,) int64, document d being ``tokens[offsets[d]:offsets[d + 1]]``."""
+
+    tokens: np.ndarray | ConcatenatedTokens
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, caches: list[TokenCache]) -> "Corpus":
+        """The caches end to end (one cache: its own arrays, untouched)."""
+        if len(caches) == 1:
+            return cls(caches[0].tokens, caches[0].offsets)
+        tokens = ConcatenatedTokens([cache.tokens for cache in caches])
+        offsets = [cache.offsets[:-1] + base for cache, base in zip(caches, tokens.starts[:-1], strict=True)]
+        return cls(tokens, np.concatenate([*offsets, tokens.starts[-1:]]).astype(np.int64))
+
+    @property
+    def num_documents(self) -> int:
+        """How many documents the corpus holds."""
+        return len(self.offsets) - 1
