@@ -20,6 +20,8 @@ from minimind.data import (
     PackedWindows,
     build_or_load_token_cache,
     data_files,
+    document_stream,
+    split_documents,
     text_reader,
     validate_texts,
 )
@@ -164,3 +166,8 @@ def test_several_files_read_as_their_concatenation_and_added_files_alone_are_tok
     packed, reference = PackedWindows(corpus.tokens, 7), PackedWindows(whole.tokens, 7)
     assert len(packed) == len(reference)
     assert all(torch.equal(packed[i]["input_ids"], reference[i]["input_ids"]) for i in range(len(packed)))
+    split = split_documents(corpus.num_documents, 0.5)  # held-out documents across the files' boundaries
+    for documents in (split.train, split.held_out):
+        stream, expected = (document_stream(tokens, offsets, documents)
+                            for tokens, offsets in ((corpus.tokens, corpus.offsets), (whole.tokens, whole.offsets)))
+        assert len(stream) == len(expected) and np.array_equal(stream[0:len(stream)], expected[0:len(expected)])

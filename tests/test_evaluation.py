@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.data import DocumentStream, PackedWindows, PaddedDocuments, split_documents, token_cache_location
+from minimind.data import PackedWindows, PaddedDocuments, document_stream, split_documents, token_cache_location
 from minimind.errors import ConfigError
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.evaluation import eval_batch_count, evaluate, rank_window_indices
@@ -41,7 +41,7 @@ def test_document_stream_reads_as_the_concatenated_documents():
     tokens, offsets = synthetic_cache(rng.integers(0, 50, 40).tolist(), seed=2)
     split = split_documents(40, 0.3)
     for documents in (split.train, split.held_out):
-        stream = DocumentStream(tokens, offsets, documents)
+        stream = document_stream(tokens, offsets, documents)
         expected = np.concatenate([tokens[offsets[d]:offsets[d + 1]] for d in documents])
         assert len(stream) == len(expected)
         assert np.array_equal(stream[0:len(stream)], expected)

@@ -2,29 +2,29 @@
 
 The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a JSON Lines file once;
 ``PackedWindows`` (or ``PaddedDocuments``) turns the cache into samples;
-``split_documents`` and ``DocumentStream`` hold documents out for validation;
+``split_documents`` and ``document_stream`` hold documents out for validation;
 ``RankInvariantSampler`` deals them to ranks; ``make_data_loader`` batches them.
 """
 
 from minimind.data.cache_root import cache_root
-from minimind.data.corpus import ConcatenatedTokens, Corpus, data_files
+from minimind.data.corpus import Corpus, data_files
 from minimind.data.default_corpus import build_corpus, default_corpus_path
-from minimind.data.held_out import DocumentSplit, DocumentStream, split_documents
+from minimind.data.held_out import DocumentSplit, document_stream, split_documents
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts
 from minimind.data.loader import make_data_loader
 from minimind.data.parquet_reader import ParquetTextReader
 from minimind.data.sampler import RankInvariantSampler, check_fills_one_global_batch
 from minimind.data.text_sources import DATA_SUFFIXES, text_reader, validate_texts
 from minimind.data.token_cache import TokenCache, TokenCacheLocation, build_or_load_token_cache, token_cache_location
+from minimind.data.token_spans import TokenSpans
 from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments, RepeatedSamples
 
 __all__ = [
-    "ConcatenatedTokens",
     "Corpus",
     "DATA_SUFFIXES",
     "DataError",
     "DocumentSplit",
-    "DocumentStream",
+    "TokenSpans",
     "IGNORE_INDEX",
     "JsonlTextReader",
     "PackedWindows",
@@ -41,6 +41,7 @@ __all__ = [
     "cache_root",
     "data_files",
     "default_corpus_path",
+    "document_stream",
     "make_data_loader",
     "split_documents",
     "text_reader",

@@ -15,6 +15,7 @@ import numpy as np
 from minimind.data.jsonl_reader import DataError
 from minimind.data.text_sources import DATA_SUFFIXES
 from minimind.data.token_cache import TokenCache
+from minimind.data.token_spans import TokenSpans
 
 GLOB_CHARACTERS = frozenset("*?[")
 
@@ -42,41 +43,12 @@ def data_files(entries: list[str]) -> list[Path]:
     return list(files)
 
 
-class ConcatenatedTokens:
-    """Several token arrays end to end, read like one 1-D array: ``len()`` and contiguous slices (NumPy arrays
-    in the widest dtype), which is all ``PackedWindows``, ``PaddedDocuments`` and ``DocumentStream`` use."""
-
-    def __init__(self, arrays: list[np.ndarray]):
-        self.arrays = arrays
-        self.starts = np.r_[0, np.cumsum([len(array) for array in arrays])]  # (arrays + 1,)
-        self.dtype = np.result_type(*arrays)
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, window: slice) -> np.ndarray:
-        if not isinstance(window, slice) or window.step not in (None, 1):
-            raise TypeError("concatenated tokens are read by contiguous slices")
-        start, stop, _ = window.indices(len(self))
-        pieces = []
-        index = int(np.searchsorted(self.starts, start, side="right")) - 1
-        while start < stop:
-            take = min(stop, int(self.starts[index + 1])) - start
-            offset = start - int(self.starts[index])
-            pieces.append(self.arrays[index][offset:offset + take])
-            start += take
-            index += 1
-        if not pieces:
-            return np.empty(0, dtype=self.dtype)
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces).astype(self.dtype, copy=False)
-
-
 @dataclass(frozen=True)
 class Corpus:
     """The documents of one or more token caches, in order: ``tokens`` sliced like an array and ``offsets``
     (num_documents + 1,) int64, document d being ``tokens[offsets[d]:offsets[d + 1]]``."""
 
-    tokens: np.ndarray | ConcatenatedTokens
+    tokens: np.ndarray | TokenSpans
     offsets: np.ndarray
 
     @classmethod
@@ -84,9 +56,10 @@ class Corpus:
         """The caches end to end (one cache: its own arrays, untouched)."""
         if len(caches) == 1:
             return cls(caches[0].tokens, caches[0].offsets)
-        tokens = ConcatenatedTokens([cache.tokens for cache in caches])
-        offsets = [cache.offsets[:-1] + base for cache, base in zip(caches, tokens.starts[:-1], strict=True)]
-        return cls(tokens, np.concatenate([*offsets, tokens.starts[-1:]]).astype(np.int64))
+        tokens = TokenSpans([cache.tokens for cache in caches], [0] * len(caches),
+                            [cache.num_tokens for cache in caches])
+        offsets = [cache.offsets[:-1] + base for cache, base in zip(caches, tokens.stream_starts[:-1], strict=True)]
+        return cls(tokens, np.concatenate([*offsets, tokens.stream_starts[-1:]]).astype(np.int64))
 
     @property
     def num_documents(self) -> int:

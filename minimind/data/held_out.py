@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minimind.data.token_spans import TokenSpans
+
 HELD_OUT_SEED = 20260101  # fixed: the held-out set belongs to the corpus, not to the run
 
 
@@ -35,44 +37,12 @@ def split_documents(num_documents: int, fraction: float) -> DocumentSplit:
     return DocumentSplit(train=np.flatnonzero(keep), held_out=held_out.astype(np.int64))
 
 
-class DocumentStream:
-    """The tokens of some documents of a token cache, concatenated in order, read like a 1-D array.
-
-    ``len(stream)`` and ``stream[a:b]`` (a NumPy array) are all ``PackedWindows`` needs. Nothing is
-    copied: consecutive documents merge into runs of the cache's array, and a slice gathers the
-    pieces of the runs it crosses (a binary search over the run starts).
-    """
-
-    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, documents: np.ndarray):
-        """``tokens`` (num_tokens,), ``offsets`` (num_documents + 1,) document starts, ``documents``
-        sorted indices of the documents to keep."""
-        starts, ends = offsets[documents], offsets[documents + 1]
-        # a run begins at every kept document whose predecessor is not its neighbour
-        run_begins = np.flatnonzero(np.r_[True, starts[1:] != ends[:-1]])
-        run_ends = np.r_[run_begins[1:], len(documents)] - 1
-        self.tokens = tokens
-        self.run_starts = starts[run_begins].astype(np.int64)  # (runs,) positions in ``tokens``
-        run_lengths = (ends[run_ends] - starts[run_begins]).astype(np.int64)
-        self.stream_starts = np.r_[0, np.cumsum(run_lengths)]  # (runs + 1,) positions in the stream
-        self.dtype = tokens.dtype
-
-    def __len__(self) -> int:
-        return int(self.stream_starts[-1])
-
-    def __getitem__(self, window: slice) -> np.ndarray:
-        if not isinstance(window, slice) or window.step not in (None, 1):
-            raise TypeError("a DocumentStream is read by contiguous slices")
-        start, stop, _ = window.indices(len(self))
-        if stop <= start:
-            return np.empty(0, dtype=self.dtype)
-        first = int(np.searchsorted(self.stream_starts, start, side="right")) - 1
-        pieces = []
-        run = first
-        while start < stop:
-            offset = start - self.stream_starts[run]
-            take = min(stop, self.stream_starts[run + 1]) - start
-            begin = self.run_starts[run] + offset
-            pieces.append(self.tokens[begin:begin + take])
-            start += take
-            run += 1
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+def document_stream(tokens, offsets: np.ndarray, documents: np.ndarray) -> TokenSpans:
+    """The tokens of ``documents`` (sorted indices) of a corpus, concatenated in order, read like a 1-D array
+    and copied nowhere: consecutive documents merge into one span of ``tokens`` (an array or ``TokenSpans``,
+    with ``offsets`` (num_documents + 1,) the document starts)."""
+    starts, ends = offsets[documents], offsets[documents + 1]
+    # a span begins at every kept document whose predecessor is not its neighbour
+    span_begins = np.flatnonzero(np.r_[True, starts[1:] != ends[:-1]])
+    span_ends = np.r_[span_begins[1:], len(documents)] - 1
+    return TokenSpans([tokens] * len(span_begins), starts[span_begins], ends[span_ends])

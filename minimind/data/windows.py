@@ -28,7 +28,7 @@ class PackedWindows(Dataset):
 
     def __init__(self, tokens: np.ndarray, max_seq_len: int, *, pad_id: int = PAD_ID):
         """``tokens``: (num_tokens,) integer array, e.g. ``TokenCache.tokens``, or anything sliced like
-        one (a ``DocumentStream`` of some documents)."""
+        one (``TokenSpans``: some documents, or several files' caches)."""
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be positive, got {max_seq_len}")
         self.tokens = tokens

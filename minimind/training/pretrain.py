@@ -20,7 +20,6 @@ from minimind.data import (
     Corpus,
     DataError,
     DocumentSplit,
-    DocumentStream,
     PackedWindows,
     PaddedDocuments,
     RankInvariantSampler,
@@ -31,6 +30,7 @@ from minimind.data import (
     check_fills_one_global_batch,
     data_files,
     default_corpus_path,
+    document_stream,
     make_data_loader,
     split_documents,
     token_cache_location,
@@ -293,14 +293,14 @@ def load_samples(args: argparse.Namespace, inputs: RunInputs) -> tuple[Dataset, 
     if args.eval_fraction:
         split = split_held_out(corpus.num_documents, args.eval_fraction, inputs.data_description)
         documents = split.train
-        eval_windows = PackedWindows(DocumentStream(tokens, offsets, split.held_out), args.max_seq_len, pad_id=pad_id)
+        eval_windows = PackedWindows(document_stream(tokens, offsets, split.held_out), args.max_seq_len, pad_id=pad_id)
     elif args.eval_data_path:
         eval_cache = build_or_load_token_cache(args.eval_data_path, tokenizer, skip_bad_lines=args.skip_bad_lines,
                                                log=print0, location=inputs.eval_cache_location)
         eval_windows = PackedWindows(eval_cache.tokens, args.max_seq_len, pad_id=pad_id)
     if not args.packing:
         return PaddedDocuments(tokens, offsets, args.max_seq_len, pad_id=pad_id, documents=documents), eval_windows
-    stream = tokens if documents is None else DocumentStream(tokens, offsets, documents)
+    stream = tokens if documents is None else document_stream(tokens, offsets, documents)
     return PackedWindows(stream, args.max_seq_len, pad_id=pad_id), eval_windows
 
 
