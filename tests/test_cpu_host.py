@@ -61,8 +61,8 @@ def test_bf16_needs_bf16_instructions_and_a_faster_block():
         slow = cpu_host.choose_cpu_precision(CONFIG, 8, 340, cpuinfo, measure=fixed_speeds(1.0, 1.25))
         assert slow.precision == "fp32" and "0.80x" in slow.reason
     assert set(calls) == {(6, 340)}  # at most MEASURED_TOKENS of the micro-batch: 2048 // 340 = 6 sequences
-    cpu_host.choose_cpu_precision(CONFIG, 2, 4096, EPYC_FLAGS, measure=fixed_speeds(1.0, 1.0, calls))
-    assert calls[-1] == (1, 4096)  # never fewer than one sequence
+    cpu_host.choose_cpu_precision(CONFIG, 2, 40_000, EPYC_FLAGS, measure=fixed_speeds(1.0, 1.0, calls))
+    assert calls[-1] == (1, 2048)  # never fewer than one sequence, never more than MEASURED_TOKENS
 
 
 def test_a_real_block_is_timed_in_both_precisions():

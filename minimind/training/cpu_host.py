@@ -119,7 +119,8 @@ def choose_cpu_precision(config: MiniMindConfig, micro_batch: int, seq_len: int,
     if not flags:
         return PrecisionChoice("fp32", "this CPU lists no bf16 instructions (amx_bf16, avx512_bf16, Arm bf16), "
                                        "so bf16 would be emulated, about 20x slower")
-    sequences = max(1, min(micro_batch, MEASURED_TOKENS // seq_len))
+    # a sequence longer than MEASURED_TOKENS is timed cut to it: start-up stays a second or two at any length
+    sequences, seq_len = max(1, min(micro_batch, MEASURED_TOKENS // seq_len)), min(seq_len, MEASURED_TOKENS)
     speedup = (measure(config, torch.float32, sequences, seq_len)
                / measure(config, torch.bfloat16, sequences, seq_len))
     timed = f"one block's forward+backward ({sequences} x {seq_len} tokens) ran {speedup:.2f}x as fast in bf16"
