@@ -41,7 +41,7 @@ from minimind.model.precision import PRECISION_DTYPES
 from minimind.model.pth_weights import WeightsMismatchError, load_minimind_pth
 from minimind.tokenizer.loader import load_tokenizer, tokenizer_fingerprint
 
-SIZE_FLAGS = {"hidden_size": 512, "num_hidden_layers": 8, "use_moe": 0}  # MiniMind's defaults, for a bare .pth
+SIZE_FLAGS = ("hidden_size", "num_hidden_layers", "use_moe")  # a bare .pth's; MiniMindConfig's defaults otherwise
 HF_CONFIG = "config.json"
 SAVE_DIR_CHECKPOINTS = "checkpoints"  # where a training run's save folder keeps its checkpoints
 FINGERPRINT_SHOWN = 12  # hex digits of a tokenizer fingerprint shown in an error
@@ -243,11 +243,9 @@ def load_pth(path: Path, size_flags: dict, tokenizer_path: str | None) -> Loaded
                               "sizes; drop the size flags")
         config, sized_by = read_config_json(config_file), str(config_file)
     else:
-        sizes = {**SIZE_FLAGS, **size_flags}
-        config = MiniMindConfig(hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_hidden_layers"],
-                                use_moe=bool(sizes["use_moe"]))
-        sized_by = f"--hidden_size {sizes['hidden_size']} --num_hidden_layers {sizes['num_hidden_layers']} " \
-                   f"--use_moe {sizes['use_moe']}"
+        config = MiniMindConfig(**{name: bool(value) if name == "use_moe" else value
+                                   for name, value in size_flags.items()})
+        sized_by = " ".join(f"--{name} {int(getattr(config, name))}" for name in SIZE_FLAGS)
     try:
         model = load_minimind_pth(MiniMindForCausalLM(config), path)
     except WeightsMismatchError as error:

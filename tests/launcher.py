@@ -157,6 +157,11 @@ def read_eval_rows(save_dir: Path) -> list[dict]:
     return [record for record in read_metrics_file(save_dir) if is_validation_record(record)]
 
 
+def read_samples(save_dir: Path) -> list[dict]:
+    """The rows of ``{save_dir}/samples.jsonl`` (one per prompt per evaluation)."""
+    return [json.loads(line) for line in (save_dir / "samples.jsonl").read_text().splitlines()]
+
+
 def read_metrics_file(save_dir: Path) -> list[dict]:
     """Every record of ``{save_dir}/metrics.jsonl``."""
     return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]

@@ -28,7 +28,7 @@ from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.locate import read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import FP32_CONFIG, TINY_MODEL, launch, read_eval_rows, read_metrics
+from tests.launcher import FP32_CONFIG, TINY_MODEL, launch, read_eval_rows, read_metrics, read_samples
 from tests.test_checkpoint_commands import CLEAN_LOAD, PROMPT
 
 pytestmark = pytest.mark.slow
@@ -101,10 +101,6 @@ def assert_evaluations_agree(run: Path, other: Path, steps: list[int]) -> None:
         assert rows[step]["eval_tokens"] == other_rows[step]["eval_tokens"]
         assert rows[step]["val_loss"] == pytest.approx(other_rows[step]["val_loss"], rel=1e-5)
 
-
-def read_samples(save_dir: Path) -> list[dict]:
-    """The rows of ``{save_dir}/samples.jsonl``."""
-    return [json.loads(line) for line in (save_dir / "samples.jsonl").read_text().splitlines()]
 
 
 def test_ep2_universal_resumes_on_one_rank_at_ep1(launch_dir, corpus, launch_env_vars, ep2_run, ep2_universal):

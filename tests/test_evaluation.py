@@ -100,7 +100,7 @@ def test_val_loss_is_the_mean_over_every_target_token(micro_batch):
     model.train()  # evaluate switches dropout off itself, and back on after
     rng_before = torch.get_rng_state()
     result = evaluate(PlainEngine(model), windows, micro_batch=micro_batch, max_batches=0, rank=0, world=1,
-                      pad_id=0, device=torch.device("cpu"))
+                      device=torch.device("cpu"))
     assert model.training and torch.equal(torch.get_rng_state(), rng_before)
     assert result.eval_tokens == count == windows.num_label_tokens
     assert result.val_loss == pytest.approx(expected, rel=1e-5)  # fp32 model against float64 sums
@@ -121,7 +121,7 @@ def test_evaluation_leaves_the_rng_streams_where_they_were():
                                                num_key_value_heads=2, vocab_size=300, kernel_impl="torch"))
     windows = PackedWindows(np.arange(3, 50) % 300, 7)
     before = torch.get_rng_state()
-    evaluate(RandomDrawingEngine(model), windows, micro_batch=2, max_batches=0, rank=0, world=1, pad_id=0,
+    evaluate(RandomDrawingEngine(model), windows, micro_batch=2, max_batches=0, rank=0, world=1,
              device=torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), before)
 

@@ -32,6 +32,7 @@ from tests.launcher import (
     module_weights,
     read_eval_rows,
     read_metrics,
+    read_samples,
     run_job,
     short_training,
 )
@@ -85,7 +86,7 @@ def test_validation_is_the_plain_pytorch_loss_on_one_and_two_ranks(reference_run
 
 
 def test_samples_are_the_greedy_continuation_of_a_full_recompute_decode(reference_run):
-    rows = [json.loads(line) for line in (reference_run / "samples.jsonl").read_text().splitlines()]
+    rows = read_samples(reference_run)
     assert [row["step"] for row in rows] == [step for step in (10, 20, 30, 40) for _ in SAMPLE_PROMPTS]
     model, tokenizer = final_model(reference_run), load_tokenizer()
     for row, prompt in zip(rows[-len(SAMPLE_PROMPTS):], SAMPLE_PROMPTS, strict=True):
@@ -129,8 +130,8 @@ def test_zero3_trains_a_moe_model_as_zero2_does(launch_dir, corpus, launch_env_v
     assert all(m["aux_loss"] > 0 for m in losses[3])
     (zero3,), (zero2,) = read_eval_rows(save_dirs[3]), read_eval_rows(save_dirs[2])
     assert zero3["step"] == 4 and zero3["val_loss"] == pytest.approx(zero2["val_loss"], rel=1e-5)
-    samples = {stage: (save_dir / "samples.jsonl").read_text() for stage, save_dir in save_dirs.items()}
-    assert samples[3] == samples[2] and samples[3].count("\n") == 3
+    samples = {stage: read_samples(save_dir) for stage, save_dir in save_dirs.items()}
+    assert samples[3] == samples[2] and len(samples[3]) == 3
 
 
 def test_torchrun_trains_as_deepspeed_s_launcher_does(reference_run, launch_dir, corpus, launch_env_vars):

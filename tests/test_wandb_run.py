@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from wandb.proto import wandb_internal_pb2
 
-from tests.launcher import free_local_port, read_eval_rows, read_metrics, run_job, short_training
+from tests.launcher import free_local_port, read_eval_rows, read_metrics, read_samples, run_job, short_training
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +78,6 @@ def test_an_offline_wandb_run_holds_the_losses_and_samples_and_survives_a_resume
     assert summary["loss"] == pytest.approx(read_metrics(save_dir)[-1]["loss"], rel=1e-12)
     assert summary["val_loss"] == pytest.approx(read_eval_rows(save_dir)[-1]["val_loss"], rel=1e-12)
     table = json.loads((runs[1].parent / "files" / summary["samples/path"]).read_text())
-    samples = [json.loads(line) for line in (save_dir / "samples.jsonl").read_text().splitlines()]
+    samples = read_samples(save_dir)
     assert table["columns"] == ["step", "prompt", "text"]
     assert table["data"] == [[row["step"], row["prompt"], row["text"]] for row in samples if row["step"] == 3]

@@ -87,7 +87,7 @@ class PaddedDocuments(Dataset):
 
 
 def shifted_sample(ids: np.ndarray, max_seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Turn n <= max_seq_len + 1 real tokens into a padded, shifted sample.
+    """Turn n <= max_seq_len + 1 real tokens (none: a row of padding) into a padded, shifted sample.
 
     The ids are padded with ``pad_id`` to L + 1 (L = max_seq_len); returns ``input_ids`` (L,) =
     padded[:-1] and ``targets`` (L,) = padded[1:] with the padding replaced by IGNORE_INDEX, int64.
@@ -96,7 +96,7 @@ def shifted_sample(ids: np.ndarray, max_seq_len: int, pad_id: int) -> dict[str, 
     input_ids = torch.full((max_seq_len,), pad_id, dtype=torch.long)
     targets = torch.full((max_seq_len,), IGNORE_INDEX, dtype=torch.long)
     input_ids[:min(len(ids), max_seq_len)] = ids[:max_seq_len]
-    targets[:len(ids) - 1] = ids[1:]
+    targets[:max(len(ids) - 1, 0)] = ids[1:]
     return {"input_ids": input_ids, "targets": targets}
 
 

@@ -69,15 +69,16 @@ def generate_tokens(model, prompt: list[int], max_new_tokens: int, *, device: to
     prompt + new tokens never exceed ``max_position_embeddings``: N tokens take exactly N forwards.
     ``stop_at_eos``: stop after emitting ``eos_token_id`` (None: no token stops it); False always
     runs all N forwards, as ranks generating in lockstep must (the caller cuts at eos).
-    ``on_token`` receives each new id as it is produced (the host reads each id: one device sync
-    per token).
+    ``on_token`` receives each new id as it is produced. The host reads each id as it comes (one
+    device sync per token) only for ``on_token`` or to stop at eos; otherwise once, at the end.
     """
     if not prompt:
         raise ValueError("the prompt needs at least one token")
     if temperature < 0 or top_k < 0 or not 0 <= top_p <= 1:
         raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 <= top_p <= 1, got {temperature}, {top_k}, "
                          f"{top_p}")
-    new_ids: list[int] = []
+    read_each = on_token is not None or (stop_at_eos and eos_token_id is not None)
+    new_tokens: list[torch.Tensor] = []  # (1,) each, on the device they were drawn on
     input_ids = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, prompt), then (1, 1)
     cache = None
     with torch.no_grad():
@@ -85,11 +86,12 @@ def generate_tokens(model, prompt: list[int], max_new_tokens: int, *, device: to
             out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
             cache = out.cache
             token = sample_next_token(out.logits[0, -1], temperature, top_k, top_p, generator)  # (1,)
-            token_id = int(token.item())
-            new_ids.append(token_id)
-            if on_token is not None:
-                on_token(token_id)
-            if stop_at_eos and token_id == eos_token_id:
-                break
+            new_tokens.append(token)
+            if read_each:
+                token_id = int(token.item())  # device sync: streamed, or compared with eos
+                if on_token is not None:
+                    on_token(token_id)
+                if stop_at_eos and token_id == eos_token_id:
+                    break
             input_ids = token.view(1, 1).to(device)
-    return new_ids
+    return torch.cat(new_tokens).tolist() if new_tokens else []

@@ -11,9 +11,10 @@ target token of the eval set, whatever the number of ranks.
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from minimind.data.windows import PackedWindows, shifted_sample
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
 from minimind.training.collectives import all_reduce
 
@@ -43,19 +44,17 @@ def rank_window_indices(batch: int, micro_batch: int, world: int, rank: int, num
     return [index if index < num_windows else None for index in range(first, first + micro_batch)]
 
 
-def stack_rows(windows: Dataset, indices: list[int | None], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids``/``targets`` (micro_batch, seq) of the given windows; padding rows have no targets."""
-    rows = [windows[index] for index in indices if index is not None]
-    seq_len = windows.max_seq_len
-    padding = len(indices) - len(rows)
-    input_ids = [row["input_ids"] for row in rows] + [torch.full((seq_len,), pad_id, dtype=torch.long)] * padding
-    targets = [row["targets"] for row in rows] + [torch.full((seq_len,), IGNORE_INDEX, dtype=torch.long)] * padding
-    return {"input_ids": torch.stack(input_ids), "targets": torch.stack(targets)}
+def stack_rows(windows: PackedWindows, indices: list[int | None]) -> dict[str, torch.Tensor]:
+    """``input_ids``/``targets`` (micro_batch, seq) of the given windows; a padding row is a window of no
+    token (all padding, no target)."""
+    empty = shifted_sample(np.empty(0, dtype=np.int64), windows.max_seq_len, windows.pad_id)
+    rows = [windows[index] if index is not None else empty for index in indices]
+    return {key: torch.stack([row[key] for row in rows]) for key in ("input_ids", "targets")}
 
 
 @torch.no_grad()
-def evaluate(engine, windows: Dataset, *, micro_batch: int, max_batches: int, rank: int, world: int,
-             pad_id: int, device: torch.device) -> EvalResult:
+def evaluate(engine, windows: PackedWindows, *, micro_batch: int, max_batches: int, rank: int, world: int,
+             device: torch.device) -> EvalResult:
     """Mean token cross-entropy of ``engine``'s model over ``windows`` (``PackedWindows``), every rank together.
 
     The model runs in eval mode and is put back in train mode after; the RNG streams are
@@ -68,7 +67,7 @@ def evaluate(engine, windows: Dataset, *, micro_batch: int, max_batches: int, ra
     try:
         with torch.random.fork_rng(devices=fork_devices, device_type=device.type):
             for batch in range(eval_batch_count(len(windows), micro_batch, world, max_batches)):
-                rows = stack_rows(windows, rank_window_indices(batch, micro_batch, world, rank, len(windows)), pad_id)
+                rows = stack_rows(windows, rank_window_indices(batch, micro_batch, world, rank, len(windows)))
                 targets = rows["targets"].to(device, non_blocking=True)
                 logits = engine(input_ids=rows["input_ids"].to(device, non_blocking=True)).logits
                 totals[0] += token_cross_entropy(logits, targets, reduction="sum")

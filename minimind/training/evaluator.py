@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
 
+from minimind.data import PackedWindows
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.evaluation import evaluate
 from minimind.training.metrics import MetricsLogger
@@ -15,12 +15,11 @@ from minimind.training.samples import SampleGenerator
 class EvalSettings:
     """What an evaluation runs over: the eval windows (or None) and the sample prompts' generator (or None)."""
 
-    windows: Dataset | None
+    windows: PackedWindows | None
     samples: SampleGenerator | None
     interval: int
     micro_batch: int
     max_batches: int
-    pad_id: int
     device: torch.device
 
     @property
@@ -60,7 +59,7 @@ class Evaluator:
         if settings.windows is not None:
             result = evaluate(self.engine, settings.windows, micro_batch=settings.micro_batch,
                               max_batches=settings.max_batches, rank=self.rank, world=self.world,
-                              pad_id=settings.pad_id, device=settings.device)
+                              device=settings.device)
             self.logger.log_eval(position, result)
         if settings.samples is not None:
             self.logger.log_samples(position.step, settings.samples.generate())

@@ -146,8 +146,7 @@ def eval_settings(args: argparse.Namespace, inputs: RunInputs, engine, eval_wind
     samples = (SampleGenerator(engine, inputs.tokenizer, list(inputs.sample_prompts), args.sample_tokens, device)
                if inputs.sample_prompts else None)
     return EvalSettings(windows=eval_windows, samples=samples, interval=args.eval_interval,
-                        micro_batch=inputs.batch.micro_batch, max_batches=args.eval_batches,
-                        pad_id=inputs.tokenizer.pad_token_id, device=device)
+                        micro_batch=inputs.batch.micro_batch, max_batches=args.eval_batches, device=device)
 
 
 def announce_evaluation(args: argparse.Namespace, inputs: RunInputs, eval_windows: PackedWindows | None) -> None:
