@@ -346,10 +346,13 @@ def format_median(rows: list[dict], key: str, template: str) -> str:
 
 
 def format_setting(name: str, value) -> str:
-    """One run_settings.json value as table text: the command as a shell line, the model config as
-    ``key=value`` pairs, integers with thousands separators."""
+    """One run_settings.json value as table text: the command as a shell line, the mixture's sources with
+    their shares, the model config as ``key=value`` pairs, integers with thousands separators."""
     if name == "command" and isinstance(value, list):
         return f"`{shlex.join(str(part) for part in value)}`"
+    if name == "mixture" and isinstance(value, list):
+        return "; ".join(f"{source['source']}: weight {source['weight']:g}, {source['token_share']:.1%} of the tokens, "
+                         f"{source['passes_per_epoch']:.2f} passes per epoch" for source in value)
     if value is None:
         return "none"
     if isinstance(value, dict):

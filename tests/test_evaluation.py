@@ -150,7 +150,7 @@ def test_the_run_trains_on_none_of_the_held_out_documents(packing, tmp_path, mon
     args = SimpleNamespace(skip_bad_lines=False, eval_fraction=0.1, eval_data_path=None, packing=packing,
                            max_seq_len=16)
     inputs = SimpleNamespace(tokenizer=tokenizer, data_paths=(corpus,), cache_locations=(token_cache_location(
-        corpus, tokenizer),), data_description=corpus.name, eval_cache_location=None)
+        corpus, tokenizer),), data_description=corpus.name, eval_cache_location=None, sources=(), is_mixture=False)
     samples, eval_windows = load_samples(args, inputs)
     held_out = set(split_documents(len(texts), 0.1).held_out.tolist())
     documents = [[tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]

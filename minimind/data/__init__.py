@@ -1,17 +1,19 @@
 """Pretraining data: the default corpus, JSON Lines reading, the token cache, samples and their dealing.
 
-The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a JSON Lines file once;
+The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a data file once;
 ``PackedWindows`` (or ``PaddedDocuments``) turns the cache into samples;
 ``split_documents`` and ``document_stream`` hold documents out for validation;
-``RankInvariantSampler`` deals them to ranks; ``make_data_loader`` batches them.
+``MixedSamples`` mixes several sources by weight; ``RankInvariantSampler`` deals samples to ranks;
+``make_data_loader`` batches them.
 """
 
 from minimind.data.cache_root import cache_root
-from minimind.data.corpus import Corpus, data_files
+from minimind.data.corpus import Corpus, DataSource, data_files, data_sources
 from minimind.data.default_corpus import build_corpus, default_corpus_path
 from minimind.data.held_out import DocumentSplit, document_stream, split_documents
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts
 from minimind.data.loader import make_data_loader
+from minimind.data.mixture import EXHAUST_POLICIES, MixedSamples, MixtureSource
 from minimind.data.parquet_reader import ParquetTextReader
 from minimind.data.sampler import RankInvariantSampler, check_fills_one_global_batch
 from minimind.data.text_sources import DATA_SUFFIXES, text_reader, validate_texts
@@ -23,6 +25,10 @@ __all__ = [
     "Corpus",
     "DATA_SUFFIXES",
     "DataError",
+    "DataSource",
+    "EXHAUST_POLICIES",
+    "MixedSamples",
+    "MixtureSource",
     "DocumentSplit",
     "TokenSpans",
     "IGNORE_INDEX",
@@ -40,6 +46,7 @@ __all__ = [
     "build_or_load_token_cache",
     "cache_root",
     "data_files",
+    "data_sources",
     "default_corpus_path",
     "document_stream",
     "make_data_loader",

@@ -1,12 +1,15 @@
 """The data files a run names, and their token caches read as one corpus.
 
 ``--data_path`` takes files, globs and folders; ``data_files`` turns them into the sorted list of
-files they name, each a one-line ``DataError`` when it names nothing. Each file keeps its own
-token cache (adding a file tokenizes only that file); ``Corpus.of`` lays the caches end to end,
-so samples, sampler and held-out split see one stream of documents, without copying a token.
+files they name, each a one-line ``DataError`` when it names nothing. An entry may end in
+``:weight`` (``web/*.jsonl:0.7 code.parquet:0.3``); ``data_sources`` groups the files into the
+weighted sources of a mixture, or one unweighted source. Each file keeps its own token cache
+(adding a file tokenizes only that file); ``Corpus.of`` lays the caches end to end, so samples,
+sampler and held-out split see one stream of documents, without copying a token.
 """
 
 import glob
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,44 @@ def data_files(entries: list[str]) -> list[Path]:
             raise DataError(entry, None, "no such file or folder")
         files.update(dict.fromkeys(path.resolve() for path in matches))
     return list(files)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """The files of one ``--data_path`` entry (or of all entries, unweighted) and its mixture weight."""
+
+    name: str  # the entry as written, without its weight
+    files: tuple[Path, ...]
+    weight: float | None  # None: not a mixture
+
+
+def data_sources(entries: list[str]) -> list[DataSource]:
+    """The sources ``entries`` name: one per entry where every entry ends in ``:weight`` (a mixture), else one
+    source of all their files (concatenated). A weight that is not a positive number, or weights on some
+    entries only, is a one-line ``DataError`` naming ``--data_path``."""
+    split = [split_weight(entry) for entry in entries]
+    weighted = [weight is not None for _, weight in split]
+    if not any(weighted):
+        return [DataSource(" ".join(entries), tuple(data_files(entries)), None)]
+    if not all(weighted):
+        unweighted = [entry for entry, weight in split if weight is None]
+        raise DataError("--data_path", None, f"{unweighted[0]} has no weight while other entries have one; "
+                                             "give every entry a weight (path:0.3) or none")
+    return [DataSource(entry, tuple(data_files([entry])), weight) for entry, weight in split]
+
+
+def split_weight(entry: str) -> tuple[str, float | None]:
+    """``path:weight`` as (path, weight); an entry that names an existing path, or has no ``:``, has no weight."""
+    path, colon, weight_text = entry.rpartition(":")
+    if not colon or Path(entry).exists() or "/" in weight_text:
+        return entry, None
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        weight = math.nan
+    if not (math.isfinite(weight) and weight > 0):
+        raise DataError("--data_path", None, f"{entry}: the weight {weight_text!r} is not a positive number")
+    return path, weight
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,18 @@ from minimind.data import (
     Corpus,
     DataError,
     DocumentSplit,
+    MixedSamples,
+    MixtureSource,
     PackedWindows,
     PaddedDocuments,
     RankInvariantSampler,
     RepeatedSamples,
     TokenCache,
     TokenCacheLocation,
+    TokenSpans,
     build_or_load_token_cache,
     check_fills_one_global_batch,
-    data_files,
+    data_sources,
     default_corpus_path,
     document_stream,
     make_data_loader,
@@ -105,8 +108,10 @@ def train(args: argparse.Namespace, inputs: RunInputs, samples: Dataset,
     engine, n_params = build_engine(args, inputs, data.total_steps)
     device = accelerator_device()
     position, wandb_run_id = resume_state(args, engine, inputs, data)
-    write_run_settings(inputs.save_dir, run_settings(args, inputs, n_params, position, data.total_steps))
-    logger = MetricsLogger(inputs.save_dir, args.use_wandb, args.wandb_project, wandb_run_id, vars(args),
+    recorded = run_settings(args, inputs, n_params, position, data.total_steps, data.mixture)
+    write_run_settings(inputs.save_dir, recorded)
+    run_config = {**vars(args), **({"mixture": recorded["mixture"]} if "mixture" in recorded else {})}
+    logger = MetricsLogger(inputs.save_dir, args.use_wandb, args.wandb_project, wandb_run_id, run_config,
                            engine.monitor)
     checkpointer = Checkpointer(checkpoint_writer(args, inputs, engine, logger.wandb_run_id, data.total_steps),
                                 args.save_interval, saved_step=position.step)
@@ -125,7 +130,8 @@ def train(args: argparse.Namespace, inputs: RunInputs, samples: Dataset,
     evaluator = Evaluator(engine, eval_settings(args, inputs, engine, eval_windows, device), logger, rank, world)
 
     def micro_batches_for_epoch(epoch: int, start_sample: int):
-        data.sampler.set_epoch(epoch, start_sample)
+        for line in data.start_epoch(epoch, start_sample):
+            print0(line)
         return iter(data.loader)
 
     position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpointer, device,
@@ -194,7 +200,8 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     check_kernels_run_on(args.kernels, torch.device(accelerator.device_name(local_device_index())))
     if args.use_wandb:
         check_wandb_installed()
-    data_paths = tuple(data_files(args.data_path)) if args.data_path else ()
+    sources = tuple(data_sources(args.data_path)) if args.data_path else ()
+    data_paths = tuple(dict.fromkeys(path for source in sources for path in source.files))
     cache_locations = tuple(checked_cache_location(path, tokenizer, args) for path in data_paths)
     eval_cache_location = (checked_cache_location(Path(args.eval_data_path), tokenizer, args)
                            if args.eval_data_path else None)
@@ -205,7 +212,7 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
                        resume_request(args, save_dir), ep_size,
                        fit_batch_to_corpus=not data_paths and (demo or not batch_chosen), host_notes=host_notes,
                        precision_timed=precision_timed, eval_cache_location=eval_cache_location,
-                       sample_prompts=sample_prompts)
+                       sample_prompts=sample_prompts, sources=sources)
     return with_resume(args, inputs)
 
 
@@ -283,24 +290,49 @@ def announce(args: argparse.Namespace, inputs: RunInputs, world: LaunchedWorld, 
 
 def load_samples(args: argparse.Namespace, inputs: RunInputs) -> tuple[Dataset, PackedWindows | None]:
     """The token caches (one process per node, or per shared cache folder, builds each; the others wait on
-    its file) cut into training samples (packed windows or padded documents) and the eval windows, if any:
-    ``--eval_data_path``'s file, or the documents ``--eval_fraction`` holds out of the training file."""
-    tokenizer = inputs.tokenizer
-    corpus = Corpus.of(training_caches(args, inputs))
-    tokens, offsets, pad_id = corpus.tokens, corpus.offsets, tokenizer.pad_token_id
-    documents, eval_windows = None, None
+    its file) cut into training samples (packed windows or padded documents; a weighted mixture of them when
+    ``--data_path`` gives weights) and the eval windows, if any: ``--eval_data_path``'s file, or the
+    documents ``--eval_fraction`` holds out of each source."""
+    caches = training_caches(args, inputs)
+    if inputs.sources:
+        by_path = dict(zip(inputs.data_paths, caches, strict=True))
+        corpora = [Corpus.of([by_path[path] for path in source.files]) for source in inputs.sources]
+        names = [source.name for source in inputs.sources]
+    else:
+        corpora, names = [Corpus.of(caches)], [inputs.data_description]
+    pieces = [source_samples(args, corpus, name, inputs.tokenizer.pad_token_id)
+              for corpus, name in zip(corpora, names, strict=True)]
+    eval_windows = None
     if args.eval_fraction:
-        split = split_held_out(corpus.num_documents, args.eval_fraction, inputs.data_description)
-        documents = split.train
-        eval_windows = PackedWindows(document_stream(tokens, offsets, split.held_out), args.max_seq_len, pad_id=pad_id)
+        held_out = [held for _, held in pieces]
+        stream = held_out[0] if len(held_out) == 1 else TokenSpans(held_out, [0] * len(held_out),
+                                                                   [len(held) for held in held_out])
+        eval_windows = PackedWindows(stream, args.max_seq_len, pad_id=inputs.tokenizer.pad_token_id)
     elif args.eval_data_path:
-        eval_cache = build_or_load_token_cache(args.eval_data_path, tokenizer, skip_bad_lines=args.skip_bad_lines,
-                                               log=print0, location=inputs.eval_cache_location)
-        eval_windows = PackedWindows(eval_cache.tokens, args.max_seq_len, pad_id=pad_id)
+        eval_cache = build_or_load_token_cache(args.eval_data_path, inputs.tokenizer,
+                                               skip_bad_lines=args.skip_bad_lines, log=print0,
+                                               location=inputs.eval_cache_location)
+        eval_windows = PackedWindows(eval_cache.tokens, args.max_seq_len, pad_id=inputs.tokenizer.pad_token_id)
+    if not inputs.is_mixture:
+        return pieces[0][0], eval_windows
+    sources = [MixtureSource(source.name, source.weight, samples)
+               for source, (samples, _) in zip(inputs.sources, pieces, strict=True)]
+    return MixedSamples(sources, exhaust=args.mixture_exhaust, seed=args.seed), eval_windows
+
+
+def source_samples(args: argparse.Namespace, corpus: Corpus, name: str,
+                   pad_id: int) -> tuple[PackedWindows | PaddedDocuments, TokenSpans | None]:
+    """One source's training samples and, with ``--eval_fraction``, the tokens of its held-out documents."""
+    documents, held_out = None, None
+    if args.eval_fraction:
+        split = split_held_out(corpus.num_documents, args.eval_fraction, name)
+        documents = split.train
+        held_out = document_stream(corpus.tokens, corpus.offsets, split.held_out)
     if not args.packing:
-        return PaddedDocuments(tokens, offsets, args.max_seq_len, pad_id=pad_id, documents=documents), eval_windows
-    stream = tokens if documents is None else document_stream(tokens, offsets, documents)
-    return PackedWindows(stream, args.max_seq_len, pad_id=pad_id), eval_windows
+        return PaddedDocuments(corpus.tokens, corpus.offsets, args.max_seq_len, pad_id=pad_id,
+                               documents=documents), held_out
+    stream = corpus.tokens if documents is None else document_stream(corpus.tokens, corpus.offsets, documents)
+    return PackedWindows(stream, args.max_seq_len, pad_id=pad_id), held_out
 
 
 def training_caches(args: argparse.Namespace, inputs: RunInputs) -> list[TokenCache]:
@@ -353,12 +385,16 @@ def training_data(args: argparse.Namespace, inputs: RunInputs, dataset: Dataset)
         world_size=dist.get_world_size(), rank=dist.get_rank(), seed=args.seed,
     )
     loader = make_data_loader(dataset, sampler, pin_memory=not inputs.cpu_only)
-    print0(f"data: {len(dataset)} {'packed windows' if args.packing else 'padded documents'}, "
+    mixture = dataset if isinstance(dataset, MixedSamples) else None
+    print0(f"data: {len(dataset)} {'packed windows' if args.packing else 'padded documents'}"
+           f"{f' per epoch, mixed ({args.mixture_exhaust} a source that runs out)' if mixture else ''}, "
            f"{sampler.steps_per_epoch} optimizer steps per epoch")
+    for line in mixture.describe() if mixture else ():
+        print0(line)
     total_steps = sampler.steps_per_epoch * args.epochs
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    return TrainingData(sampler, loader, total_steps)
+    return TrainingData(sampler, loader, total_steps, mixture)
 
 
 def build_engine(args: argparse.Namespace, inputs: RunInputs, total_steps: int):

@@ -34,12 +34,15 @@ class RunIdentity:
 
 
 def data_identity(source: str, content_digest: str | None, packing: bool, max_seq_len: int,
-                  held_out_fraction: float | None = None) -> dict:
-    """The data a run trains on: the file (or the bundled corpus), its content digest, the sample cut and
-    the share of documents held out for validation (recorded only when some are)."""
+                  held_out_fraction: float | None = None, mixture: dict | None = None) -> dict:
+    """The data a run trains on: the file (or the bundled corpus), its content digest, the sample cut, the
+    share of documents held out for validation and the mixture's sources, weights, policy and seed (each
+    recorded only when there is one)."""
     identity = {"source": source, "content": content_digest, "packing": packing, "max_seq_len": max_seq_len}
     if held_out_fraction:
         identity["held_out_fraction"] = held_out_fraction
+    if mixture:
+        identity["mixture"] = mixture
     return identity
 
 

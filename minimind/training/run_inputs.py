@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from minimind.checkpoint.locate import CheckpointLocation
-from minimind.data import RankInvariantSampler, TokenCacheLocation
+from minimind.data import DataSource, MixedSamples, RankInvariantSampler, TokenCacheLocation
 from minimind.model import MiniMindConfig
 from minimind.model.pth_weights import minimind_weights_name
 from minimind.tokenizer.loader import tokenizer_fingerprint
@@ -39,6 +39,12 @@ class RunInputs:
     precision_timed: bool = False  # the precision was chosen by timing this rank's processor
     eval_cache_location: TokenCacheLocation | None = None  # of --eval_data_path
     sample_prompts: tuple[str, ...] = ()  # continued at each evaluation (none: no samples)
+    sources: tuple[DataSource, ...] = ()  # --data_path's sources (weighted: a mixture); none: the bundled corpus
+
+    @property
+    def is_mixture(self) -> bool:
+        """Whether ``--data_path`` gave weights: the samples are a mixture of the sources."""
+        return any(source.weight is not None for source in self.sources)
 
     def identity(self, args: argparse.Namespace) -> RunIdentity:
         """What a checkpoint of this run records, and a resumed checkpoint must share."""
@@ -46,14 +52,20 @@ class RunInputs:
         digest = None  # the bundled corpus
         if digests:  # one file keeps its own digest, as checkpoints from before several files recorded it
             digest = digests[0] if len(digests) == 1 else hashlib.blake2b("".join(digests).encode()).hexdigest()
+        mixture = None
+        if self.is_mixture:
+            mixture = {"sources": [[source.name, source.weight] for source in self.sources],
+                       "exhaust": args.mixture_exhaust, "seed": args.seed}
         return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
                            data_identity(self.data_description, digest, bool(args.packing), args.max_seq_len,
-                                         args.eval_fraction))
+                                         args.eval_fraction, mixture))
 
     @property
     def data_description(self) -> str:
-        """The training data in a few words: the file's name, the count and first names of several, or the
-        bundled corpus."""
+        """The training data in a few words: the file's name, the count and first names of several, the
+        sources of a mixture, or the bundled corpus."""
+        if self.is_mixture:
+            return f"a mixture of {', '.join(f'{source.name}:{source.weight:g}' for source in self.sources)}"
         names = [path.name for path in self.data_paths]
         if len(names) > 1:
             return f"{len(names)} files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
@@ -62,11 +74,21 @@ class RunInputs:
 
 @dataclass
 class TrainingData:
-    """The sampler and loader of one run and how many optimizer steps it trains."""
+    """The sampler and loader of one run, how many optimizer steps it trains, and its mixture (if any)."""
 
     sampler: RankInvariantSampler
     loader: torch.utils.data.DataLoader
     total_steps: int
+    mixture: MixedSamples | None = None
+
+    def start_epoch(self, epoch: int, start_sample: int) -> list[str]:
+        """Deal epoch ``epoch`` from global sample ``start_sample`` on (a mixture's sources move on to the
+        epoch's samples); returns lines naming the sources this epoch repeats."""
+        self.sampler.set_epoch(epoch, start_sample)
+        if self.mixture is None:
+            return []
+        self.mixture.set_epoch(epoch)
+        return self.mixture.describe_repeats()
 
 
 def weights_name(args: argparse.Namespace) -> str:

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from minimind.data import MixedSamples
 from minimind.model.precision import precision_of
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.run_files import RUN_SETTINGS_FILE
@@ -14,8 +15,9 @@ from minimind.training.world import global_rank
 
 
 def run_settings(args: argparse.Namespace, inputs: RunInputs, n_params: int, start: TrainingPosition,
-                 total_steps: int) -> dict:
-    """The command, the resolved batch and precision, the model and the data of this run."""
+                 total_steps: int, mixture: MixedSamples | None = None) -> dict:
+    """The command, the resolved batch and precision, the model and the data of this run (with the mixture's
+    realised shares)."""
     batch, config = inputs.batch, inputs.model_config
     evaluation = (f"{args.eval_fraction:g} of the documents held out" if args.eval_fraction
                   else args.eval_data_path)
@@ -36,6 +38,7 @@ def run_settings(args: argparse.Namespace, inputs: RunInputs, n_params: int, sta
                                                           "num_key_value_heads", "vocab_size", "use_moe")},
         "data": [str(path) for path in inputs.data_paths] or "the bundled corpus",
         "eval": evaluation,
+        **({"mixture": mixture.summary(), "mixture_exhaust": mixture.exhaust} if mixture is not None else {}),
     }
 
 

@@ -1,0 +1,212 @@
+"""Weighted mixtures of data sources: parsing ``path:weight``, token shares, the epoch policies, rank
+invariance and resume, in process against counts taken from the samples themselves, and end to end
+through the launcher."""
+
+import argparse
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from minimind.data import (
+    IGNORE_INDEX,
+    DataError,
+    MixedSamples,
+    MixtureSource,
+    PackedWindows,
+    RankInvariantSampler,
+    data_sources,
+)
+from minimind.tokenizer.loader import load_tokenizer
+from minimind.training.pretrain import load_samples
+from minimind.training.run_inputs import RunInputs
+from tests.launcher import TINY_MODEL, launch, read_metrics, write_corpus
+
+SOURCE_SPAN = 1000  # source d's tokens are ids in [d * SOURCE_SPAN, (d + 1) * SOURCE_SPAN)
+
+
+def token_sources(sizes: list[int], seed: int, max_seq_len: int) -> list[PackedWindows]:
+    """One PackedWindows per source over ``sizes[d]`` random tokens that name their source."""
+    rng = np.random.default_rng(seed)
+    return [PackedWindows(rng.integers(d * SOURCE_SPAN, (d + 1) * SOURCE_SPAN, size, dtype=np.int64), max_seq_len)
+            for d, size in enumerate(sizes)]
+
+
+def mixture(sizes: list[int], weights: list[float], *, exhaust: str, seed: int = 3,
+            max_seq_len: int = 13) -> MixedSamples:
+    samples = token_sources(sizes, seed, max_seq_len)
+    return MixedSamples([MixtureSource(f"s{d}", weight, windows) for d, (weight, windows)
+                         in enumerate(zip(weights, samples, strict=True))], exhaust=exhaust, seed=seed)
+
+
+def source_and_window(sample: dict) -> tuple[int, tuple[int, ...]]:
+    """The source a sample's tokens come from (read off the ids) and the sample's ids."""
+    ids = sample["input_ids"].tolist()
+    return ids[0] // SOURCE_SPAN, tuple(ids)
+
+
+def target_tokens(sample: dict) -> int:
+    return int((sample["targets"] != IGNORE_INDEX).sum())
+
+
+@pytest.mark.parametrize("exhaust", ["repeat", "stop"])
+def test_realised_token_shares_follow_the_weights_on_a_long_run(exhaust):
+    weights = [0.55, 0.3, 0.15]
+    mixed = mixture([20011, 3203, 977], weights, exhaust=exhaust)
+    sampler = RankInvariantSampler(len(mixed), micro_batch_size=3, accumulation_steps=2, world_size=2, rank=0, seed=7)
+    epochs = -(-3000 // sampler.samples_per_epoch)  # a long run: 3,000 samples or more, across epochs
+    tokens = Counter()
+    for epoch in range(epochs):
+        mixed.set_epoch(epoch)
+        for rank in range(2):
+            dealt = RankInvariantSampler(len(mixed), micro_batch_size=3, accumulation_steps=2, world_size=2,
+                                         rank=rank, seed=7)
+            dealt.set_epoch(epoch)
+            for index in dealt:
+                sample = mixed[index]
+                tokens[source_and_window(sample)[0]] += target_tokens(sample)
+    assert epochs > 1
+    total = sum(tokens.values())
+    for source, weight in enumerate(weights):
+        assert tokens[source] / total == pytest.approx(weight, abs=0.01), (source, tokens)
+    assert mixed.token_shares() == pytest.approx(weights, abs=0.005)
+
+
+def test_repeat_reads_the_largest_source_once_and_repeats_the_others_evenly():
+    sizes, weights = [4007, 1301, 211], [0.5, 0.3, 0.2]
+    mixed = mixture(sizes, weights, exhaust="repeat")
+    windows = token_sources(sizes, 3, 13)
+    so_far = Counter()
+    for epoch in range(3):
+        mixed.set_epoch(epoch)
+        seen = Counter(source_and_window(mixed[index]) for index in range(len(mixed)))
+        so_far.update(seen)
+        # the source with the most tokens for its weight: every window exactly once per epoch
+        largest = [count for (source, _), count in seen.items() if source == 0]
+        assert set(largest) == {1} and len(largest) == len(windows[0])
+        for d in (1, 2):  # the others: every window read, none twice more than another so far
+            counts = [count for (source, _), count in so_far.items() if source == d]
+            passes = sum(counts) / len(windows[d])
+            assert passes > epoch + 1 and len(counts) == len(windows[d])
+            assert set(counts) <= {int(passes), int(passes) + 1}
+    assert any("repeated" in line for line in mixed.describe())
+    assert [line.split(":")[1].split()[0] for line in mixed.describe_repeats()] == ["s1", "s2"]
+
+
+def test_stop_ends_the_epoch_when_a_source_runs_out_and_the_others_go_on_next_epoch():
+    sizes, weights = [4007, 1301, 211], [0.5, 0.3, 0.2]  # s2 runs out first
+    mixed = mixture(sizes, weights, exhaust="stop")
+    windows = token_sources(sizes, 3, 13)
+    read = [Counter() for _ in sizes]
+    epochs = 3
+    for epoch in range(epochs):
+        mixed.set_epoch(epoch)
+        epoch_read = Counter(source_and_window(mixed[index]) for index in range(len(mixed)))
+        limiting = [ids for (source, ids) in epoch_read if source == 2]
+        assert len(limiting) == len(windows[2]) and set(epoch_read[(2, ids)] for ids in limiting) == {1}
+        for (source, ids), count in epoch_read.items():
+            read[source][ids] += count
+    for d in (0, 1):  # read in part each epoch, going on where the last epoch stopped: no window twice yet
+        assert mixed.passes_per_epoch()[d] < 1
+        if mixed.passes_per_epoch()[d] * epochs <= 1:
+            assert set(read[d].values()) == {1}
+
+
+def test_one_and_two_ranks_see_the_same_samples_in_every_step_and_a_resume_reproduces_them():
+    sizes, weights = [3001, 917], [0.7, 0.3]
+
+    def global_steps(world: int, micro: int, epoch: int, start_sample: int = 0) -> list[list[tuple]]:
+        mixed = mixture(sizes, weights, exhaust="repeat")
+        mixed.set_epoch(epoch)
+        per_rank = []
+        for rank in range(world):
+            sampler = RankInvariantSampler(len(mixed), micro_batch_size=micro, accumulation_steps=1,
+                                           world_size=world, rank=rank, seed=11)
+            sampler.set_epoch(epoch, start_sample)
+            per_rank.append([source_and_window(mixed[index])[1] for index in sampler])
+        step_samples = 4
+        steps = len(per_rank[0]) // (step_samples // world)
+        return [sorted(ids for rank in per_rank for ids in rank[s * (step_samples // world):
+                                                                  (s + 1) * (step_samples // world)])
+                for s in range(steps)]
+
+    one, two = global_steps(1, 4, epoch=1), global_steps(2, 2, epoch=1)
+    assert one == two and len(one) > 50
+    assert global_steps(2, 2, epoch=1, start_sample=4 * 37) == two[37:]
+
+
+def test_entries_with_weights_are_sources_and_bad_weights_are_one_line(tmp_path):
+    for name in ("a.jsonl", "b.jsonl", "c:1.jsonl"):
+        write_corpus(tmp_path / name, lines=3)
+    sources = data_sources([f"{tmp_path}/a.jsonl:0.7", f"{tmp_path}/[bc]*.jsonl:.3"])
+    assert [(source.files, source.weight) for source in sources] == [
+        ((tmp_path / "a.jsonl",), 0.7), ((tmp_path / "b.jsonl", tmp_path / "c:1.jsonl"), 0.3)]
+    unweighted = data_sources([str(tmp_path / "c:1.jsonl"), str(tmp_path / "a.jsonl")])  # a colon in a file name
+    assert len(unweighted) == 1 and unweighted[0].weight is None and len(unweighted[0].files) == 2
+    for entries, named in [
+        ([f"{tmp_path}/a.jsonl:0"], "the weight '0' is not a positive number"),
+        ([f"{tmp_path}/a.jsonl:-1"], "the weight '-1' is not a positive number"),
+        ([f"{tmp_path}/a.jsonl:nan"], "the weight 'nan' is not a positive number"),
+        ([f"{tmp_path}/a.jsonl:inf"], "the weight 'inf' is not a positive number"),
+        ([f"{tmp_path}/a.jsonl:lots"], "the weight 'lots' is not a positive number"),
+        ([f"{tmp_path}/a.jsonl:0.5", f"{tmp_path}/b.jsonl"], "b.jsonl has no weight while other entries have one"),
+    ]:
+        with pytest.raises(DataError, match="^--data_path: ") as raised:
+            data_sources(entries)
+        assert named in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_load_samples_mixes_each_sources_training_documents_and_validates_on_all_held_out(tmp_path, monkeypatch):
+    """The real ``load_samples``: no held-out document of any source is trained on, and the eval windows hold
+    every source's held-out documents."""
+    monkeypatch.setenv("MINIMIND_CACHE_DIR", str(tmp_path / "cache"))
+    web = write_corpus(tmp_path / "web.jsonl", lines=300, seed=5)
+    code = write_corpus(tmp_path / "code.jsonl", lines=80, seed=6)
+    tokenizer = load_tokenizer(None)
+    args = argparse.Namespace(data_path=[f"{web}:0.8", f"{code}:0.2"], eval_fraction=0.1, eval_data_path=None,
+                              max_seq_len=24, packing=1, skip_bad_lines=False, text_field="text",
+                              mixture_exhaust="repeat", seed=5)
+    sources = tuple(data_sources(args.data_path))
+    inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path, tokenizer=tokenizer,
+                       model_config=None, data_paths=(web, code), cache_locations=(None, None), resume_request=None,
+                       ep_size=None, fit_batch_to_corpus=False, sources=sources)
+    samples, eval_windows = load_samples(args, inputs)
+    assert isinstance(samples, MixedSamples) and inputs.is_mixture
+    assert [source.weight for source in samples.sources] == [0.8, 0.2]
+    texts = [[json.loads(line)["text"] for line in path.read_text().splitlines()] for path in (web, code)]
+    held_out_texts = tokenizer.decode(eval_windows.tokens[:len(eval_windows.tokens)].tolist())
+    trained_texts = tokenizer.decode(np.concatenate([source.samples.tokens[:len(source.samples.tokens)]
+                                                     for source in samples.sources]).tolist())
+    for source_texts in texts:
+        held = [text for text in source_texts if text in held_out_texts]
+        assert len(held) == pytest.approx(0.1 * len(source_texts), abs=1)
+        assert not any(text in trained_texts for text in held if len(text.split()) > 30)
+
+
+@pytest.mark.slow
+def test_a_mixture_trains_through_the_launcher_and_resumes_exactly(tmp_path):
+    """Two epochs of a 2-rank mixture run, and a run resumed from its first checkpoint (in the first epoch):
+    the same losses at every later step, and the realised shares in run_settings.json."""
+    env = {"MINIMIND_CACHE_DIR": str(tmp_path / "cache")}
+    web = write_corpus(tmp_path / "web.jsonl", lines=30, seed=2)
+    code = write_corpus(tmp_path / "code.jsonl", lines=8, seed=3)
+    flags = [*TINY_MODEL, "--deepspeed_config", "ds_configs/zero2_fp32.json", "--batch_size", "2",
+             "--accumulation_steps", "1", "--learning_rate", "3e-3", "--epochs", "2", "--save_interval", "8",
+             "--keep_checkpoints", "5",
+             "--data_path", f"{web}:0.75", f"{code}:0.25"]
+    uninterrupted = tmp_path / "run"
+    result = launch(2, [*flags, "--save_dir", str(uninterrupted)], env=env)
+    settings = json.loads((uninterrupted / "run_settings.json").read_text())
+    shares = [source["token_share"] for source in settings["mixture"]]
+    assert shares == pytest.approx([0.75, 0.25], abs=0.01) and settings["mixture_exhaust"] == "repeat"
+    assert f"mixture source {code}: weight 0.25" in result.stdout
+    reference = {m["step"]: m["loss"] for m in read_metrics(uninterrupted)}
+    steps_per_epoch = int(result.stdout.split(" optimizer steps per epoch")[0].rsplit(" ", 1)[1])
+    assert len(reference) == 2 * steps_per_epoch and 8 < steps_per_epoch < 16  # step 8 lies in the first epoch
+    resumed = tmp_path / "resumed"
+    launch(2, [*flags, "--save_dir", str(resumed), "--resume_from", str(uninterrupted / "checkpoints" / "step_8")],
+           env=env)
+    losses = {m["step"]: m["loss"] for m in read_metrics(resumed)}
+    assert list(losses) == list(range(9, 2 * steps_per_epoch + 1))
+    assert losses == pytest.approx({step: reference[step] for step in losses}, rel=1e-6, abs=0)
