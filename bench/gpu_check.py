@@ -110,7 +110,9 @@ class TrainingRun:
 def training_runs(dry_run: bool) -> dict[str, TrainingRun]:
     """The training parts: the presets on a GPU; a 64 x 2 model in fp32 standing in for each in a dry run."""
     if dry_run:
-        tiny = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "2"]
+        # evaluation and samples run as on a GPU, bounded: the whole held-out 1% is ~800 forwards per run here
+        tiny = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "2",
+                "--eval_batches", "2", "--sample_tokens", "4"]
         plan = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--micro_batch", "2",
                 "--precision", "fp32"]
         common = {"ds_config": "zero2_fp32.json", "steps": 3, "warmup_steps": 1, "timeout_s": 180}

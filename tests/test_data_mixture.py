@@ -17,9 +17,12 @@ from minimind.data import (
     PackedWindows,
     RankInvariantSampler,
     data_sources,
+    token_cache_location,
 )
+from minimind.model import MiniMindConfig
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.pretrain import load_samples
+from minimind.training.resume_fit import data_position_applies
 from minimind.training.run_inputs import RunInputs
 from tests.launcher import TINY_MODEL, launch, read_metrics, write_corpus
 
@@ -210,3 +213,27 @@ def test_a_mixture_trains_through_the_launcher_and_resumes_exactly(tmp_path):
     losses = {m["step"]: m["loss"] for m in read_metrics(resumed)}
     assert list(losses) == list(range(9, 2 * steps_per_epoch + 1))
     assert losses == pytest.approx({step: reference[step] for step in losses}, rel=1e-6, abs=0)
+
+
+def test_a_resume_with_other_weights_policy_seed_or_text_field_restarts_the_data_position(tmp_path, capsys):
+    web, code = write_corpus(tmp_path / "web.jsonl", lines=5), write_corpus(tmp_path / "code.jsonl", lines=5, seed=1)
+    tokenizer = load_tokenizer(None)
+
+    def identity(entries: list[str], **changes) -> dict:
+        args = argparse.Namespace(**{"data_path": entries, "packing": 1, "max_seq_len": 32, "eval_fraction": None,
+                                     "mixture_exhaust": "repeat", "seed": 1, "text_field": "text", **changes})
+        sources = tuple(data_sources(entries))
+        files = tuple(dict.fromkeys(path for source in sources for path in source.files))
+        inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path, tokenizer=tokenizer,
+                           model_config=MiniMindConfig(), data_paths=files,
+                           cache_locations=tuple(token_cache_location(path, tokenizer) for path in files),
+                           resume_request=None, ep_size=None, fit_batch_to_corpus=False, sources=sources)
+        return inputs.identity(args)
+
+    saved = identity([f"{web}:0.7", f"{code}:0.3"])
+    assert data_position_applies({"data": saved.data}, identity([f"{web}:0.7", f"{code}:0.3"]))
+    for changed in (identity([f"{web}:0.6", f"{code}:0.4"]), identity([f"{web}:0.7", f"{code}:0.3"], seed=2),
+                    identity([f"{web}:0.7", f"{code}:0.3"], mixture_exhaust="stop"),
+                    identity([f"{web}:0.7", f"{code}:0.3"], text_field="content"), identity([str(web), str(code)])):
+        assert not data_position_applies({"data": saved.data}, changed)
+        assert "the data position restarts" in capsys.readouterr().out

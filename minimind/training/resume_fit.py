@@ -34,11 +34,14 @@ class RunIdentity:
 
 
 def data_identity(source: str, content_digest: str | None, packing: bool, max_seq_len: int,
-                  held_out_fraction: float | None = None, mixture: dict | None = None) -> dict:
+                  held_out_fraction: float | None = None, mixture: dict | None = None,
+                  text_field: str = "text") -> dict:
     """The data a run trains on: the file (or the bundled corpus), its content digest, the sample cut, the
-    share of documents held out for validation and the mixture's sources, weights, policy and seed (each
-    recorded only when there is one)."""
+    share of documents held out for validation, the mixture's sources, weights, policy and seed, and the
+    field the texts are read from (the last three recorded only where there is one, or it is not ``text``)."""
     identity = {"source": source, "content": content_digest, "packing": packing, "max_seq_len": max_seq_len}
+    if text_field != "text":
+        identity["text_field"] = text_field
     if held_out_fraction:
         identity["held_out_fraction"] = held_out_fraction
     if mixture:

@@ -58,7 +58,7 @@ class RunInputs:
                        "exhaust": args.mixture_exhaust, "seed": args.seed}
         return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
                            data_identity(self.data_description, digest, bool(args.packing), args.max_seq_len,
-                                         args.eval_fraction, mixture))
+                                         args.eval_fraction, mixture, args.text_field))
 
     @property
     def data_description(self) -> str:
