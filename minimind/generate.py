@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
         text = read_prompt(args.prompt)
         loaded = load_model(args)
+        loaded.model.select_kernels("auto")  # the kernels that run on this device, whatever the training used
         prompt = checked_prompt(text, loaded)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)

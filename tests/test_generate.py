@@ -249,6 +249,16 @@ def test_pth_with_config_json_beside_it(tmp_path, capsys):
     assert out == expected_output(model, load_tokenizer())
 
 
+def test_a_model_trained_with_triton_kernels_generates_on_a_cpu_without_triton(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = cli_model(4, kernel_impl="triton")
+    write_universal_tag(tmp_path, model, {"tokenizer_fingerprint": tokenizer_fingerprint(load_tokenizer())})
+    status, out, err = run_generate(tmp_path, capsys, "--device", "cpu")
+    assert status == 0, err
+    model.select_kernels("torch")
+    assert out == expected_output(model, load_tokenizer())
+
+
 def test_pth_sized_by_flags_and_prompt_from_stdin(tmp_path, capsys, monkeypatch):
     model = cli_model(1)
     save_minimind_pth(model, tmp_path / "pretrain_64.pth", torch.float32)

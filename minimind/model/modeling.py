@@ -122,6 +122,15 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def select_kernels(self, impl: str) -> None:
+        """Run RMSNorm and RoPE with ``impl`` (``auto|triton|torch``) from now on, in every layer (e.g. a model
+        trained with ``--kernels triton``, generating on a CPU)."""
+        self.config.kernel_impl = impl
+        self.config.validate_shapes()
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, Attention)):
+                module.kernel_impl = impl
+
     def forward(
         self,
         input_ids: torch.LongTensor,  # (batch, seq)
