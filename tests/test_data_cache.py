@@ -112,11 +112,16 @@ def test_missing_source_is_a_data_error(tmp_path, tokenizer):
         build(tmp_path / "absent.jsonl", tokenizer, tmp_path / "cache")
 
 
-def test_disabled_tokenizers_parallelism_is_lifted_then_restored(tmp_path, corpus, tokenizer, monkeypatch):
+def test_disabled_tokenizers_parallelism_is_lifted_for_several_workers_then_restored(tmp_path, corpus, tokenizer,
+                                                                                     monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    _, lines = build(corpus, tokenizer, tmp_path / "cache")
+    _, lines = build(corpus, tokenizer, tmp_path / "cache", workers=2)  # one unit: the rank's own threads
     assert any("TOKENIZERS_PARALLELISM" in line for line in lines)
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    _, lines = build(corpus, tokenizer, tmp_path / "one worker")  # one worker is one thread, for this build only
+    assert not any("TOKENIZERS_PARALLELISM" in line for line in lines)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
 
 
 def test_default_location_follows_minimind_cache_dir(tmp_path, corpus, tokenizer, monkeypatch):

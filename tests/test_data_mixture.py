@@ -169,7 +169,7 @@ def test_load_samples_mixes_each_sources_training_documents_and_validates_on_all
     tokenizer = load_tokenizer(None)
     args = argparse.Namespace(data_path=[f"{web}:0.8", f"{code}:0.2"], eval_fraction=0.1, eval_data_path=None,
                               max_seq_len=24, packing=1, skip_bad_lines=False, text_field="text",
-                              mixture_exhaust="repeat", seed=5)
+                              mixture_exhaust="repeat", seed=5, tokenize_workers=1)
     sources = tuple(data_sources(args.data_path))
     inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path, tokenizer=tokenizer,
                        model_config=None, data_paths=(web, code), cache_locations=(None, None), resume_request=None,

@@ -148,7 +148,7 @@ def test_the_run_trains_on_none_of_the_held_out_documents(packing, tmp_path, mon
     corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
     tokenizer = load_tokenizer()
     args = SimpleNamespace(skip_bad_lines=False, eval_fraction=0.1, eval_data_path=None, packing=packing,
-                           max_seq_len=16)
+                           max_seq_len=16, tokenize_workers=1)
     inputs = SimpleNamespace(tokenizer=tokenizer, data_paths=(corpus,), cache_locations=(token_cache_location(
         corpus, tokenizer),), data_description=corpus.name, eval_cache_location=None, sources=(), is_mixture=False)
     samples, eval_windows = load_samples(args, inputs)

@@ -17,7 +17,13 @@ from minimind.data.mixture import EXHAUST_POLICIES, MixedSamples, MixtureSource
 from minimind.data.parquet_reader import ParquetTextReader
 from minimind.data.sampler import RankInvariantSampler, check_fills_one_global_batch
 from minimind.data.text_sources import DATA_SUFFIXES, text_reader, validate_texts
-from minimind.data.token_cache import TokenCache, TokenCacheLocation, build_or_load_token_cache, token_cache_location
+from minimind.data.token_cache import (
+    TokenCache,
+    TokenCacheLocation,
+    build_or_load_token_cache,
+    build_or_load_token_caches,
+    token_cache_location,
+)
 from minimind.data.token_spans import TokenSpans
 from minimind.data.windows import IGNORE_INDEX, PackedWindows, PaddedDocuments, RepeatedSamples
 
@@ -44,6 +50,7 @@ __all__ = [
     "build_corpus",
     "check_fills_one_global_batch",
     "build_or_load_token_cache",
+    "build_or_load_token_caches",
     "cache_root",
     "data_files",
     "data_sources",

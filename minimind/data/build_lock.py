@@ -8,7 +8,7 @@ longer than the collective timeout is aborted by the watchdog, and tokenizing a 
 takes longer than that. The lock is ``fcntl.flock``, released by the kernel when its holder
 dies, so a killed builder never leaves the others waiting; where a network file system keeps
 a dead node's lock, the waiters give up once its progress line has stood still for
-``STALE_AFTER_S``.
+``STALE_AFTER_S`` (``HolderWatch``, which watches the locks of work units too: ``unit_claims``).
 """
 
 import fcntl
@@ -75,7 +75,7 @@ def wait_for_lock(handle, lock_path: Path, log: Callable[[str], None]) -> bool:
     network file system can keep the lock of a crashed node): ``DataError`` naming the lock file.
     """
     last_report = None
-    holder, unchanged_since = None, time.monotonic()
+    holder = HolderWatch(lock_path)
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -84,14 +84,30 @@ def wait_for_lock(handle, lock_path: Path, log: Callable[[str], None]) -> bool:
             pass
         except OSError:  # ENOLCK and the like: no locking here
             return False
+        line = holder.check()
         now = time.monotonic()
-        line = lock_path.read_text(encoding="utf-8").strip() or "starting"
-        if line != holder:
-            holder, unchanged_since = line, now
-        elif now - unchanged_since > STALE_AFTER_S:
-            raise DataError(lock_path, None, f"held with no progress for {now - unchanged_since:.0f} s ({holder}); "
-                                             "if that process is gone, delete this file and start again")
         if last_report is None or now - last_report >= REPORT_EVERY_S:
-            log(f"waiting for another process to finish {lock_path.name[1:-5]} ({holder})")
+            log(f"waiting for another process to finish {lock_path.name[1:-5]} ({line})")
             last_report = now
         time.sleep(POLL_S)
+
+
+class HolderWatch:
+    """The progress line that the holder of a lock file last wrote, and how long it has stood still."""
+
+    def __init__(self, lock_path: Path):
+        self.lock_path = lock_path
+        self.line = None
+        self.unchanged_since = time.monotonic()
+
+    def check(self) -> str:
+        """The holder's line now; ``DataError`` naming the lock file once it has not changed for ``STALE_AFTER_S``."""
+        line = self.lock_path.read_text(encoding="utf-8").strip() or "starting"
+        now = time.monotonic()
+        if line != self.line:
+            self.line, self.unchanged_since = line, now
+        elif now - self.unchanged_since > STALE_AFTER_S:
+            raise DataError(self.lock_path, None, f"held with no progress for {now - self.unchanged_since:.0f} s "
+                                                  f"({line}); if that process is gone, delete this file and start "
+                                                  "again")
+        return line

@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import BinaryIO
 from minimind.errors import UserInputError
 
 MAX_LINE_BYTES = 64 * 2**20
+COMPRESSED_SUFFIXES = (".gz", ".zst")  # what ``decompressed`` reads through
 
 
 class DataError(UserInputError):
@@ -53,14 +55,23 @@ class JsonlTextReader:
     no texts at all raises :class:`DataError` at the end of the pass. ``counts`` describes the
     pass in progress or the last one (``bytes_read`` counts the file's bytes, compressed or not);
     each iteration starts a fresh pass.
+
+    ``byte_range=(start, end)`` (a plain file only) reads the lines whose first byte lies in it, the
+    last one through its end, so that ranges that tile the file read each line once. Such a part
+    may hold no texts, and its errors name the line's byte offset (``file:byte 1234: ...``), since
+    the line number is not known there.
     """
 
     def __init__(self, path: str | Path, *, skip_bad_lines: bool = False,
-                 max_line_bytes: int = MAX_LINE_BYTES, text_field: str = "text"):
+                 max_line_bytes: int = MAX_LINE_BYTES, text_field: str = "text",
+                 byte_range: tuple[int, int] | None = None):
         self.path = Path(path)
+        if byte_range is not None and self.path.suffix in COMPRESSED_SUFFIXES:
+            raise ValueError(f"a byte range of a compressed file ({self.path}) is not a range of its lines")
         self.skip_bad_lines = skip_bad_lines
         self.max_line_bytes = max_line_bytes
         self.text_field = text_field
+        self.byte_range = byte_range
         self.counts = ReadCounts()
 
     def __iter__(self) -> Iterator[str]:
@@ -69,16 +80,21 @@ class JsonlTextReader:
             file = open(self.path, "rb")
         except OSError as error:
             raise DataError(self.path, None, f"cannot open ({error.strerror or error})") from None
+        start, end = self.byte_range or (0, math.inf)
         with file, decompressed(file, self.path) as handle:
+            if start > 0:  # the line that crosses ``start`` (or ends just before it) is the previous range's
+                file.seek(start - 1)
+                _skip_rest_of_line(file)
             line_number = 0
-            while raw := self._read_line(handle):
+            while (offset := file.tell()) < end and (raw := self._read_line(handle)):
                 line_number += 1
-                self.counts.bytes_read = file.tell()
+                self.counts.bytes_read = min(file.tell(), end) - start
+                where = (self.path, line_number) if self.byte_range is None else (f"{self.path}:byte {offset}", None)
                 try:
                     if len(raw) > self.max_line_bytes and not raw.endswith(b"\n"):
                         _skip_rest_of_line(handle)
-                        raise DataError(self.path, line_number, f"line longer than {self.max_line_bytes} bytes")
-                    text = self._parse(raw, line_number)
+                        raise DataError(*where, f"line longer than {self.max_line_bytes} bytes")
+                    text = self._parse(raw, where, first=line_number == 1 and start == 0)
                 except DataError:
                     if not self.skip_bad_lines:
                         raise
@@ -89,7 +105,8 @@ class JsonlTextReader:
                     continue
                 self.counts.texts += 1
                 yield text
-        if self.counts.texts == 0:
+            self.counts.bytes_read = min(file.tell(), end) - start
+        if self.counts.texts == 0 and self.byte_range is None:
             raise DataError(self.path, None, f"no texts ({line_number} lines, {self.counts.blank} blank, "
                                              f"{self.counts.bad_lines} bad)")
 
@@ -101,40 +118,42 @@ class JsonlTextReader:
         except (OSError, EOFError, ValueError, zlib.error) as error:  # BadGzipFile, ZstdError, truncation
             raise DataError(self.path, None, f"cannot decompress ({type(error).__name__}: {error})") from None
 
-    def _parse(self, raw: bytes, line_number: int) -> str | None:
-        """Return the line's text, None for a blank line; raise DataError for a bad one."""
-        if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+    def _parse(self, raw: bytes, where: tuple[str | Path, int | None], first: bool) -> str | None:
+        """Return the line's text, None for a blank line; raise DataError at ``where`` (file and line) for a bad
+        one. Only the ``first`` line of the file may start with a byte order mark."""
+        if first and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8):]
         if not raw.strip():
             return None
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise DataError(self.path, line_number, f"invalid UTF-8 at byte {error.start} of the line") from None
+            raise DataError(*where, f"invalid UTF-8 at byte {error.start} of the line") from None
         try:
             record = json.loads(line)
         except ValueError as error:
-            raise DataError(self.path, line_number, f"not valid JSON ({error})") from None
+            raise DataError(*where, f"not valid JSON ({error})") from None
         except RecursionError:
-            raise DataError(self.path, line_number, "not valid JSON (nested too deeply)") from None
+            raise DataError(*where, "not valid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
-            raise DataError(self.path, line_number, f'expected an object with a "{self.text_field}" string, '
-                                                    f"got {type(record).__name__}")
+            raise DataError(*where, f'expected an object with a "{self.text_field}" string, '
+                                    f"got {type(record).__name__}")
         text = record.get(self.text_field)
         if not isinstance(text, str):
             found = "no" if text is None else type(text).__name__
-            raise DataError(self.path, line_number, f'expected a "{self.text_field}" string, found {found}')
+            raise DataError(*where, f'expected a "{self.text_field}" string, found {found}')
         if "\\u" in line:
             # Only a \u escape can smuggle a lone surrogate in, which no tokenizer can encode.
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
-                raise DataError(self.path, line_number, '"text" holds a lone surrogate escape') from None
+                raise DataError(*where, '"text" holds a lone surrogate escape') from None
         return text
 
 
 def decompressed(file: BinaryIO, path: Path) -> BinaryIO:
-    """``file`` read through gzip (``.gz``) or Zstandard (``.zst``), as its name says; else ``file`` itself."""
+    """``file`` read through gzip (``.gz``) or Zstandard (``.zst``), as its name says (``COMPRESSED_SUFFIXES``);
+    else ``file`` itself."""
     if path.suffix == ".gz":
         return gzip.GzipFile(fileobj=file, mode="rb")
     if path.suffix == ".zst":

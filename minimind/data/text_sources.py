@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts
+from minimind.data.jsonl_reader import COMPRESSED_SUFFIXES, DataError, JsonlTextReader, ReadCounts
 from minimind.data.parquet_reader import ParquetTextReader
 
 JSONL_SUFFIXES = (".jsonl", ".json")  # JSON Lines either way (MiniMind's files are .jsonl)
-COMPRESSIONS = ("", ".gz", ".zst")
+COMPRESSIONS = ("", *COMPRESSED_SUFFIXES)
 PARQUET_SUFFIX = ".parquet"
 DATA_SUFFIXES = (*(suffix + compression for suffix in JSONL_SUFFIXES for compression in COMPRESSIONS),
                  PARQUET_SUFFIX)

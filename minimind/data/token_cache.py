@@ -15,16 +15,24 @@ It is built in a temporary folder renamed into place at the end, so a crashed or
 (bad input raises DataError during the pass) is never taken for a finished cache. Every rank
 may call it at once, before any process group exists: one process builds under a file lock
 (``minimind.data.build_lock``) while the others wait on the lock, then load what it built.
+
+With ``workers`` above 1, a build of more than one work unit (``work_units``: byte ranges of a
+plain JSON Lines file, runs of Parquet row groups, a compressed file whole) is spread: forked
+workers (``tokenize_pool``) and every other process building the same caches claim units by
+file locks (``unit_claims``) and write one part each (``token_parts``); one process then
+assembles the parts, in order, into exactly the layout above. Otherwise each file is tokenized
+in this process, in one pass: with one tokenizer thread for ``workers=1`` (a worker is a core:
+two ranks of a two-core node tokenize with one worker each), with the library's threads on all
+cores for more (a file of one unit).
 """
 
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +42,24 @@ from transformers import PreTrainedTokenizerFast
 
 from minimind.data.build_lock import BuildProgress, build_once
 from minimind.data.cache_root import cache_root
-from minimind.data.jsonl_reader import DataError
-from minimind.data.text_sources import text_reader
+from minimind.data.document_encoding import (
+    TokenizeSettings,
+    encoded_documents,
+    parallel_tokenization,
+    single_thread_tokenization,
+)
+from minimind.data.jsonl_reader import DataError, ReadCounts
+from minimind.data.text_sources import text_reader, validate_texts
+from minimind.data.token_parts import assemble_parts, part_path, remove_parts
+from minimind.data.tokenize_pool import tokenize_units
+from minimind.data.unit_claims import UnitTask
+from minimind.data.work_units import WorkUnit, plan_units
 from minimind.tokenizer import TokenizerLayoutError, tokenizer_fingerprint
 
 CACHE_FORMAT = 1  # bump when the layout or the tokenization rules change
 TOKEN_DTYPES = (np.dtype("<u2"), np.dtype("<u4"))  # the narrowest that holds every id of the vocabulary
 BATCH_TEXTS = 1000
 _HASH_CHUNK_BYTES = 8 * 2**20
-_FALSE_VALUES = frozenset({"", "0", "f", "false", "n", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,8 @@ class TokenCacheLocation:
 
 def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
                               cache_dir: str | Path | None = None, skip_bad_lines: bool = False,
-                              text_field: str = "text", batch_texts: int = BATCH_TEXTS, show_progress: bool = True,
+                              text_field: str = "text", batch_texts: int = BATCH_TEXTS, workers: int = 1,
+                              part_bytes: int | None = None, show_progress: bool = True,
                               log: Callable[[str], None] = print,
                               location: TokenCacheLocation | None = None) -> TokenCache:
     """Return the token cache of ``data_path`` under ``tokenizer``, building it if there is none.
@@ -94,24 +112,50 @@ def build_or_load_token_cache(data_path: str | Path, tokenizer: PreTrainedTokeni
     ``cache_dir`` holds one folder per cache (default ``cache_root() / "tokens"``). Bad input
     raises DataError (or is skipped and counted with ``skip_bad_lines``); ``log`` receives a
     line saying whether the cache was built or reused, and its counts. ``location``, from
-    ``token_cache_location`` with the same arguments, saves hashing the file again.
+    ``token_cache_location`` with the same arguments, saves hashing the file again. ``workers``
+    and ``part_bytes``: as ``build_or_load_token_caches``.
     """
-    data_path = Path(data_path).resolve()
-    bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos_id is None or eos_id is None:
+    return build_or_load_token_caches([data_path], tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines,
+                                      text_field=text_field, batch_texts=batch_texts, workers=workers,
+                                      part_bytes=part_bytes, show_progress=show_progress, log=log,
+                                      locations=[location])[0]
+
+
+def build_or_load_token_caches(data_paths: Sequence[str | Path], tokenizer: PreTrainedTokenizerFast, *,
+                               cache_dir: str | Path | None = None, skip_bad_lines: bool = False,
+                               text_field: str = "text", batch_texts: int = BATCH_TEXTS, workers: int = 1,
+                               part_bytes: int | None = None, first: int = 0, show_progress: bool = True,
+                               log: Callable[[str], None] = print,
+                               locations: Sequence[TokenCacheLocation | None] | None = None) -> list[TokenCache]:
+    """The token caches of ``data_paths``, in their order, building those that do not exist, starting with
+    the file at index ``first`` (each rank of a node its own, so that the ranks start on different files).
+
+    With ``workers`` above 1 and more than one work unit to tokenize (``work_units.plan_units``,
+    about ``part_bytes`` each, by default a size that depends on the file's alone), ``workers``
+    forked processes and this one tokenize the units of all
+    the files with any other process building them, then this process assembles or loads each
+    cache. Otherwise each file is tokenized whole in this process (``workers=1``: on one tokenizer thread; more:
+    on the library's threads). Other arguments: as
+    ``build_or_load_token_cache``, ``locations`` one per file (or None, found here).
+    """
+    paths = [Path(path).resolve() for path in data_paths]
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise TokenizerLayoutError(tokenizer.name_or_path, "tokenizer needs bos and eos tokens")
-    if location is None:
-        location = token_cache_location(data_path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines,
-                                        text_field=text_field)
-    built_here = build_once(
-        location.folder, lambda: location.built,
-        lambda progress: _build(location.folder, data_path, tokenizer, location.key_inputs, batch_texts=batch_texts,
-                                show_progress=show_progress, log=log, lock_progress=progress),
-        log=log,
-    )
-    cache = _load(location.folder, reused=not built_here)
-    log(cache.describe())
-    return cache
+    locations = [location or token_cache_location(path, tokenizer, cache_dir=cache_dir, skip_bad_lines=skip_bad_lines,
+                                                  text_field=text_field)
+                 for path, location in zip(paths, locations or [None] * len(paths), strict=True)]
+    settings = [_tokenize_settings(location, tokenizer, batch_texts) for location in locations]
+    order = [*range(first, len(paths)), *range(first)]
+    units = {index: plan_units(paths[index], part_bytes) for index in order if not locations[index].built}
+    spread = workers > 1 and sum(map(len, units.values())) > 1
+    if spread:
+        tasks = [UnitTask(unit, locations[index].folder, settings[index]) for index in units for unit in units[index]]
+        tokenize_units(tasks, tokenizer.backend_tokenizer, workers, show_progress=show_progress, log=log)
+    caches = {index: _build_or_load(paths[index], locations[index], tokenizer, settings[index],
+                                    units.get(index) if spread else None, workers=workers,
+                                    show_progress=show_progress, log=log)
+              for index in order}
+    return [caches[index] for index in range(len(paths))]
 
 
 def token_cache_location(data_path: str | Path, tokenizer: PreTrainedTokenizerFast, *,
@@ -150,38 +194,86 @@ def source_identity(path: Path) -> dict:
             "blake2b": digest.hexdigest()}
 
 
-def _build(folder: Path, data_path: Path, tokenizer: PreTrainedTokenizerFast, key_inputs: dict, *,
-           batch_texts: int, show_progress: bool, log: Callable[[str], None], lock_progress: BuildProgress) -> None:
-    """Tokenize ``data_path`` into a temporary folder, then rename it to ``folder``; the bytes done
-    go to ``lock_progress`` for the processes waiting on the build."""
-    log(f"token cache: tokenizing {data_path} into {folder}")
+def _tokenize_settings(location: TokenCacheLocation, tokenizer: PreTrainedTokenizerFast,
+                       batch_texts: int) -> TokenizeSettings:
+    """How the file of ``location`` is read and encoded: as its key's settings say."""
+    settings = location.key_inputs["settings"]
+    return TokenizeSettings(settings["bos_id"], settings["eos_id"], token_dtype(len(tokenizer)),
+                            settings["skip_bad_lines"], settings.get("text_field", "text"), batch_texts)
+
+
+def _build_or_load(data_path: Path, location: TokenCacheLocation, tokenizer: PreTrainedTokenizerFast,
+                   settings: TokenizeSettings, parts_of: Sequence[WorkUnit] | None, *, workers: int,
+                   show_progress: bool, log: Callable[[str], None]) -> TokenCache:
+    """``location``'s cache, built under its build lock unless it exists: from the parts of the units
+    ``parts_of`` when given (then the parts are removed), else in one pass in this process (on ``workers``
+    cores' tokenizer threads: one, or all)."""
+    if parts_of is None:
+        build = _tokenizer_pass(data_path, location, tokenizer, settings, workers=workers,
+                                show_progress=show_progress, log=log)
+    else:
+        build = _assembler(data_path, location, parts_of, settings)
+    built_here = build_once(location.folder, lambda: location.built, build, log=log)
+    if parts_of is not None:
+        remove_parts(location.folder)
+    cache = _load(location.folder, reused=not built_here)
+    log(cache.describe())
+    return cache
+
+
+def _tokenizer_pass(data_path: Path, location: TokenCacheLocation, tokenizer: PreTrainedTokenizerFast,
+                    settings: TokenizeSettings, *, workers: int, show_progress: bool,
+                    log: Callable[[str], None]) -> Callable[[BuildProgress], None]:
+    """The build of ``location``'s cache in this process, in one pass over ``data_path``, with one tokenizer thread
+    for one worker and the library's threads on all cores for more; the bytes done go to the build's
+    ``BuildProgress`` for the processes waiting on it."""
+
+    def build(lock_progress: BuildProgress) -> None:
+        log(f"token cache: tokenizing {data_path} into {location.folder}")
+        reader = text_reader(data_path, skip_bad_lines=settings.skip_bad_lines, text_field=settings.text_field)
+        offsets, num_tokens = [np.zeros(1, np.int64)], 0
+        progress = tqdm(total=location.key_inputs["source"]["size"], unit="B", unit_scale=True, desc="tokenizing",
+                        disable=not show_progress)
+        threads = parallel_tokenization(log) if workers > 1 else single_thread_tokenization()
+        with _staged(location.folder) as staging, progress, threads:
+            with open(staging / "tokens.bin", "wb") as out:
+                for tokens, lengths in encoded_documents(reader, tokenizer.backend_tokenizer, settings):
+                    tokens.tofile(out)
+                    offsets.append(num_tokens + np.cumsum(lengths))
+                    num_tokens += len(tokens)
+                    progress.update(reader.counts.bytes_read - progress.n)
+                    lock_progress.report(f"tokenized {progress.n / 2**20:.1f} of {progress.total / 2**20:.1f} MiB")
+            _write_index(staging, location.key_inputs, np.concatenate(offsets), reader.counts, settings.dtype)
+
+    return build
+
+
+def _assembler(data_path: Path, location: TokenCacheLocation, units: Sequence[WorkUnit],
+               settings: TokenizeSettings) -> Callable[[BuildProgress], None]:
+    """The build of ``location``'s cache from the part files of ``units``, all written, in order. A file whose
+    units hold no texts at all is read whole once more, so that the error is its reader's own."""
+
+    def build(lock_progress: BuildProgress) -> None:
+        parts = [part_path(location.folder, unit.name) for unit in units]
+        with _staged(location.folder) as staging:
+            with open(staging / "tokens.bin", "wb") as out:
+                offsets, counts = assemble_parts(
+                    parts, out, settings.dtype,
+                    lambda done: lock_progress.report(f"assembled {done} of {len(parts)} parts"))
+            if counts.texts == 0:
+                validate_texts(data_path, skip_bad_lines=settings.skip_bad_lines, text_field=settings.text_field)
+            _write_index(staging, location.key_inputs, offsets, counts, settings.dtype)
+
+    return build
+
+
+@contextlib.contextmanager
+def _staged(folder: Path) -> Iterator[Path]:
+    """A temporary folder beside ``folder``, renamed to it when the block completes, removed if it fails."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        settings = key_inputs["settings"]
-        reader = text_reader(data_path, skip_bad_lines=settings["skip_bad_lines"],
-                             text_field=settings.get("text_field", "text"))
-        bos_id, eos_id = settings["bos_id"], settings["eos_id"]
-        dtype = token_dtype(len(tokenizer))
-        offsets = [np.zeros(1, np.int64)]
-        num_tokens = 0
-        progress = tqdm(total=key_inputs["source"]["size"], unit="B", unit_scale=True, desc="tokenizing",
-                        disable=not show_progress)
-        with open(staging / "tokens.bin", "wb") as out, progress, _parallel_tokenization(log):
-            for texts in _batches(reader, batch_texts):
-                encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-                text_ids = [encoding.ids for encoding in encodings]
-                lengths = np.array([len(ids) + 2 for ids in text_ids], np.int64)
-                documents = itertools.chain.from_iterable((bos_id, *ids, eos_id) for ids in text_ids)
-                np.fromiter(documents, dtype, int(lengths.sum())).tofile(out)
-                offsets.append(num_tokens + np.cumsum(lengths))
-                num_tokens += int(lengths.sum())
-                progress.update(reader.counts.bytes_read - progress.n)
-                lock_progress.report(f"tokenized {progress.n / 2**20:.1f} of {progress.total / 2**20:.1f} MiB")
-        np.save(staging / "offsets.npy", np.concatenate(offsets))
-        meta = {**key_inputs, "documents": reader.counts.texts, "tokens": num_tokens, "dtype": dtype.str,
-                "blank_texts": reader.counts.blank, "bad_lines": reader.counts.bad_lines}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        yield staging
         try:
             os.rename(staging, folder)
         except OSError:
@@ -189,6 +281,14 @@ def _build(folder: Path, data_path: Path, tokenizer: PreTrainedTokenizerFast, ke
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_index(staging: Path, key_inputs: dict, offsets: np.ndarray, counts: ReadCounts, dtype: np.dtype) -> None:
+    """Write ``offsets.npy`` and, last, ``meta.json`` (the key's inputs and the counts) beside ``tokens.bin``."""
+    np.save(staging / "offsets.npy", offsets)
+    meta = {**key_inputs, "documents": counts.texts, "tokens": int(offsets[-1]), "dtype": dtype.str,
+            "blank_texts": counts.blank, "bad_lines": counts.bad_lines}
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _load(folder: Path, *, reused: bool) -> TokenCache:
@@ -212,28 +312,3 @@ def token_dtype(vocab_size: int) -> np.dtype:
         if vocab_size <= np.iinfo(dtype).max + 1:
             return dtype
     raise ValueError(f"a vocabulary of {vocab_size} tokens does not fit in {TOKEN_DTYPES[-1]}")
-
-
-def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(texts)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
-
-
-@contextlib.contextmanager
-def _parallel_tokenization(log: Callable[[str], None]) -> Iterator[None]:
-    """Let the tokenizers library use all cores here even if TOKENIZERS_PARALLELISM disables it.
-
-    Many training scripts set it to false to silence a fork warning; that would make this pass
-    single-threaded. The previous value is restored afterwards.
-    """
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    if previous is None or previous.strip().lower() not in _FALSE_VALUES:
-        yield
-        return
-    log(f"token cache: TOKENIZERS_PARALLELISM={previous!r} lifted while tokenizing, to use all cores")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    try:
-        yield
-    finally:
-        os.environ["TOKENIZERS_PARALLELISM"] = previous

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max_seq_len", type=number_at_least(2), default=None, help="tokens per sample (MiniMind: 340)")
     data.add_argument("--packing", type=int, choices=(0, 1), default=1, help="1: pack documents; 0: pad each")
     data.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSON lines, counted")
+    data.add_argument("--tokenize_workers", type=number_at_least(0), default=0,
+                      help="processes (cores) per rank that tokenize data files without a token cache yet (1: the "
+                           "rank itself, one thread); 0: the rank's share of the node's cores")
 
     evaluation = parser.add_argument_group("evaluation (default: off, but on for the bundled corpus)")
     evaluation.add_argument("--eval_data_path", default=None,

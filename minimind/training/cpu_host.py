@@ -1,5 +1,6 @@
-"""What a rank on a machine without an accelerator makes of its processor: torch's thread count,
-and the precision a run trains in when no DeepSpeed config is named.
+"""What a rank makes of its processor: its share of the node's cores (the tokenizing processes it
+starts, and on a machine without an accelerator torch's thread count), and the precision a CPU
+run trains in when no DeepSpeed config is named.
 
 Several ranks on one node each default to as many threads as the node has cores, so two ranks
 on two cores run four busy threads and slow each other down; a launcher that sets none leaves
@@ -54,19 +55,24 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cores_per_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This rank's share of the cores it may run on, shared with the other ranks of its node (at least 1)."""
+    return max(available_cores() // ranks_on_this_node(environ), 1)
+
+
 def set_cpu_threads(environ: Mapping[str, str] | None = None) -> str:
     """Set torch's intra-op threads to this rank's share of the cores; returns the line that says so.
 
     ``OMP_NUM_THREADS``, when set (by the user or a launcher's core binding), is kept as it is.
     """
     environ = os.environ if environ is None else environ
-    ranks, cores = ranks_on_this_node(environ), available_cores()
     if environ.get("OMP_NUM_THREADS", "").isdigit():
         threads = max(int(environ["OMP_NUM_THREADS"]), 1)
         why = "OMP_NUM_THREADS"
     else:
-        threads = max(cores // ranks, 1)
-        why = f"{cores} cores / {ranks} rank{'s' if ranks > 1 else ''} on this node"
+        threads = cores_per_rank(environ)
+        ranks = ranks_on_this_node(environ)
+        why = f"{available_cores()} cores / {ranks} rank{'s' if ranks > 1 else ''} on this node"
     torch.set_num_threads(threads)
     return f"CPU threads: {threads} per rank ({why})"
 

@@ -30,6 +30,7 @@ from minimind.data import (
     TokenCacheLocation,
     TokenSpans,
     build_or_load_token_cache,
+    build_or_load_token_caches,
     check_fills_one_global_batch,
     data_sources,
     default_corpus_path,
@@ -51,7 +52,7 @@ from minimind.training.checkpointing import (
 )
 from minimind.training.collectives import accelerator_device, barrier, broadcast_object, participants
 from minimind.training.corpus_fit import fit_batch_to_corpus
-from minimind.training.cpu_host import set_cpu_threads
+from minimind.training.cpu_host import cores_per_rank, set_cpu_threads
 from minimind.training.ds_config import resolve_ds_config
 from minimind.training.evaluation import eval_batch_count
 from minimind.training.evaluator import EvalSettings, Evaluator
@@ -310,8 +311,8 @@ def load_samples(args: argparse.Namespace, inputs: RunInputs) -> tuple[Dataset, 
         eval_windows = PackedWindows(stream, args.max_seq_len, pad_id=inputs.tokenizer.pad_token_id)
     elif args.eval_data_path:
         eval_cache = build_or_load_token_cache(args.eval_data_path, inputs.tokenizer,
-                                               skip_bad_lines=args.skip_bad_lines, log=print0,
-                                               location=inputs.eval_cache_location)
+                                               skip_bad_lines=args.skip_bad_lines, workers=tokenize_workers(args),
+                                               log=print0, location=inputs.eval_cache_location)
         eval_windows = PackedWindows(eval_cache.tokens, args.max_seq_len, pad_id=inputs.tokenizer.pad_token_id)
     if not inputs.is_mixture:
         return pieces[0][0], eval_windows
@@ -339,17 +340,21 @@ def training_caches(args: argparse.Namespace, inputs: RunInputs) -> list[TokenCa
     """The token cache of every training file, in order (the bundled corpus's when none is named).
 
     Each rank starts with another file (its local rank's turn in the list), so that the ranks of a
-    node build different caches at once, then loads the ones the others built.
+    node build different caches at once, then loads the ones the others built. Files still to
+    tokenize are spread over ``--tokenize_workers`` processes per rank (0: the rank's share of the
+    node's cores), which take work units of every file with all the other ranks' processes.
     """
     if not inputs.data_paths:
-        return [build_or_load_token_cache(default_corpus_path(log=print0), inputs.tokenizer, log=print0)]
-    files = list(zip(inputs.data_paths, inputs.cache_locations, strict=True))
-    turn = local_rank() % len(files)
-    caches = {}
-    for path, location in files[turn:] + files[:turn]:
-        caches[path] = build_or_load_token_cache(path, inputs.tokenizer, skip_bad_lines=args.skip_bad_lines,
-                                                 log=print0, location=location)
-    return [caches[path] for path in inputs.data_paths]
+        return [build_or_load_token_cache(default_corpus_path(log=print0), inputs.tokenizer,
+                                          workers=tokenize_workers(args), log=print0)]
+    return build_or_load_token_caches(inputs.data_paths, inputs.tokenizer, skip_bad_lines=args.skip_bad_lines,
+                                      workers=tokenize_workers(args), first=local_rank() % len(inputs.data_paths),
+                                      log=print0, locations=inputs.cache_locations)
+
+
+def tokenize_workers(args: argparse.Namespace) -> int:
+    """The processes (cores) this rank tokenizes with: ``--tokenize_workers``, or its share of the node's cores."""
+    return args.tokenize_workers or cores_per_rank()
 
 
 def split_held_out(num_documents: int, fraction: float, data: str) -> DocumentSplit:
