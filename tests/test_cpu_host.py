@@ -24,15 +24,19 @@ def threads_restored():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("environ, cores, expected", [
-    ({}, 2, 2),
-    ({"LOCAL_SIZE": "2"}, 2, 1),  # DeepSpeed's launcher, 2 ranks on 2 cores
-    ({"LOCAL_WORLD_SIZE": "3"}, 16, 5),  # torchrun's variable (torchrun itself also sets OMP_NUM_THREADS=1)
-    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 4, 1),  # more ranks than cores: never 0
-    ({"SLURM_NTASKS_PER_NODE": "4", "OMP_NUM_THREADS": "3"}, 64, 3),  # the user's (or a binding's) setting wins
+@pytest.mark.parametrize("environ, cores, node, expected", [
+    ({}, 2, 2, 2),
+    ({"LOCAL_SIZE": "2"}, 2, 2, 1),  # DeepSpeed's launcher, 2 ranks on 2 cores
+    ({"LOCAL_WORLD_SIZE": "3"}, 16, 16, 5),  # torchrun's variable (torchrun itself also sets OMP_NUM_THREADS=1)
+    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 4, 4, 1),  # more ranks than cores: never 0
+    ({"SLURM_NTASKS_PER_NODE": "4", "OMP_NUM_THREADS": "3"}, 64, 64, 3),  # the user's (or a binding's) setting wins
+    ({"SLURM_NTASKS_PER_NODE": "8"}, 12, 96, 12),  # --cpus-per-task 12: the rank is bound to its own 12 cores
+    ({"LOCAL_SIZE": "4"}, 24, 96, 24),  # deepspeed --bind_cores_to_rank: bound to a quarter of the node
 ])
-def test_each_rank_takes_its_share_of_the_cores(threads_restored, monkeypatch, environ, cores, expected):
+def test_each_rank_takes_its_share_of_the_cores(threads_restored, monkeypatch, environ, cores, node, expected):
     monkeypatch.setattr(cpu_host, "available_cores", lambda: cores)
+    monkeypatch.setattr(cpu_host, "node_cores", lambda: node)
+    assert cpu_host.cores_per_rank(environ) == (expected if "OMP_NUM_THREADS" not in environ else 16)
     line = cpu_host.set_cpu_threads(environ)
     assert torch.get_num_threads() == expected
     assert line.startswith(f"CPU threads: {expected} per rank (")

@@ -102,7 +102,8 @@ def test_bad_input_fails_without_leaving_a_cache(tmp_path, corpus, tokenizer):
         handle.write('{"text": 5}\n')
     with pytest.raises(DataError, match=f"^{re.escape(str(corpus))}:6: "):
         build(corpus, tokenizer, tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []  # lock only
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []  # locks, parts only
+    assert not list((tmp_path / "cache").glob(".*.parts/*.part"))  # and no part of the failed unit
     skipped, _ = build(corpus, tokenizer, tmp_path / "cache", skip_bad_lines=True)
     assert skipped.bad_lines == 1 and skipped.num_documents == 4
 

@@ -17,6 +17,7 @@ from minimind.data import (
     PackedWindows,
     RankInvariantSampler,
     data_sources,
+    source_files,
     token_cache_location,
 )
 from minimind.model import MiniMindConfig
@@ -154,10 +155,13 @@ def test_entries_with_weights_are_sources_and_bad_weights_are_one_line(tmp_path)
         ([f"{tmp_path}/a.jsonl:inf"], "the weight 'inf' is not a positive number"),
         ([f"{tmp_path}/a.jsonl:lots"], "the weight 'lots' is not a positive number"),
         ([f"{tmp_path}/a.jsonl:0.5", f"{tmp_path}/b.jsonl"], "b.jsonl has no weight while other entries have one"),
+        ([f"{tmp_path}/*.jsonl:0.5", f"{tmp_path}/b.jsonl:0.5"], "b.jsonl is in two weighted entries"),
+        ([f"{tmp_path}/v:2.jsonl"], f"{tmp_path}/v:2.jsonl: no such file or folder"),  # a colon of the path
     ]:
-        with pytest.raises(DataError, match="^--data_path: ") as raised:
+        with pytest.raises(DataError) as raised:
             data_sources(entries)
         assert named in str(raised.value) and "\n" not in str(raised.value)
+        assert str(raised.value).startswith("--data_path: ") or "no such file" in named
 
 
 def test_load_samples_mixes_each_sources_training_documents_and_validates_on_all_held_out(tmp_path, monkeypatch):
@@ -185,6 +189,24 @@ def test_load_samples_mixes_each_sources_training_documents_and_validates_on_all
         held = [text for text in source_texts if text in held_out_texts]
         assert len(held) == pytest.approx(0.1 * len(source_texts), abs=1)
         assert not any(text in trained_texts for text in held if len(text.split()) > 30)
+
+
+def test_a_source_too_small_to_hold_documents_out_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIMIND_CACHE_DIR", str(tmp_path / "cache"))
+    web = write_corpus(tmp_path / "web.jsonl", lines=50)
+    note = write_corpus(tmp_path / "note.jsonl", lines=1)
+    args = argparse.Namespace(data_path=[f"{web}:0.9", f"{note}:0.1"], eval_fraction=0.1, eval_data_path=None,
+                              max_seq_len=24, packing=1, skip_bad_lines=False, text_field="text",
+                              mixture_exhaust="repeat", seed=5, tokenize_workers=1)
+    sources = tuple(data_sources(args.data_path))
+    inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path,
+                       tokenizer=load_tokenizer(None), model_config=None, data_paths=source_files(sources),
+                       cache_locations=(None, None), resume_request=None, ep_size=None, fit_batch_to_corpus=False,
+                       sources=sources)
+    with pytest.raises(DataError) as raised:
+        load_samples(args, inputs)
+    assert str(raised.value) == (f"--eval_fraction: {note}: holding out 0.1 of 1 documents leaves none to "
+                                 "train on")
 
 
 @pytest.mark.slow
@@ -223,7 +245,7 @@ def test_a_resume_with_other_weights_policy_seed_or_text_field_restarts_the_data
         args = argparse.Namespace(**{"data_path": entries, "packing": 1, "max_seq_len": 32, "eval_fraction": None,
                                      "mixture_exhaust": "repeat", "seed": 1, "text_field": "text", **changes})
         sources = tuple(data_sources(entries))
-        files = tuple(dict.fromkeys(path for source in sources for path in source.files))
+        files = source_files(sources)
         inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path, tokenizer=tokenizer,
                            model_config=MiniMindConfig(), data_paths=files,
                            cache_locations=tuple(token_cache_location(path, tokenizer) for path in files),

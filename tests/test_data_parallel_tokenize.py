@@ -3,6 +3,7 @@ compressed file whole), claimed by file locks, tokenized by forked workers into 
 cache one process builds in one pass; several processes share the units, a dead holder's unit is taken again, a
 stuck one stops the build in one line."""
 
+import contextlib
 import fcntl
 import gzip
 import json
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pyarrow
 import pyarrow.parquet
 import pytest
@@ -164,22 +166,23 @@ def slow_encoding(monkeypatch, seconds):
     monkeypatch.setattr(unit_claims, "encoded_documents", slowly)
 
 
-def build_in_child(path, tokenizer, cache_dir, part_bytes, start, log_path):
+def build_in_child(path, tokenizer, cache_dir, part_bytes, workers, start, log_path):
     start.wait(30)
     lines = []
-    build_or_load_token_cache(path, tokenizer, cache_dir=cache_dir, workers=2, part_bytes=part_bytes,
+    build_or_load_token_cache(path, tokenizer, cache_dir=cache_dir, workers=workers, part_bytes=part_bytes,
                               show_progress=False, log=lines.append)
     log_path.write_text("\n".join(lines))
 
 
-def test_two_processes_building_one_cache_share_its_units(tmp_path, tokenizer, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])  # 1: two ranks of a two-core node, each tokenizing in itself
+def test_two_processes_building_one_cache_share_its_units(tmp_path, tokenizer, monkeypatch, workers):
     path = tmp_path / "corpus.jsonl"
     path.write_bytes(jsonl_bytes(TEXTS * 4))
     reference, _ = build(path, tokenizer, tmp_path / "one")
     slow_encoding(monkeypatch, 0.05)
     start = FORK.Event()
     logs = [tmp_path / f"log{index}.txt" for index in range(2)]
-    builders = [FORK.Process(target=build_in_child, args=(path, tokenizer, tmp_path / "two", 60, start, log))
+    builders = [FORK.Process(target=build_in_child, args=(path, tokenizer, tmp_path / "two", 60, workers, start, log))
                 for log in logs]
     for builder in builders:
         builder.start()
@@ -258,6 +261,31 @@ def test_a_unit_held_with_no_progress_stops_the_build_in_one_line(tmp_path, toke
         holder.kill()
 
 
+def test_workers_end_with_the_rank_that_forked_them(tmp_path, tokenizer, monkeypatch):
+    """A launcher that kills a rank (SIGKILL: no exit handler runs) must not leave its workers tokenizing."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(jsonl_bytes(TEXTS * 20))  # 100 units of a second each: minutes of work left at the kill
+    slow_encoding(monkeypatch, 1.0)
+    start = FORK.Event()
+    rank = FORK.Process(target=build_in_child, args=(path, tokenizer, tmp_path / "cache", 60, 2, start,
+                                                     tmp_path / "log.txt"))
+    rank.start()
+    start.set()
+    deadline = time.monotonic() + 30
+    while len(workers := psutil.Process(rank.pid).children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2
+    rank.kill()
+    rank.join()
+    try:
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE], alive
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+
+
 def test_a_bad_tokenize_workers_value_is_one_line(tmp_path, capsys):
     status = pretrain_ds.main(["--save_dir", str(tmp_path), "--tokenize_workers", "-1"])
     err = capsys.readouterr().err.strip()
@@ -268,6 +296,7 @@ def test_a_bad_tokenize_workers_value_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("flag, expected", [(0, 4), (3, 3)])
 def test_tokenize_workers_zero_is_the_ranks_share_of_the_cores(monkeypatch, flag, expected):
     monkeypatch.setattr(cpu_host, "available_cores", lambda: 16)
+    monkeypatch.setattr(cpu_host, "node_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_SIZE", "4")  # four ranks on this node
     calls = []
     monkeypatch.setattr(pretrain, "build_or_load_token_caches", lambda *args, **options: calls.append(options))

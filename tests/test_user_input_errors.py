@@ -53,10 +53,11 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--eval_data_path", "/no/such/eval.jsonl"], "/no/such/eval.jsonl"),
     (["--sample_prompts", "/no/such/prompts.txt"], "--sample_prompts /no/such/prompts.txt: cannot read it"),
     (["--data_path", "/no/such/folder/*.jsonl"], "/no/such/folder/*.jsonl: the pattern matches no file"),
-    (["--data_path", "web.jsonl:0.7", "code.parquet:zero"],
-     "--data_path: code.parquet:zero: the weight 'zero' is not a positive number"),
+    (["--data_path", "web.jsonl:0.7", "code.parquet:-0.3"],
+     "--data_path: code.parquet:-0.3: the weight '-0.3' is not a positive number"),
     (["--data_path", "web.jsonl:0.7", "code.parquet"], "--data_path: code.parquet has no weight while other entries"),
     (["--mixture_exhaust", "cycle"], "--mixture_exhaust: invalid choice: 'cycle'"),
+    (["--mixture_exhaust", "stop"], "--mixture_exhaust stop applies to a mixture: give every --data_path entry a"),
 ])
 def test_bad_flags_are_one_line_before_the_process_group(flags, named, tmp_path, capsys):
     status, err = run_main(["--save_dir", str(tmp_path), *flags], capsys)

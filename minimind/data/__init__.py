@@ -8,7 +8,7 @@ The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a data fi
 """
 
 from minimind.data.cache_root import cache_root
-from minimind.data.corpus import Corpus, DataSource, data_files, data_sources
+from minimind.data.corpus import Corpus, DataSource, data_files, data_sources, source_files
 from minimind.data.default_corpus import build_corpus, default_corpus_path
 from minimind.data.held_out import DocumentSplit, document_stream, split_documents
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts
@@ -57,6 +57,7 @@ __all__ = [
     "default_corpus_path",
     "document_stream",
     "make_data_loader",
+    "source_files",
     "split_documents",
     "text_reader",
     "token_cache_location",

@@ -57,9 +57,9 @@ class DataSource:
 
 def data_sources(entries: list[str]) -> list[DataSource]:
     """The sources ``entries`` name: one per entry where every entry ends in ``:weight`` (a mixture), else one
-    source of all their files (concatenated). A weight that is not a positive number, or weights on some
-    entries only, is a one-line ``DataError`` naming ``--data_path``."""
-    split = [split_weight(entry) for entry in entries]
+    source of all their files (concatenated). A weight that is not a positive number, weights on some entries
+    only, or a file in two weighted sources is a one-line ``DataError`` naming ``--data_path``."""
+    split = [_split_weight(entry) for entry in entries]
     weighted = [weight is not None for _, weight in split]
     if not any(weighted):
         return [DataSource(" ".join(entries), tuple(data_files(entries)), None)]
@@ -67,21 +67,42 @@ def data_sources(entries: list[str]) -> list[DataSource]:
         unweighted = [entry for entry, weight in split if weight is None]
         raise DataError("--data_path", None, f"{unweighted[0]} has no weight while other entries have one; "
                                              "give every entry a weight (path:0.3) or none")
-    return [DataSource(entry, tuple(data_files([entry])), weight) for entry, weight in split]
+    sources = [DataSource(entry, tuple(data_files([entry])), weight) for entry, weight in split]
+    owners: dict[Path, str] = {}
+    for source in sources:
+        for path in source.files:
+            if owners.setdefault(path, source.name) != source.name:
+                raise DataError("--data_path", None, f"{path} is in two weighted entries ({owners[path]} and "
+                                                     f"{source.name}); a file belongs to one source of a mixture")
+    return sources
 
 
-def split_weight(entry: str) -> tuple[str, float | None]:
-    """``path:weight`` as (path, weight); an entry that names an existing path, or has no ``:``, has no weight."""
+def source_files(sources: list[DataSource]) -> tuple[Path, ...]:
+    """Every file of ``sources``, in order, each once."""
+    return tuple(dict.fromkeys(path for source in sources for path in source.files))
+
+
+def _split_weight(entry: str) -> tuple[str, float | None]:
+    """``path:weight`` as (path, weight). An entry that names an existing path, has no ``:``, or whose ``:`` is
+    followed by text that is not a number while the part before it names nothing, has no weight (its path
+    is checked as a path)."""
     path, colon, weight_text = entry.rpartition(":")
     if not colon or Path(entry).exists() or "/" in weight_text:
         return entry, None
     try:
         weight = float(weight_text)
     except ValueError:
+        if not _names_something(path):  # "data:v2.jsonl", "logs/T10:00*.jsonl": a colon in the path
+            return entry, None
         weight = math.nan
     if not (math.isfinite(weight) and weight > 0):
         raise DataError("--data_path", None, f"{entry}: the weight {weight_text!r} is not a positive number")
     return path, weight
+
+
+def _names_something(entry: str) -> bool:
+    """Whether ``entry`` is an existing file or folder, or a glob that matches something."""
+    return Path(entry).exists() or bool(GLOB_CHARACTERS & set(entry) and glob.glob(entry, recursive=True))
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ class MixedSamples(Dataset):
     """The samples of several sources, in shares of the target tokens set by their weights (see the module).
 
     Index i < N belongs to the source d whose block ``[starts[d], starts[d + 1])`` holds it; call
-    ``set_epoch`` before each epoch (the blocks stay, the samples behind them move on).
+    ``set_epoch`` before each epoch (the blocks stay, the samples behind them move on). The epoch lives in
+    this object: a DataLoader must read it in this process (``num_workers=0``, as ``make_data_loader`` is
+    called), or its workers would keep the epoch they were started with.
     """
 
     def __init__(self, sources: Sequence[MixtureSource], *, exhaust: str = "repeat", seed: int = 0):
@@ -87,8 +89,9 @@ class MixedSamples(Dataset):
         """The order of source ``source``'s samples in its pass ``pass_index`` (drawn once per epoch)."""
         key = (source, pass_index)
         if key not in self._permutations:
-            generator = np.random.default_rng([self.seed, source, pass_index])
-            self._permutations[key] = generator.permutation(len(self.sources[source].samples))
+            size = len(self.sources[source].samples)
+            order = np.random.default_rng([self.seed, source, pass_index]).permutation(size)
+            self._permutations[key] = order.astype(np.uint32 if size <= 2**32 else np.int64)  # half the memory
         return self._permutations[key]
 
     def token_shares(self) -> list[float]:
@@ -135,6 +138,8 @@ def mixture_counts(sources: Sequence[MixtureSource], exhaust: str) -> np.ndarray
     rates = np.array([source.weight / source.tokens_per_sample for source in sources])  # samples per unit
     sizes = np.array([len(source.samples) for source in sources])
     reach = sizes / rates  # the epoch scale at which each source is read exactly once
-    scale = reach.min() if exhaust == "stop" else reach.max()
-    counts = np.floor(rates * scale + 1e-9) if exhaust == "stop" else np.rint(rates * scale)
-    return np.maximum(counts, 1).astype(np.int64)
+    limiting = int(reach.argmin() if exhaust == "stop" else reach.argmax())
+    scaled = rates * reach[limiting]
+    counts = np.maximum(np.floor(scaled) if exhaust == "stop" else np.rint(scaled), 1).astype(np.int64)
+    counts[limiting] = sizes[limiting]  # exactly once, whatever the rounding
+    return counts

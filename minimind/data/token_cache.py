@@ -16,14 +16,13 @@ It is built in a temporary folder renamed into place at the end, so a crashed or
 may call it at once, before any process group exists: one process builds under a file lock
 (``minimind.data.build_lock``) while the others wait on the lock, then load what it built.
 
-With ``workers`` above 1, a build of more than one work unit (``work_units``: byte ranges of a
-plain JSON Lines file, runs of Parquet row groups, a compressed file whole) is spread: forked
-workers (``tokenize_pool``) and every other process building the same caches claim units by
-file locks (``unit_claims``) and write one part each (``token_parts``); one process then
-assembles the parts, in order, into exactly the layout above. Otherwise each file is tokenized
-in this process, in one pass: with one tokenizer thread for ``workers=1`` (a worker is a core:
-two ranks of a two-core node tokenize with one worker each), with the library's threads on all
-cores for more (a file of one unit).
+A build is cut into work units (``work_units``: byte ranges of a plain JSON Lines file, runs of
+Parquet row groups, a compressed file whole) that this process, its forked workers
+(``tokenize_pool``, with ``workers`` above 1) and every other process building the same caches
+claim by file locks (``unit_claims``), writing one part each (``token_parts``); one process then
+assembles the parts, in order, into exactly the layout above. A worker is a core: one worker
+tokenizes in this process with one tokenizer thread; a build of one unit, with more workers,
+runs in this process on the tokenizers library's threads.
 """
 
 import contextlib
@@ -37,19 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from minimind.data.build_lock import BuildProgress, build_once
 from minimind.data.cache_root import cache_root
-from minimind.data.document_encoding import (
-    TokenizeSettings,
-    encoded_documents,
-    parallel_tokenization,
-    single_thread_tokenization,
-)
+from minimind.data.document_encoding import TokenizeSettings
 from minimind.data.jsonl_reader import DataError, ReadCounts
-from minimind.data.text_sources import text_reader, validate_texts
+from minimind.data.text_sources import validate_texts
 from minimind.data.token_parts import assemble_parts, part_path, remove_parts
 from minimind.data.tokenize_pool import tokenize_units
 from minimind.data.unit_claims import UnitTask
@@ -130,13 +123,11 @@ def build_or_load_token_caches(data_paths: Sequence[str | Path], tokenizer: PreT
     """The token caches of ``data_paths``, in their order, building those that do not exist, starting with
     the file at index ``first`` (each rank of a node its own, so that the ranks start on different files).
 
-    With ``workers`` above 1 and more than one work unit to tokenize (``work_units.plan_units``,
-    about ``part_bytes`` each, by default a size that depends on the file's alone), ``workers``
-    forked processes and this one tokenize the units of all
-    the files with any other process building them, then this process assembles or loads each
-    cache. Otherwise each file is tokenized whole in this process (``workers=1``: on one tokenizer thread; more:
-    on the library's threads). Other arguments: as
-    ``build_or_load_token_cache``, ``locations`` one per file (or None, found here).
+    The work units of the files to build (``work_units.plan_units``, about ``part_bytes`` each, by default a
+    size that depends on the file's alone) are tokenized by this process and ``workers - 1`` forked ones
+    (``tokenize_pool.tokenize_units``) with any other process building them; then this process assembles or
+    loads each cache. Other arguments: as ``build_or_load_token_cache``, ``locations`` one per file (or None,
+    found here).
     """
     paths = [Path(path).resolve() for path in data_paths]
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
@@ -147,13 +138,9 @@ def build_or_load_token_caches(data_paths: Sequence[str | Path], tokenizer: PreT
     settings = [_tokenize_settings(location, tokenizer, batch_texts) for location in locations]
     order = [*range(first, len(paths)), *range(first)]
     units = {index: plan_units(paths[index], part_bytes) for index in order if not locations[index].built}
-    spread = workers > 1 and sum(map(len, units.values())) > 1
-    if spread:
-        tasks = [UnitTask(unit, locations[index].folder, settings[index]) for index in units for unit in units[index]]
-        tokenize_units(tasks, tokenizer.backend_tokenizer, workers, show_progress=show_progress, log=log)
-    caches = {index: _build_or_load(paths[index], locations[index], tokenizer, settings[index],
-                                    units.get(index) if spread else None, workers=workers,
-                                    show_progress=show_progress, log=log)
+    tasks = [UnitTask(unit, locations[index].folder, settings[index]) for index in units for unit in units[index]]
+    tokenize_units(tasks, tokenizer.backend_tokenizer, workers, show_progress=show_progress, log=log)
+    caches = {index: _build_or_load(paths[index], locations[index], units.get(index, ()), settings[index], log=log)
               for index in order}
     return [caches[index] for index in range(len(paths))]
 
@@ -202,50 +189,16 @@ def _tokenize_settings(location: TokenCacheLocation, tokenizer: PreTrainedTokeni
                             settings["skip_bad_lines"], settings.get("text_field", "text"), batch_texts)
 
 
-def _build_or_load(data_path: Path, location: TokenCacheLocation, tokenizer: PreTrainedTokenizerFast,
-                   settings: TokenizeSettings, parts_of: Sequence[WorkUnit] | None, *, workers: int,
-                   show_progress: bool, log: Callable[[str], None]) -> TokenCache:
-    """``location``'s cache, built under its build lock unless it exists: from the parts of the units
-    ``parts_of`` when given (then the parts are removed), else in one pass in this process (on ``workers``
-    cores' tokenizer threads: one, or all)."""
-    if parts_of is None:
-        build = _tokenizer_pass(data_path, location, tokenizer, settings, workers=workers,
-                                show_progress=show_progress, log=log)
-    else:
-        build = _assembler(data_path, location, parts_of, settings)
-    built_here = build_once(location.folder, lambda: location.built, build, log=log)
-    if parts_of is not None:
-        remove_parts(location.folder)
+def _build_or_load(data_path: Path, location: TokenCacheLocation, units: Sequence[WorkUnit],
+                   settings: TokenizeSettings, *, log: Callable[[str], None]) -> TokenCache:
+    """``location``'s cache, assembled under its build lock from the parts of ``units`` (all written) unless
+    it exists, then the parts removed."""
+    built_here = build_once(location.folder, lambda: location.built, _assembler(data_path, location, units, settings),
+                            log=log)
+    remove_parts(location.folder)
     cache = _load(location.folder, reused=not built_here)
     log(cache.describe())
     return cache
-
-
-def _tokenizer_pass(data_path: Path, location: TokenCacheLocation, tokenizer: PreTrainedTokenizerFast,
-                    settings: TokenizeSettings, *, workers: int, show_progress: bool,
-                    log: Callable[[str], None]) -> Callable[[BuildProgress], None]:
-    """The build of ``location``'s cache in this process, in one pass over ``data_path``, with one tokenizer thread
-    for one worker and the library's threads on all cores for more; the bytes done go to the build's
-    ``BuildProgress`` for the processes waiting on it."""
-
-    def build(lock_progress: BuildProgress) -> None:
-        log(f"token cache: tokenizing {data_path} into {location.folder}")
-        reader = text_reader(data_path, skip_bad_lines=settings.skip_bad_lines, text_field=settings.text_field)
-        offsets, num_tokens = [np.zeros(1, np.int64)], 0
-        progress = tqdm(total=location.key_inputs["source"]["size"], unit="B", unit_scale=True, desc="tokenizing",
-                        disable=not show_progress)
-        threads = parallel_tokenization(log) if workers > 1 else single_thread_tokenization()
-        with _staged(location.folder) as staging, progress, threads:
-            with open(staging / "tokens.bin", "wb") as out:
-                for tokens, lengths in encoded_documents(reader, tokenizer.backend_tokenizer, settings):
-                    tokens.tofile(out)
-                    offsets.append(num_tokens + np.cumsum(lengths))
-                    num_tokens += len(tokens)
-                    progress.update(reader.counts.bytes_read - progress.n)
-                    lock_progress.report(f"tokenized {progress.n / 2**20:.1f} of {progress.total / 2**20:.1f} MiB")
-            _write_index(staging, location.key_inputs, np.concatenate(offsets), reader.counts, settings.dtype)
-
-    return build
 
 
 def _assembler(data_path: Path, location: TokenCacheLocation, units: Sequence[WorkUnit],

@@ -3,8 +3,8 @@ assembly, in file order, into the cache's tokens and offsets.
 
 A part file holds the unit's documents' tokens, (num_tokens,) of the cache's dtype, then their
 lengths, (num_documents,) int64 little-endian, then the unit's counts as JSON, then the JSON's
-length (8 bytes, little-endian). It is written under a temporary name and renamed when complete,
-so a part file that exists is whole.
+length (8 bytes, little-endian). It is written under a temporary name and linked to its own when
+complete, so a part file that exists is whole, and is never replaced.
 """
 
 import json
@@ -68,12 +68,26 @@ class PartWriter:
                               "bad_lines": counts.bad_lines}).encode()
         self.file.write(trailer + _TRAILER.pack(len(trailer)))
         self.file.close()
-        os.replace(self.temporary, self.path)
+        publish_once(self.temporary, self.path)
 
     def __exit__(self, *exc_info) -> None:
         self.file.close()
         if self.temporary.exists():
             self.temporary.unlink()
+
+
+def publish_once(temporary: Path, path: Path) -> None:
+    """Give ``temporary`` the name ``path`` unless a part is there already (written by a process that took the
+    same unit, e.g. where a network file system's cached lookups hid it): a part another process may be
+    assembling is never replaced. Where the file system has no hard links, the part is renamed into place."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links here (some FUSE and object-store mounts)
+        os.replace(temporary, path)
+        return
+    temporary.unlink()
 
 
 def assemble_parts(paths: Sequence[Path], out: BinaryIO, dtype: np.dtype,

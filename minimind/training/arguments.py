@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pretraining data: files, globs or folders of JSON Lines (.jsonl, also .gz or .zst "
                            "compressed) or Parquet, concatenated in order (default: bundled corpus); with a weight "
                            "on every entry (web/*.jsonl:0.7 code.parquet:0.3), a mixture in those token shares")
-    data.add_argument("--mixture_exhaust", choices=EXHAUST_POLICIES, default="repeat",
-                      help="a mixture's epoch: 'repeat' reads the source with the most tokens for its weight once "
-                           "and repeats the others; 'stop' ends when the first source runs out")
+    data.add_argument("--mixture_exhaust", choices=EXHAUST_POLICIES, default=None,
+                      help="a mixture's epoch: 'repeat' (the default) reads the source with the most tokens for its "
+                           "weight once and repeats the others; 'stop' ends when the first source runs out")
     data.add_argument("--text_field", default="text",
                       help="the JSON field or Parquet column holding each document's text (of --data_path and "
                            "--eval_data_path)")

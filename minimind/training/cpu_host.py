@@ -56,8 +56,18 @@ def available_cores() -> int:
 
 
 def cores_per_rank(environ: Mapping[str, str] | None = None) -> int:
-    """This rank's share of the cores it may run on, shared with the other ranks of its node (at least 1)."""
-    return max(available_cores() // ranks_on_this_node(environ), 1)
+    """This rank's share of the node's cores (at least 1): the cores it may run on, divided among the ranks of
+    its node, unless a launcher already bound it to fewer cores than the node has (Slurm's ``--cpus-per-task``,
+    DeepSpeed's ``--bind_cores_to_rank``, ``numactl``): then those cores are its own."""
+    cores = available_cores()
+    if cores < node_cores():
+        return cores
+    return max(cores // ranks_on_this_node(environ), 1)
+
+
+def node_cores() -> int:
+    """The cores of this node, whether this process may run on them or not."""
+    return os.cpu_count() or 1
 
 
 def set_cpu_threads(environ: Mapping[str, str] | None = None) -> str:

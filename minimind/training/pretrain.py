@@ -19,6 +19,7 @@ import kernels
 from minimind.data import (
     Corpus,
     DataError,
+    DataSource,
     DocumentSplit,
     MixedSamples,
     MixtureSource,
@@ -36,6 +37,7 @@ from minimind.data import (
     default_corpus_path,
     document_stream,
     make_data_loader,
+    source_files,
     split_documents,
     token_cache_location,
     validate_texts,
@@ -76,6 +78,9 @@ from minimind.training.save_dir import check_shared, check_writable, disk_space_
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
 from minimind.training.world import LaunchedWorld, global_rank, launched_world, local_rank, world_size
+
+# How a mixture's epoch ends, in the run's data line (``--mixture_exhaust``).
+EXHAUST_WORDS = {"repeat": "sources that run out repeat", "stop": "the epoch ends when a source runs out"}
 
 
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
@@ -202,7 +207,8 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     if args.use_wandb:
         check_wandb_installed()
     sources = tuple(data_sources(args.data_path)) if args.data_path else ()
-    data_paths = tuple(dict.fromkeys(path for source in sources for path in source.files))
+    check_mixture_flags(args, sources)
+    data_paths = source_files(sources)
     cache_locations = tuple(checked_cache_location(path, tokenizer, args) for path in data_paths)
     eval_cache_location = (checked_cache_location(Path(args.eval_data_path), tokenizer, args)
                            if args.eval_data_path else None)
@@ -215,6 +221,16 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
                        precision_timed=precision_timed, eval_cache_location=eval_cache_location,
                        sample_prompts=sample_prompts, sources=sources)
     return with_resume(args, inputs)
+
+
+def check_mixture_flags(args: argparse.Namespace, sources: tuple[DataSource, ...]) -> None:
+    """``--mixture_exhaust`` defaults to ``repeat`` for a mixture; given without one, it is a ``ConfigError``."""
+    is_mixture = any(source.weight is not None for source in sources)
+    if args.mixture_exhaust is not None and not is_mixture:
+        raise ConfigError(f"--mixture_exhaust {args.mixture_exhaust} applies to a mixture: give every --data_path "
+                          "entry a weight (path:0.3)")
+    if args.mixture_exhaust is None:
+        args.mixture_exhaust = "repeat"
 
 
 def checked_cache_location(path: Path, tokenizer, args: argparse.Namespace) -> TokenCacheLocation:
@@ -362,7 +378,7 @@ def split_held_out(num_documents: int, fraction: float, data: str) -> DocumentSp
     try:
         return split_documents(num_documents, fraction)
     except ValueError as error:
-        raise DataError(f"--eval_fraction: {data}: {error}") from None
+        raise DataError("--eval_fraction", None, f"{data}: {error}") from None
 
 
 def fit_samples(inputs: RunInputs, samples: Dataset) -> tuple[RunInputs, Dataset, str | None]:
@@ -392,7 +408,7 @@ def training_data(args: argparse.Namespace, inputs: RunInputs, dataset: Dataset)
     loader = make_data_loader(dataset, sampler, pin_memory=not inputs.cpu_only)
     mixture = dataset if isinstance(dataset, MixedSamples) else None
     print0(f"data: {len(dataset)} {'packed windows' if args.packing else 'padded documents'}"
-           f"{f' per epoch, mixed ({args.mixture_exhaust} a source that runs out)' if mixture else ''}, "
+           f"{f' per epoch, mixed ({EXHAUST_WORDS[args.mixture_exhaust]})' if mixture else ''}, "
            f"{sampler.steps_per_epoch} optimizer steps per epoch")
     for line in mixture.describe() if mixture else ():
         print0(line)
