@@ -157,14 +157,21 @@ def test_a_resume_on_another_number_of_ranks_converts_to_universal_once(
 
 
 def test_a_resume_on_one_rank_crosses_an_epoch_boundary_as_the_uninterrupted_run(launch_env_vars, tmp_path):
-    corpus = write_corpus(tmp_path / "small.jsonl", lines=60)  # a few steps an epoch
+    """With a mixture of two sources (weights 0.75 and 0.25): one rank trains on the samples two ranks trained on,
+    in every step, from a checkpoint in the first epoch into the second."""
+    web = write_corpus(tmp_path / "web.jsonl", lines=45, seed=2)  # a few steps an epoch
+    code = write_corpus(tmp_path / "code.jsonl", lines=10, seed=3)
     two_ranks = [*TINY_MODEL, "--deepspeed_config", str(FP32_CONFIG), "--batch_size", "2", "--accumulation_steps",
                  "2", "--learning_rate", "3e-3", "--epochs", "2", "--save_interval", "3", "--keep_checkpoints", "10",
-                 "--data_path", str(corpus)]
+                 "--data_path", f"{web}:0.75", f"{code}:0.25"]
     uninterrupted = launch(2, [*two_ranks, "--save_dir", str(tmp_path / "two")], env=launch_env_vars)
     per_epoch = int(re.search(r"(\d+) optimizer steps per epoch", uninterrupted.stdout).group(1))
     reference = read_metrics(tmp_path / "two")
     assert 3 < per_epoch and len(reference) == 2 * per_epoch
+    assert f"mixture source {code}: weight 0.25 (25.0%)" in uninterrupted.stdout
+    settings = json.loads((tmp_path / "two" / "run_settings.json").read_text())
+    assert [source["token_share"] for source in settings["mixture"]] == pytest.approx([0.75, 0.25], abs=0.01)
+    assert re.search(rf"mixture, epoch 1: {re.escape(str(code))} repeated, passes \d+-\d+", uninterrupted.stdout)
     checkpoints = tmp_path / "one" / "checkpoints"
     shutil.copytree(tmp_path / "two" / "checkpoints", checkpoints)
     for tag in checkpoints.glob("step_*"):

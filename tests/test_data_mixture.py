@@ -1,6 +1,6 @@
 """Weighted mixtures of data sources: parsing ``path:weight``, token shares, the epoch policies, rank
-invariance and resume, in process against counts taken from the samples themselves, and end to end
-through the launcher."""
+invariance and resume, in process against counts taken from the samples themselves. (End to end through the
+launcher: ``test_checkpoint_resume``'s resume on one rank across an epoch boundary trains on a mixture.)"""
 
 import argparse
 import json
@@ -25,7 +25,7 @@ from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.pretrain import load_samples
 from minimind.training.resume_fit import data_position_applies
 from minimind.training.run_inputs import RunInputs
-from tests.launcher import TINY_MODEL, launch, read_metrics, write_corpus
+from tests.launcher import write_corpus
 
 SOURCE_SPAN = 1000  # source d's tokens are ids in [d * SOURCE_SPAN, (d + 1) * SOURCE_SPAN)
 
@@ -207,34 +207,6 @@ def test_a_source_too_small_to_hold_documents_out_is_one_line(tmp_path, monkeypa
         load_samples(args, inputs)
     assert str(raised.value) == (f"--eval_fraction: {note}: holding out 0.1 of 1 documents leaves none to "
                                  "train on")
-
-
-@pytest.mark.slow
-def test_a_mixture_trains_through_the_launcher_and_resumes_exactly(tmp_path):
-    """Two epochs of a 2-rank mixture run, and a run resumed from its first checkpoint (in the first epoch):
-    the same losses at every later step, and the realised shares in run_settings.json."""
-    env = {"MINIMIND_CACHE_DIR": str(tmp_path / "cache")}
-    web = write_corpus(tmp_path / "web.jsonl", lines=30, seed=2)
-    code = write_corpus(tmp_path / "code.jsonl", lines=8, seed=3)
-    flags = [*TINY_MODEL, "--deepspeed_config", "ds_configs/zero2_fp32.json", "--batch_size", "2",
-             "--accumulation_steps", "1", "--learning_rate", "3e-3", "--epochs", "2", "--save_interval", "8",
-             "--keep_checkpoints", "5",
-             "--data_path", f"{web}:0.75", f"{code}:0.25"]
-    uninterrupted = tmp_path / "run"
-    result = launch(2, [*flags, "--save_dir", str(uninterrupted)], env=env)
-    settings = json.loads((uninterrupted / "run_settings.json").read_text())
-    shares = [source["token_share"] for source in settings["mixture"]]
-    assert shares == pytest.approx([0.75, 0.25], abs=0.01) and settings["mixture_exhaust"] == "repeat"
-    assert f"mixture source {code}: weight 0.25" in result.stdout
-    reference = {m["step"]: m["loss"] for m in read_metrics(uninterrupted)}
-    steps_per_epoch = int(result.stdout.split(" optimizer steps per epoch")[0].rsplit(" ", 1)[1])
-    assert len(reference) == 2 * steps_per_epoch and 8 < steps_per_epoch < 16  # step 8 lies in the first epoch
-    resumed = tmp_path / "resumed"
-    launch(2, [*flags, "--save_dir", str(resumed), "--resume_from", str(uninterrupted / "checkpoints" / "step_8")],
-           env=env)
-    losses = {m["step"]: m["loss"] for m in read_metrics(resumed)}
-    assert list(losses) == list(range(9, 2 * steps_per_epoch + 1))
-    assert losses == pytest.approx({step: reference[step] for step in losses}, rel=1e-6, abs=0)
 
 
 def test_a_resume_with_other_weights_policy_seed_or_text_field_restarts_the_data_position(tmp_path, capsys):

@@ -151,11 +151,11 @@ def test_a_token_cache_build_longer_than_the_collective_timeout_does_not_stop_th
     """The two ranks tokenize a corpus's work units for several collective timeouts, each waiting on the
     other's unit and the assembly by lock files, not in a collective; the job then trains. (Waiting in a
     barrier, a rank's gloo timeout used to end the job; NCCL's watchdog would do the same.)"""
-    timeout_s = 5
+    timeout_s = 4
     corpus = write_corpus(tmp_path / "part.jsonl", lines=100_000)
     big = tmp_path / "big.jsonl"
     with big.open("wb") as out:
-        for _ in range(6):  # ~130 MB: about 20 s of tokenization on this project's 2-core machine
+        for _ in range(5):  # ~110 MB: about 17 s of tokenization on this project's 2-core machine
             out.write(corpus.read_bytes())
     result = launch(2, [*short_training(FP32_CONFIG, max_steps=2), "--data_path", str(big), "--save_dir",
                         str(tmp_path / "out"), "--collective_timeout", str(timeout_s)],
