@@ -13,7 +13,7 @@ from minimind.data.default_corpus import build_corpus, default_corpus_path
 from minimind.data.held_out import DocumentSplit, document_stream, split_documents
 from minimind.data.jsonl_reader import DataError, JsonlTextReader, ReadCounts
 from minimind.data.loader import make_data_loader
-from minimind.data.mixture import EXHAUST_POLICIES, MixedSamples, MixtureSource
+from minimind.data.mixture import EXHAUST_MEANINGS, EXHAUST_POLICIES, MixedSamples, MixtureSource
 from minimind.data.parquet_reader import ParquetTextReader
 from minimind.data.sampler import RankInvariantSampler, check_fills_one_global_batch
 from minimind.data.text_sources import DATA_SUFFIXES, text_reader, validate_texts
@@ -32,6 +32,7 @@ __all__ = [
     "DATA_SUFFIXES",
     "DataError",
     "DataSource",
+    "EXHAUST_MEANINGS",
     "EXHAUST_POLICIES",
     "MixedSamples",
     "MixtureSource",

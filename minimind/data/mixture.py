@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-EXHAUST_POLICIES = ("repeat", "stop")
+# ``--mixture_exhaust``: how a mixture's epoch ends, in the words the run's data line uses.
+EXHAUST_MEANINGS = {"repeat": "sources that run out repeat", "stop": "the epoch ends when a source runs out"}
+EXHAUST_POLICIES = tuple(EXHAUST_MEANINGS)
 
 
 @dataclass(frozen=True)

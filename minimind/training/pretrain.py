@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 import kernels
 from minimind.data import (
+    EXHAUST_MEANINGS,
     Corpus,
     DataError,
     DataSource,
@@ -78,9 +79,6 @@ from minimind.training.save_dir import check_shared, check_writable, disk_space_
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
 from minimind.training.world import LaunchedWorld, global_rank, launched_world, local_rank, world_size
-
-# How a mixture's epoch ends, in the run's data line (``--mixture_exhaust``).
-EXHAUST_WORDS = {"repeat": "sources that run out repeat", "stop": "the epoch ends when a source runs out"}
 
 
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
@@ -408,7 +406,7 @@ def training_data(args: argparse.Namespace, inputs: RunInputs, dataset: Dataset)
     loader = make_data_loader(dataset, sampler, pin_memory=not inputs.cpu_only)
     mixture = dataset if isinstance(dataset, MixedSamples) else None
     print0(f"data: {len(dataset)} {'packed windows' if args.packing else 'padded documents'}"
-           f"{f' per epoch, mixed ({EXHAUST_WORDS[args.mixture_exhaust]})' if mixture else ''}, "
+           f"{f' per epoch, mixed ({EXHAUST_MEANINGS[args.mixture_exhaust]})' if mixture else ''}, "
            f"{sampler.steps_per_epoch} optimizer steps per epoch")
     for line in mixture.describe() if mixture else ():
         print0(line)
