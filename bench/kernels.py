@@ -56,8 +56,8 @@ class Case:
 
 
 def rms_norm_case(rows: int, hidden: int, device: torch.device, compile_fn) -> Case:
-    from kernels.fused_rms_norm import rms_norm_triton
-    from kernels.reference import rms_norm_torch
+    from minimind_kernels.fused_rms_norm import rms_norm_triton
+    from minimind_kernels.reference import rms_norm_torch
 
     x = torch.randn(rows, hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
     weight = (1 + 0.1 * torch.randn(hidden, device=device)).to(torch.bfloat16).requires_grad_()
@@ -80,8 +80,8 @@ def rms_norm_case(rows: int, hidden: int, device: torch.device, compile_fn) -> C
 
 
 def rms_norm_residual_case(rows: int, hidden: int, device: torch.device, compile_fn) -> Case:
-    from kernels.fused_rms_norm import rms_norm_residual_triton
-    from kernels.reference import rms_norm_residual_torch
+    from minimind_kernels.fused_rms_norm import rms_norm_residual_triton
+    from minimind_kernels.reference import rms_norm_residual_torch
 
     x = torch.randn(rows, hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
     residual = torch.randn_like(x, requires_grad=True)
@@ -104,8 +104,8 @@ def rms_norm_residual_case(rows: int, hidden: int, device: torch.device, compile
 
 
 def rope_case(batch, seq, q_heads, kv_heads, head_dim, device: torch.device, compile_fn) -> Case:
-    from kernels.reference import apply_rotary_torch
-    from kernels.rope import apply_rotary_triton
+    from minimind_kernels.reference import apply_rotary_torch
+    from minimind_kernels.rope import apply_rotary_triton
 
     dtype = torch.bfloat16
     q = torch.randn(batch, seq, q_heads, head_dim, device=device, dtype=dtype, requires_grad=True)

@@ -2,7 +2,7 @@
 
 Triton builds a small C launcher the first time it compiles a kernel, so a container
 without a C compiler, or a machine with a broken driver, imports Triton fine and fails
-only at the first launch. ``kernels.dispatch`` runs ``run_compile_probe`` once per device
+only at the first launch. ``minimind_kernels.dispatch`` runs ``run_compile_probe`` once per device
 before ``--kernels auto`` picks Triton, and imports this module only then, so the package
 still imports without Triton.
 """
@@ -10,8 +10,7 @@ still imports without Triton.
 import torch
 import triton
 import triton.language as tl
-
-from kernels.device_guard import on_device_of
+from minimind_kernels.device_guard import on_device_of
 
 _PROBE_ELEMENTS = 16
 

@@ -18,8 +18,7 @@ Which one is decided at import, as Triton decides at decoration whether a kernel
 from collections.abc import Callable
 
 import torch
-
-from kernels.dispatch import triton_interpreted
+from minimind_kernels.dispatch import triton_interpreted
 
 NAMESPACE = "minimind"
 TRACEABLE = hasattr(torch.library, "triton_op") and not triton_interpreted()

@@ -5,7 +5,7 @@ PyTorch elsewhere; ``triton`` insists on the kernels and says in one line why th
 run; ``torch`` always takes the reference.
 
 Whether Triton can compile is checked once per CUDA device and process, by compiling and
-launching a tiny kernel (``kernels.compile_probe``). Where that fails, ``auto`` falls back
+launching a tiny kernel (``minimind_kernels.compile_probe``). Where that fails, ``auto`` falls back
 to PyTorch and logs the reason in one line, once.
 
 The choice itself is made once per implementation and device and then looked up, and
@@ -57,7 +57,7 @@ def triton_compile_failure(device_index: int) -> str | None:
     cached answer, so the forward pass never pays for it.
     """
     try:
-        from kernels.compile_probe import run_compile_probe
+        from minimind_kernels.compile_probe import run_compile_probe
 
         run_compile_probe(torch.device("cuda", device_index))
     except Exception as error:  # whatever breaks the probe (import, compiler, driver) breaks every kernel

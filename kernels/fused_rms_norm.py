@@ -1,6 +1,6 @@
 """Fused RMSNorm in Triton: forward, backward, the autograd Functions and the custom operators.
 
-Math (MiniMind's, see ``kernels.reference.rms_norm_torch``), per row of ``x`` (..., hidden)::
+Math (MiniMind's, see ``minimind_kernels.reference.rms_norm_torch``), per row of ``x`` (..., hidden)::
 
     rstd   = rsqrt(mean(x.float()^2) + eps)              # fp32, saved for the backward
     normed = (x.float() * rstd).to(x.dtype)              # rounded to x's dtype first...
@@ -33,7 +33,7 @@ the same gradient tensor to several consumers (e.g. both inputs of an addition).
 
 Two ways in, one set of launchers: in eager mode the autograd Functions call the launchers
 directly; while ``torch.compile`` traces them they call the custom operators
-(``kernels.custom_ops``) ``minimind::rms_norm`` -> (y, rstd), ``minimind::rms_norm_residual``
+(``minimind_kernels.custom_ops``) ``minimind::rms_norm`` -> (y, rstd), ``minimind::rms_norm_residual``
 -> (y, h, rstd) and ``minimind::rms_norm_backward`` -> (dh, dweight), one graph node each with a
 fake implementation. (Registering the backward on the operators instead would send eager calls
 through the dispatcher as well: 30 to 60 us more host time per call and its backward, measured
@@ -49,9 +49,8 @@ import math
 import torch
 import triton
 import triton.language as tl
-
-from kernels.custom_ops import kernel_op, wrap_triton
-from kernels.device_guard import on_device_of
+from minimind_kernels.custom_ops import kernel_op, wrap_triton
+from minimind_kernels.device_guard import on_device_of
 
 # One program holds a whole row in registers; beyond this the tile no longer fits.
 MAX_FUSED_HIDDEN = 65536

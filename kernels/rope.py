@@ -1,6 +1,6 @@
 """Rotate-half rotary position embedding in Triton, q and k in one launch.
 
-Math (MiniMind's, see ``kernels.reference.apply_rotary_torch``), with ``x = cat(x1, x2)``
+Math (MiniMind's, see ``minimind_kernels.reference.apply_rotary_torch``), with ``x = cat(x1, x2)``
 split at half of head_dim and ``c = cat(c1, c2)``, ``s = cat(s1, s2)`` the table rows for
 the token's position::
 
@@ -30,8 +30,8 @@ or a stride-0 expanded one (``q_rot.sum()``), and overwriting either corrupts ot
 gradients; the extra buffer costs memory, not bandwidth.
 
 The autograd Function calls the launcher directly in eager mode, and the custom operators
-(``kernels.custom_ops``) ``minimind::rotary`` and ``minimind::rotary_backward`` while
-``torch.compile`` traces it (see ``kernels.fused_rms_norm`` for why).
+(``minimind_kernels.custom_ops``) ``minimind::rotary`` and ``minimind::rotary_backward`` while
+``torch.compile`` traces it (see ``minimind_kernels.fused_rms_norm`` for why).
 
 No gradient flows to cos and sin: they are constant tables, and ``apply_rotary_triton``
 refuses tables that require grad.
@@ -43,9 +43,8 @@ NaN-filling allocator so that an element a kernel forgets to write cannot go unn
 import torch
 import triton
 import triton.language as tl
-
-from kernels.custom_ops import kernel_op, wrap_triton
-from kernels.device_guard import on_device_of
+from minimind_kernels.custom_ops import kernel_op, wrap_triton
+from minimind_kernels.device_guard import on_device_of
 
 # Each program rotates all heads of up to _MAX_POSITIONS_PER_TILE positions, ~_TILE_ELEMENTS values.
 _TILE_ELEMENTS = 4096

@@ -17,8 +17,8 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 
 from minimind.training.process_group import free_local_port
 from minimind.training.run_files import is_validation_record
+from tests.project_tree import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIGS = REPO_ROOT / "ds_configs"
 WORDS = (
     "the model reads tokens and predicts the next one while the optimizer updates weights after each "

@@ -26,6 +26,7 @@ from minimind.checkpoint.standalone_code import standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
 from tests.launcher import REFERENCE_STEPS, REPO_ROOT, free_local_port, write_corpus
+from tests.project_tree import WITHOUT_THE_PROJECT
 
 PROMPT = [[1, 45, 300, 77, 1200, 9, 3000, 12]]
 
@@ -89,16 +90,15 @@ def test_standalone_code_imports_only_torch_transformers_and_stdlib():
     roots = {alias.name.split(".")[0] for node in imports for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert roots <= {"torch", "transformers", "math", "dataclasses"}, roots
-    assert not any(isinstance(node, ast.Name) and node.id == "kernels" for node in ast.walk(tree))
+    assert not any(isinstance(node, ast.Name) and node.id == "kernel_ops" for node in ast.walk(tree))
     defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     assert {"MiniMindConfig", "MiniMindModel", "MiniMindForCausalLM"} <= defined
 
 
-CLEAN_LOAD = """
-import importlib.util, json, sys
+CLEAN_LOAD = WITHOUT_THE_PROJECT + """
+import json, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-assert importlib.util.find_spec("minimind") is None and importlib.util.find_spec("kernels") is None
 folder = sys.argv[1]
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)

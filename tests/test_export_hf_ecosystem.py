@@ -12,21 +12,16 @@ from minimind.checkpoint.export import export_hf
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer.loader import BOS_TOKEN, EOS_ID, EOS_TOKEN, PAD_TOKEN, load_tokenizer
 from tests.model_reference import greedy_full_recompute
+from tests.project_tree import WITHOUT_THE_PROJECT
 
 TEXT = "the model reads tokens and predicts the next one while the optimizer updates weights after each step"
 PROMPT, SHORT_PROMPT = "the model reads tokens and", "the optimizer"
 NEW_TOKENS = 8
 
-# Run with ``python -I`` in an empty folder: neither this repository nor PYTHONPATH is importable.
-USER_SCRIPT = """
+# Run with ``python -I`` in an empty folder, the project's import names blocked: a user without it.
+USER_SCRIPT = WITHOUT_THE_PROJECT + """
 import json, sys
 from pathlib import Path
-try:
-    import minimind
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit(f"the repository is importable: {minimind.__file__}")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 folder, prompt, short_prompt, new_tokens, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]

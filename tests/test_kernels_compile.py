@@ -20,9 +20,10 @@ import torch
 
 pytest.importorskip("triton")
 
-import kernels  # noqa: E402
-from kernels import dispatch, fused_rms_norm, rope  # noqa: E402
-from kernels.dispatch import triton_interpreted  # noqa: E402
+from minimind_kernels import dispatch, fused_rms_norm, rope  # noqa: E402
+from minimind_kernels import functional as kernel_ops  # noqa: E402
+from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
+
 from tests.conftest import nan_filled_empty  # noqa: E402
 
 EPS = 1e-5
@@ -91,9 +92,9 @@ def test_opcheck_rotary(batch, seq, q_heads, kv_heads, head_dim, dtype, device):
 
 def every_kernel(x, residual, weight, q, k, cos, sin, position_offset: int, impl: str):
     """A scalar from the three public functions on one ``impl``, every output used."""
-    normed = kernels.rms_norm(x, weight, EPS, impl=impl)
-    normed_sum, summed = kernels.rms_norm_residual(x, residual, weight, EPS, impl=impl)
-    q_rot, k_rot = kernels.apply_rotary(q, k, cos, sin, position_offset=position_offset, impl=impl)
+    normed = kernel_ops.rms_norm(x, weight, EPS, impl=impl)
+    normed_sum, summed = kernel_ops.rms_norm_residual(x, residual, weight, EPS, impl=impl)
+    q_rot, k_rot = kernel_ops.apply_rotary(q, k, cos, sin, position_offset=position_offset, impl=impl)
     return (normed * normed_sum).sum() + summed.pow(2).sum() + q_rot.pow(2).sum() + k_rot.sum()
 
 
@@ -154,7 +155,7 @@ def test_compiled_residual_with_one_output_unused(used, device):
     """The residual backward runs without a gradient for one output (None in eager mode)."""
 
     def one_output(x, residual, weight):
-        normed, summed = kernels.rms_norm_residual(x, residual, weight, EPS, impl="triton")
+        normed, summed = kernel_ops.rms_norm_residual(x, residual, weight, EPS, impl="triton")
         return (normed if used == "normed" else summed).pow(2).sum()
 
     torch._dynamo.reset()
@@ -172,7 +173,7 @@ def test_triton_ops_expose_their_kernels_when_compiled():
         pytest.skip("torch.library.triton_op needs torch >= 2.6; the operators are custom_ops here")
     code = (
         "from torch._library.triton import get_triton_kernels_for_op\n"
-        "from kernels import custom_ops, fused_rms_norm, rope\n"
+        "from minimind_kernels import custom_ops, fused_rms_norm, rope\n"
         "assert custom_ops.TRACEABLE\n"
         "for op in ('rms_norm', 'rms_norm_residual', 'rms_norm_backward', 'rotary', 'rotary_backward'):\n"
         "    print(op, *sorted(k.fn.__name__ for k in get_triton_kernels_for_op('minimind::' + op)))\n"

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from minimind_kernels import fused_rms_norm, rope
 
-from kernels import fused_rms_norm, rope
 from minimind import MiniMindConfig, MiniMindForCausalLM
 
 

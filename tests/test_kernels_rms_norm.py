@@ -10,17 +10,18 @@ import torch
 
 pytest.importorskip("triton")
 
-import kernels  # noqa: E402
-from kernels import fused_rms_norm  # noqa: E402
-from kernels.dispatch import triton_interpreted  # noqa: E402
-from kernels.fused_rms_norm import (  # noqa: E402
+from minimind_kernels import functional as kernel_ops  # noqa: E402
+from minimind_kernels import fused_rms_norm  # noqa: E402
+from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
+from minimind_kernels.fused_rms_norm import (  # noqa: E402
     MAX_FUSED_HIDDEN,
     rms_norm_backward,
     rms_norm_forward,
     rms_norm_residual_triton,
     rms_norm_triton,
 )
-from kernels.reference import rms_norm_residual_torch  # noqa: E402
+from minimind_kernels.reference import rms_norm_residual_torch  # noqa: E402
+
 from tests.conftest import nan_filled_empty  # noqa: E402
 
 EPS = 1e-5
@@ -132,7 +133,7 @@ def test_mixed_dtypes_promote_like_torch(x_dtype, w_dtype, device):
 def test_matches_minimind_formula(dtype, device):
     """Against MiniMind's own formula in its own precision (normed rounded before the weight)."""
     x, weight, _ = make_inputs((4, 9, 96), dtype, dtype, device)
-    y = kernels.rms_norm(x, weight, EPS, impl="triton")
+    y = kernel_ops.rms_norm(x, weight, EPS, impl="triton")
     expected = weight * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + EPS)).type_as(x)
     assert y.dtype == expected.dtype
     # Each side is within two roundings (normed, product) of the exact value.
@@ -280,7 +281,7 @@ def test_residual_variant_without_sum_gradient(device):
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
     # The public function and its PyTorch fallback.
-    y_api, h_api = kernels.rms_norm_residual(x, residual, weight, EPS, impl="triton")
+    y_api, h_api = kernel_ops.rms_norm_residual(x, residual, weight, EPS, impl="triton")
     y_torch, h_torch = rms_norm_residual_torch(x, residual, weight, EPS)
     assert torch.equal(h_api, h_torch)
     torch.testing.assert_close(y_api, y_torch, rtol=1e-5, atol=1e-6)

@@ -10,10 +10,11 @@ import torch
 
 pytest.importorskip("triton")
 
-import kernels  # noqa: E402
-from kernels import rope  # noqa: E402
-from kernels.dispatch import triton_interpreted  # noqa: E402
-from kernels.rope import apply_rotary_triton  # noqa: E402
+from minimind_kernels import functional as kernel_ops  # noqa: E402
+from minimind_kernels import rope  # noqa: E402
+from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
+from minimind_kernels.rope import apply_rotary_triton  # noqa: E402
+
 from tests.conftest import nan_filled_empty  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -193,11 +194,11 @@ def test_public_api_differentiates_both_inputs(device):
     cos, sin = rope_tables(8, 16, device)
     q = q.requires_grad_()
     k = k.requires_grad_()
-    q_rot, k_rot = kernels.apply_rotary(q, k, cos, sin, position_offset=2, impl="triton")
+    q_rot, k_rot = kernel_ops.apply_rotary(q, k, cos, sin, position_offset=2, impl="triton")
     torch.autograd.backward((q_rot, k_rot), (dq, dk))
     assert q.grad is not None and k.grad is not None
     # The model's default table dtype may be bf16 too: then the tables are read as they are.
-    q_rot_bf16, _ = kernels.apply_rotary(q, k, cos.bfloat16(), sin.bfloat16(), 2, impl="triton")
+    q_rot_bf16, _ = kernel_ops.apply_rotary(q, k, cos.bfloat16(), sin.bfloat16(), 2, impl="triton")
     q_ref = rotate_ref64(q, cos.bfloat16().float(), sin.bfloat16().float(), 2)
     torch.testing.assert_close(q_rot_bf16.double(), q_ref.detach(), rtol=RTOL[torch.bfloat16], atol=ATOL)
 

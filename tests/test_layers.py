@@ -11,21 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher import REPO_ROOT
+from tests.project_tree import REPO_ROOT, import_name, python_files
 
 # ``minimind.errors`` (the user-facing error family) and ``minimind.flags`` (flag parsing) import
-# nothing else of the project; ``kernels`` stays a library that knows nothing of the application above it.
-LAYERS = ("kernels", "minimind.errors", "minimind.model", "minimind.tokenizer", "minimind.data", "minimind.checkpoint",
-          "minimind.training")
+# nothing else of the project; the kernels stay a library that knows nothing of the application above it.
+LAYERS = ("minimind_kernels", "minimind.errors", "minimind.model", "minimind.tokenizer", "minimind.data",
+          "minimind.checkpoint", "minimind.training")
 ENTRY_POINTS = ("pretrain_ds", "bench", "minimind.plan", "minimind.generate", "minimind.report",
                 "minimind.tokenizer.train", "minimind.checkpoint.__main__")
 DISTRIBUTED = ("deepspeed", "torch.distributed")
 LOCAL = LAYERS[:5]  # the model and its data: no distribution in them
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def layer_of(module: str) -> int | None:
@@ -44,7 +39,7 @@ def layer_of(module: str) -> int | None:
 
 def imported_modules(path: Path) -> set[str]:
     """Every module ``path`` imports, wherever the import statement stands."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    package = import_name(path) if path.name == "__init__.py" else import_name(path).rpartition(".")[0]
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -59,16 +54,13 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def project_modules() -> list[Path]:
-    paths = [REPO_ROOT / "pretrain_ds.py"]
-    for folder in ("kernels", "minimind", "bench"):
-        paths.extend(sorted((REPO_ROOT / folder).rglob("*.py")))
-    return paths
+    return [REPO_ROOT / "pretrain_ds.py", *python_files("kernels", "minimind", "bench")]
 
 
 def crossings() -> list[str]:
     found = []
     for path in project_modules():
-        module = module_name(path)
+        module = import_name(path)
         own = layer_of(module)
         for imported in imported_modules(path):
             target = layer_of(imported)
@@ -86,7 +78,8 @@ def test_imports_run_one_way():
 
 
 @pytest.mark.parametrize("module, expected", [
-    ("kernels.dispatch", 0), ("minimind.errors", 1), ("minimind.flags", 1), ("minimind", 2), ("minimind.model.moe", 2),
+    ("minimind_kernels.dispatch", 0), ("minimind.errors", 1), ("minimind.flags", 1), ("minimind", 2),
+    ("minimind.model.moe", 2),
     ("minimind.data.token_cache", 4), ("minimind.tokenizer.train", 7), ("minimind.checkpoint.__main__", 7),
     ("minimind.checkpoint.export", 5), ("bench.kernels", 7), ("torch", None), ("minimind.training.world", 6),
 ])

@@ -98,13 +98,13 @@ def test_yarn_scales_only_low_frequencies_and_only_past_original_context():
 
 @pytest.mark.parametrize("batch,seq,heads,kv_heads", [(1, 1, 4, 4), (2, 9, 6, 2), (3, 17, 8, 1)])
 def test_rotary_against_reference(batch, seq, heads, kv_heads):
-    import kernels
+    from minimind_kernels import functional as kernel_ops
 
     cos_ref, sin_ref = rope_tables_ref(16, 1e4, 40)
     q = torch.randn(batch, seq, heads, 16, dtype=torch.float64)
     k = torch.randn(batch, seq, kv_heads, 16, dtype=torch.float64)
     offset = 5
-    q_out, k_out = kernels.apply_rotary(q, k, cos_ref, sin_ref, position_offset=offset, impl="torch")
+    q_out, k_out = kernel_ops.apply_rotary(q, k, cos_ref, sin_ref, position_offset=offset, impl="torch")
     torch.testing.assert_close(q_out, rotate_ref(q, cos_ref[offset : offset + seq], sin_ref[offset : offset + seq]))
     torch.testing.assert_close(k_out, rotate_ref(k, cos_ref[offset : offset + seq], sin_ref[offset : offset + seq]))
 

@@ -16,7 +16,7 @@ from minimind.errors import ConfigError, UserInputError
 from minimind.plan import main as plan_main
 from minimind.tokenizer.train import main as tokenizer_main
 from minimind.training.ds_config import resolve_ds_config
-from tests.launcher import REPO_ROOT
+from tests.project_tree import REPO_ROOT, import_name, python_files
 
 FP32_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
 
@@ -172,12 +172,11 @@ def test_other_commands_report_bad_flags_in_one_line(tmp_path, capsys):
 def project_error_classes() -> list[tuple[str, str, list[str]]]:
     """``(module, class, base names)`` of every exception class the project defines."""
     found = []
-    for folder in ("minimind", "kernels"):
-        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
-            module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
-                    found.append((module, node.name, [ast.unparse(base) for base in node.bases]))
+    for path in python_files("minimind", "kernels"):
+        module = import_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                found.append((module, node.name, [ast.unparse(base) for base in node.bases]))
     return found
 
 

@@ -2,9 +2,10 @@
 
 The file is generated from this project's own model modules at export time (never a
 hand-kept copy): each module is parsed with ``ast``, its docstring and intra-project
-imports are dropped, and calls through the ``kernels`` dispatcher
-(``kernels.rms_norm(..., impl=...)``) become calls of the PyTorch reference functions
-(``rms_norm_torch(...)``) from ``kernels/reference.py``, which is bundled too. The result
+imports are dropped, and calls through the kernels' functional module
+(``kernel_ops.rms_norm(..., impl=...)``, imported as ``from minimind_kernels import functional as
+kernel_ops``) become calls of the PyTorch reference functions (``rms_norm_torch(...)``) from
+``kernels/reference.py``, which is bundled too. The result
 imports only ``torch`` and ``transformers``.
 """
 
@@ -12,11 +13,11 @@ import ast
 import importlib
 import inspect
 
-import kernels.dispatch
+import minimind_kernels.dispatch
 
 # Bundled in this order: each module's definitions only use those of modules above it.
 BUNDLED_MODULES = (
-    "kernels.reference",
+    "minimind_kernels.reference",
     "minimind.errors",
     "minimind.model.config",
     "minimind.model.rope",
@@ -25,9 +26,11 @@ BUNDLED_MODULES = (
     "minimind.model.loss",
     "minimind.model.modeling",
 )
-PROJECT_PACKAGES = ("kernels", "minimind")
+PROJECT_PACKAGES = ("minimind_kernels", "minimind")
+# The local name under which bundled modules import ``minimind_kernels.functional``.
+KERNEL_OPS = "kernel_ops"
 # Names imported from the kernels package that are plain constants, taken from their module.
-KERNEL_CONSTANTS = {"IMPLEMENTATIONS": kernels.dispatch}
+KERNEL_CONSTANTS = {"IMPLEMENTATIONS": minimind_kernels.dispatch}
 MODULE_FILE = "modeling_minimind.py"
 HEADER = '''"""MiniMind model code for ``transformers`` (``trust_remote_code=True``).
 
@@ -47,7 +50,7 @@ def is_project_module(name: str | None) -> bool:
 
 
 class KernelCallsToReference(ast.NodeTransformer):
-    """``kernels.op(args, impl=...)`` -> ``op_torch(args)``, for ops the reference module defines."""
+    """``kernel_ops.op(args, impl=...)`` -> ``op_torch(args)``, for ops the reference module defines."""
 
     def __init__(self, reference_names: set[str], module: str):
         self.reference_names = reference_names
@@ -55,18 +58,20 @@ class KernelCallsToReference(ast.NodeTransformer):
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         func = node.func
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "kernels":
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == KERNEL_OPS:
             target = f"{func.attr}_torch"
             if target not in self.reference_names:
-                raise StandaloneCodeError(f"{self.module}: kernels.{func.attr} has no reference '{target}' to bundle")
+                raise StandaloneCodeError(
+                    f"{self.module}: {KERNEL_OPS}.{func.attr} has no reference '{target}' to bundle")
             node.func = ast.Name(id=target, ctx=ast.Load())
             node.keywords = [kw for kw in node.keywords if kw.arg != "impl"]
         return self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         self.generic_visit(node)
-        if isinstance(node.value, ast.Name) and node.value.id == "kernels":
-            raise StandaloneCodeError(f"{self.module}: uses kernels.{node.attr} outside a call the bundler rewrites")
+        if isinstance(node.value, ast.Name) and node.value.id == KERNEL_OPS:
+            raise StandaloneCodeError(
+                f"{self.module}: uses {KERNEL_OPS}.{node.attr} outside a call the bundler rewrites")
         return node
 
 
@@ -92,7 +97,7 @@ def top_level_names(statements: list[ast.stmt]) -> set[str]:
 
 
 def constant_definition(name: str, module) -> ast.stmt:
-    """The top-level assignment of ``name`` in ``module`` (for constants imported from ``kernels``)."""
+    """The top-level assignment of ``name`` in ``module`` (for constants imported from ``minimind_kernels``)."""
     for statement in ast.parse(inspect.getsource(module)).body:
         if name in top_level_names([statement]):
             return statement
@@ -105,7 +110,7 @@ def standalone_modeling_source() -> str:
     definitions: list[ast.stmt] = []
     defined: set[str] = set()
     needed_from_project: dict[str, str] = {}  # name -> module that imported it
-    reference_names = top_level_names(module_body("kernels.reference"))
+    reference_names = top_level_names(module_body("minimind_kernels.reference"))
     for module in BUNDLED_MODULES:
         body = module_body(module)
         for statement in body:
@@ -117,7 +122,8 @@ def standalone_modeling_source() -> str:
             elif isinstance(statement, ast.ImportFrom):
                 if is_project_module(statement.module) or statement.level:
                     for alias in statement.names:
-                        needed_from_project[alias.asname or alias.name] = module
+                        if (alias.asname or alias.name) != KERNEL_OPS:  # its calls become the references
+                            needed_from_project[alias.asname or alias.name] = module
                 else:
                     external_imports.setdefault(ast.unparse(statement), statement)
             else:

@@ -1,8 +1,8 @@
 """The model configuration: MiniMind's fields, names and defaults."""
 
+from minimind_kernels.dispatch import IMPLEMENTATIONS
 from transformers import PretrainedConfig
 
-from kernels import IMPLEMENTATIONS
 from minimind.errors import UserInputError
 
 YARN_SCALING = {

@@ -8,11 +8,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from minimind_kernels import functional as kernel_ops
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 
-import kernels
 from minimind.model.config import MiniMindConfig
 
 
@@ -31,8 +31,8 @@ class RMSNorm(nn.Module):
         """The norm of ``x``; with ``residual``, ``(norm(x + residual), x + residual)`` in one fused
         kernel where the Triton kernels run. (Through ``forward``, so that ZeRO-3 gathers the weight.)"""
         if residual is not None:
-            return kernels.rms_norm_residual(x, residual, self.weight, self.eps, impl=self.kernel_impl)
-        return kernels.rms_norm(x, self.weight, self.eps, impl=self.kernel_impl)
+            return kernel_ops.rms_norm_residual(x, residual, self.weight, self.eps, impl=self.kernel_impl)
+        return kernel_ops.rms_norm(x, self.weight, self.eps, impl=self.kernel_impl)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -77,7 +77,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         past = cache.get_seq_length(self.layer_idx) if cache is not None else 0
         cos, sin = rope
-        q, k = kernels.apply_rotary(q, k, cos, sin, position_offset=past, impl=self.kernel_impl)
+        q, k = kernel_ops.apply_rotary(q, k, cos, sin, position_offset=past, impl=self.kernel_impl)
         if cache is not None:
             k, v = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
             k, v = k.transpose(1, 2), v.transpose(1, 2)

@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 
 import deepspeed
+from minimind_kernels.dispatch import IMPLEMENTATIONS
 
-from kernels import IMPLEMENTATIONS
 from minimind.checkpoint.manifest import VERIFY_MODES
 from minimind.data.mixture import EXHAUST_POLICIES
 from minimind.errors import ConfigError

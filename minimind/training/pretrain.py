@@ -13,9 +13,9 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from minimind_kernels.dispatch import KernelUnavailableError, resolve_impl
 from torch.utils.data import Dataset
 
-import kernels
 from minimind.data import (
     EXHAUST_MEANINGS,
     Corpus,
@@ -246,8 +246,8 @@ def check_kernels_run_on(impl: str, device: torch.device) -> None:
     """Raise ``ConfigError`` when ``--kernels impl`` cannot run on ``device`` (``triton`` without
     the package, or on a CPU without ``TRITON_INTERPRET=1``)."""
     try:
-        kernels.resolve_impl(impl, device)
-    except kernels.KernelUnavailableError as error:
+        resolve_impl(impl, device)
+    except KernelUnavailableError as error:
         raise ConfigError(str(error)) from None
 
 
