@@ -13,7 +13,26 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
 
+from tests import launcher  # noqa: E402
 from tests.launcher import REFERENCE_TRAINING, evaluation_flags, launch, write_corpus  # noqa: E402
+
+# Session and module fixtures that launch DeepSpeed ranks: every test that uses one, directly or
+# through another fixture, is marked ``slow``. The fast tier (``-m "not slow"``) launches nothing:
+# a launch from a test without the mark fails it (``tests.launcher.launch_command``).
+LAUNCHING_FIXTURES = {"reference_run", "ep2_run", "ep1_run", "autoep_results", "one_rank", "dry_run"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark ``slow`` every test that uses a launching fixture."""
+    for item in items:
+        if LAUNCHING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Allow launches, in the test's fixtures and in the test itself, only for ``slow`` tests."""
+    launcher.launches_allowed = item.get_closest_marker("slow") is not None
 
 
 def nan_filled_empty(shape, dtype, device):

@@ -73,6 +73,14 @@ def write_corpus(path: Path, lines: int = 600, seed: int = 0) -> Path:
     return path
 
 
+# False while a test not marked ``slow`` runs (conftest): the fast tier launches no ranks.
+launches_allowed = True
+
+
+class LaunchInFastTierError(AssertionError):
+    """A test of the fast tier (not marked ``slow``) tried to launch DeepSpeed ranks."""
+
+
 def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") -> list[str]:
     """What ``deepspeed --num_gpus ranks script args`` runs on this node, on a free port.
 
@@ -80,6 +88,9 @@ def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") 
     ``deepspeed`` runner would encode; calling it directly skips the runner's own start-up
     (seconds per launch). ``tests/test_multinode.py`` goes through the runner itself.
     """
+    if not launches_allowed:
+        raise LaunchInFastTierError("this test launches DeepSpeed ranks: mark it slow, or the fixture that launches "
+                                    "(LAUNCHING_FIXTURES in tests/conftest.py)")
     world = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(ranks))}).encode()).decode()
     return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
             "--master_addr=127.0.0.1", "--master_port", str(free_local_port()), script, *args]

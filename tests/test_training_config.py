@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from deepspeed.accelerator import get_accelerator
 
 import pretrain_ds
 from minimind.errors import ConfigError
@@ -112,7 +113,9 @@ def run_main(argv, capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err.strip()
 
 
-def test_entry_point_reports_config_errors_in_one_line_before_building_anything(tmp_path, capsys):
+def test_entry_point_reports_config_errors_in_one_line_before_building_anything(tmp_path, capsys, monkeypatch):
+    # An accelerator without fp16: DeepSpeed's CPU accelerator has it on processors with AVX512-FP16
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: False)
     status, err = run_main(["--deepspeed_config", str(tmp_path / "missing.json"), "--save_dir", str(tmp_path)], capsys)
     assert status == 2 and err.count("\n") == 0
     assert err.startswith("pretrain_ds.py: error: ") and "missing.json: DeepSpeed config file not found" in err
