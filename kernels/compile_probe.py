@@ -10,6 +10,7 @@ still imports without Triton.
 import torch
 import triton
 import triton.language as tl
+
 from minimind_kernels.device_guard import on_device_of
 
 _PROBE_ELEMENTS = 16

@@ -18,6 +18,7 @@ Which one is decided at import, as Triton decides at decoration whether a kernel
 from collections.abc import Callable
 
 import torch
+
 from minimind_kernels.dispatch import triton_interpreted
 
 NAMESPACE = "minimind"

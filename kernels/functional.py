@@ -27,6 +27,7 @@ custom operators (``minimind_kernels.custom_ops``).
 """
 
 import torch
+
 from minimind_kernels.dispatch import resolve_impl
 from minimind_kernels.reference import apply_rotary_torch, rms_norm_residual_torch, rms_norm_torch
 

@@ -49,6 +49,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+
 from minimind_kernels.custom_ops import kernel_op, wrap_triton
 from minimind_kernels.device_guard import on_device_of
 

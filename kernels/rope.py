@@ -43,6 +43,7 @@ NaN-filling allocator so that an element a kernel forgets to write cannot go unn
 import torch
 import triton
 import triton.language as tl
+
 from minimind_kernels.custom_ops import kernel_op, wrap_triton
 from minimind_kernels.device_guard import on_device_of
 

@@ -11,8 +11,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
 
+from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
 from tests import launcher  # noqa: E402
 from tests.launcher import REFERENCE_TRAINING, evaluation_flags, launch, write_corpus  # noqa: E402
 

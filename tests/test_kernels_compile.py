@@ -23,7 +23,6 @@ pytest.importorskip("triton")
 from minimind_kernels import dispatch, fused_rms_norm, rope  # noqa: E402
 from minimind_kernels import functional as kernel_ops  # noqa: E402
 from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
-
 from tests.conftest import nan_filled_empty  # noqa: E402
 
 EPS = 1e-5

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from minimind_kernels import dispatch
 from minimind_kernels import functional as kernel_ops
 from minimind_kernels.device_guard import on_device_of

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from minimind_kernels import fused_rms_norm, rope
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind_kernels import fused_rms_norm, rope
 
 
 def counted(function, calls: dict, key: str):

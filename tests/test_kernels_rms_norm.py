@@ -21,7 +21,6 @@ from minimind_kernels.fused_rms_norm import (  # noqa: E402
     rms_norm_triton,
 )
 from minimind_kernels.reference import rms_norm_residual_torch  # noqa: E402
-
 from tests.conftest import nan_filled_empty  # noqa: E402
 
 EPS = 1e-5

@@ -14,7 +14,6 @@ from minimind_kernels import functional as kernel_ops  # noqa: E402
 from minimind_kernels import rope  # noqa: E402
 from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
 from minimind_kernels.rope import apply_rotary_triton  # noqa: E402
-
 from tests.conftest import nan_filled_empty  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

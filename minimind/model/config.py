@@ -1,9 +1,9 @@
 """The model configuration: MiniMind's fields, names and defaults."""
 
-from minimind_kernels.dispatch import IMPLEMENTATIONS
 from transformers import PretrainedConfig
 
 from minimind.errors import UserInputError
+from minimind_kernels.dispatch import IMPLEMENTATIONS
 
 YARN_SCALING = {
     "factor": 16,

@@ -1,6 +1,6 @@
 """The dense building blocks of a MiniMind layer: RMSNorm, attention and the SwiGLU MLP.
 
-RMSNorm and RoPE go through the ``kernels`` package (the seam that swaps PyTorch for the
+RMSNorm and RoPE go through the kernels' functional module (the seam that swaps PyTorch for the
 fused Triton kernels); everything else is plain PyTorch.
 """
 
@@ -8,12 +8,15 @@ import math
 
 import torch
 import torch.nn.functional as F
-from minimind_kernels import functional as kernel_ops
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 
 from minimind.model.config import MiniMindConfig
+
+# The folder kernels/ under the name the project installs it as: "kernels" is Hugging Face's package,
+# which transformers imports (kernels/functional.py). The export bundler rewrites kernel_ops calls.
+from minimind_kernels import functional as kernel_ops
 
 
 class RMSNorm(nn.Module):

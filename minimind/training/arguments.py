@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 
 import deepspeed
-from minimind_kernels.dispatch import IMPLEMENTATIONS
 
 from minimind.checkpoint.manifest import VERIFY_MODES
 from minimind.data.mixture import EXHAUST_POLICIES
@@ -19,6 +18,7 @@ from minimind.model.config import MiniMindConfig
 from minimind.model.presets import PRESETS, preset_config_kwargs
 from minimind.training.cpu_host import choose_cpu_precision
 from minimind.training.ds_config import read_ds_config
+from minimind_kernels.dispatch import IMPLEMENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"

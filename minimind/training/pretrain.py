@@ -13,7 +13,6 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
-from minimind_kernels.dispatch import KernelUnavailableError, resolve_impl
 from torch.utils.data import Dataset
 
 from minimind.data import (
@@ -79,6 +78,7 @@ from minimind.training.save_dir import check_shared, check_writable, disk_space_
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
 from minimind.training.stop_request import StopRequest
 from minimind.training.world import LaunchedWorld, global_rank, launched_world, local_rank, world_size
+from minimind_kernels.dispatch import KernelUnavailableError, resolve_impl
 
 
 def pretrain(args: argparse.Namespace) -> TrainingPosition:
