@@ -1,27 +1,37 @@
 """GPU acceptance check: kernels, training, expert parallelism and export on one GPU, in one command.
 
-    python -m bench.gpu_check            # one H100/H200, under 10 minutes; report in gpu_check/
+    python -m bench.gpu_check            # one H100/H200, about 8 minutes; report in gpu_check/
     python -m bench.gpu_check --dry-run  # CPU, toy sizes, about 2 minutes: keeps this script from rotting
+    python -m bench.gpu_check --all      # the opt-in kernel tests and kernel benchmark too
     python -m bench.gpu_check --only train-1b-zero2-ckpt moe-ep1 hf-generate   # rerun some parts
 
-Run it from the repository root. The parts run in this order, each in subprocesses with
-their own timeouts, so that one failure does not stop the rest:
+Run it from the repository root, with the project installed (``pip install -e .``; on a machine
+without a package index, ``pip install --no-deps --no-build-isolation -e .``). The parts run in
+this order, each in subprocesses within its own time limit (``PART_TABLE``), so that one failure
+does not stop the rest. The answers to "does training work here, how fast, within what memory"
+come first:
 
-- ``gpu-tests``: ``pytest -m gpu tests/`` with ``TRITON_INTERPRET=0`` (compiled kernels);
-  on a GPU every one of them must run and pass.
-- ``kernel-tests``: ``tests/test_kernels_*.py`` in full (their ``device`` fixture picks CUDA).
-- ``bench-kernels``: ``python -m bench.kernels`` (Triton RMSNorm and RoPE against eager and
-  ``torch.compile``, GB/s against a measured device copy); its table goes into the report.
-- ``train-26m-triton``, ``train-26m-torch``, ``train-26m-fp16``, ``train-1b-zero2-ckpt``:
-  ``pretrain_ds.py`` under ``deepspeed --num_gpus 1`` for a few dozen steps on the bundled
-  corpus (bf16 with ``--kernels triton`` and ``torch``; ``zero2_fp16.json``'s dynamic loss
-  scaling; the 1b preset at ZeRO-2 with ``--activation_checkpointing``), accumulation 1.
-  Figures: median ``tokens_per_s`` and ``mfu`` of ``metrics.jsonl`` after the warm-up steps,
-  and the peak GPU memory against ``python -m minimind.plan`` for the same run.
-- ``moe-ep1``: the 145m-moe preset under AutoEP at ``--ep_size 1`` (``zero2_bf16_moe_ep.json``).
+- ``train-1b-zero2-ckpt``: the 1b preset at ZeRO-2 bf16 with ``--activation_checkpointing``:
+  MFU, tokens/s and peak GPU memory against ``python -m minimind.plan``;
+- ``train-26m-fp16``: ``zero2_fp16.json``'s dynamic loss scaling on the 26m preset;
+- ``moe-ep1``: the 145m-moe preset under AutoEP at ``--ep_size 1`` (``zero2_bf16_moe_ep.json``);
 - ``hf-generate``: ``python -m minimind.checkpoint export`` of that run to a Hugging Face folder,
   loaded with ``AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)`` on the GPU
-  and the shipped tokenizer, greedy ``generate``.
+  and the shipped tokenizer, greedy ``generate``;
+- ``train-26m-triton``, ``train-26m-torch``: the 26m preset in bf16 with ``--kernels triton`` and
+  ``torch`` (what the fused kernels gain end to end; the two runs' losses compared);
+- ``gpu-tests``: ``pytest -m gpu`` with ``TRITON_INTERPRET=0`` (compiled kernels); on a GPU every
+  one of them must run and pass.
+
+Opt-in (``--all`` or ``--only``), for their many cold compiles:
+
+- ``kernel-tests``: ``tests/test_kernels_*.py`` in full, compiled (their ``device`` fixture picks CUDA);
+- ``bench-kernels``: ``python -m bench.kernels`` (Triton RMSNorm and RoPE against eager and
+  ``torch.compile``, GB/s against a measured device copy); its table goes into the report.
+
+The training parts run ``pretrain_ds.py`` under ``deepspeed --num_gpus 1`` for a few dozen steps
+on the bundled corpus, accumulation 1. Figures: median ``tokens_per_s`` and ``mfu`` of
+``metrics.jsonl`` after the warm-up steps, and the peak GPU memory against the plan.
 
 Peak GPU memory is not logged by the trainer: it is measured from outside, by polling
 ``nvidia-smi --query-gpu=memory.used`` every 0.2 s during the launch, minus the reading before
@@ -63,9 +73,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIGS = REPO_ROOT / "ds_configs"
 TOKENIZER_DIR = REPO_ROOT / "minimind" / "tokenizer" / "default"
-PARTS = ("gpu-tests", "kernel-tests", "bench-kernels", "train-26m-triton", "train-26m-torch", "train-26m-fp16",
-         "train-1b-zero2-ckpt", "moe-ep1", "hf-generate")
 DEFAULT_BUDGET_S = 580  # the whole check, under the 10 minutes a device command may run
+DEFAULT_ESTIMATE_LIMIT_S = 480  # the default parts' estimates on one H100 add up to at most 8 minutes
 MIN_PART_S = 20  # a part that would get less than this is not started
 SAVE_INTERVAL = "1000000"  # no checkpoint before the final one
 PROMPT = "The model"
@@ -101,7 +110,6 @@ class TrainingRun:
     ds_config: str  # file name under ds_configs/
     steps: int
     warmup_steps: int  # leading logged steps left out of the medians
-    timeout_s: float
     plan_flags: list[str] | None
     env: dict = field(default_factory=dict)
     skip_reason: str | None = None
@@ -115,7 +123,7 @@ def training_runs(dry_run: bool) -> dict[str, TrainingRun]:
                 "--eval_batches", "2", "--sample_tokens", "4"]
         plan = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--micro_batch", "2",
                 "--precision", "fp32"]
-        common = {"ds_config": "zero2_fp32.json", "steps": 3, "warmup_steps": 1, "timeout_s": 180}
+        common = {"ds_config": "zero2_fp32.json", "steps": 3, "warmup_steps": 1}
         return {
             "train-26m-triton": TrainingRun("train-26m-triton", [*tiny, "--kernels", "triton"], plan_flags=plan,
                                             env={"TRITON_INTERPRET": "1"}, **common),
@@ -132,7 +140,7 @@ def training_runs(dry_run: bool) -> dict[str, TrainingRun]:
     small_plan = ["--preset", "26m", "--max_seq_len", "340", "--micro_batch", "32"]
     large = ["--preset", "1b", "--max_seq_len", "2048", "--batch_size", "4", "--activation_checkpointing"]
     large_plan = ["--preset", "1b", "--max_seq_len", "2048", "--micro_batch", "4", "--activation_checkpointing"]
-    common = {"steps": 30, "warmup_steps": 5, "timeout_s": 180}
+    common = {"steps": 30, "warmup_steps": 5}
     return {
         "train-26m-triton": TrainingRun("train-26m-triton", [*small, "--kernels", "triton"], "zero2_bf16.json",
                                         plan_flags=[*small_plan, "--precision", "bf16"], **common),
@@ -141,10 +149,10 @@ def training_runs(dry_run: bool) -> dict[str, TrainingRun]:
         "train-26m-fp16": TrainingRun("train-26m-fp16", small, "zero2_fp16.json",
                                       plan_flags=[*small_plan, "--precision", "fp16"], **common),
         "train-1b-zero2-ckpt": TrainingRun("train-1b-zero2-ckpt", large, "zero2_bf16.json", steps=20, warmup_steps=5,
-                                           timeout_s=300, plan_flags=[*large_plan, "--precision", "bf16"]),
+                                           plan_flags=[*large_plan, "--precision", "bf16"]),
         "moe-ep1": TrainingRun("moe-ep1", ["--preset", "145m-moe", "--use_moe", "1", "--ep_size", "1",
                                            "--max_seq_len", "340", "--batch_size", "16"], "zero2_bf16_moe_ep.json",
-                               steps=10, warmup_steps=3, timeout_s=240, plan_flags=None),
+                               steps=10, warmup_steps=3, plan_flags=None),
     }
 
 
@@ -198,27 +206,35 @@ class Check:
         self.logs = out / "logs"
         self.runs = out / "runs"
         self.deadline = time.monotonic() + budget_s
+        self.part_deadline = self.deadline  # the running part's: its limit, or the check's end if sooner
         self.training = training_runs(dry_run)
         self.results: dict[str, PartResult] = {}
         self.plans: dict[tuple[str, ...], float] = {}  # plan flags -> planned GiB
         self.logs.mkdir(parents=True, exist_ok=True)
         self.runs.mkdir(parents=True, exist_ok=True)
 
-    def time_left(self, limit_s: float) -> float:
-        """``limit_s``, or less where the check's budget ends sooner; raises PartFailed when too little is left."""
+    def start_part(self, limit_s: float) -> None:
+        """Open the next part's window: ``limit_s``, or less where the check's budget ends sooner; raises
+        PartFailed when too little of the budget is left to start it."""
         left = self.deadline - time.monotonic()
         if left < MIN_PART_S:
             raise PartFailed(f"not run: the check's time budget (--budget_s) was spent ({left:.0f} s left)")
-        return min(limit_s, left)
+        self.part_deadline = time.monotonic() + min(limit_s, left)
 
-    def run_command(self, command: list[str], log_name: str, limit_s: float,
-                    env: dict | None = None) -> tuple[int, Path]:
+    def time_left(self) -> float:
+        """Seconds left in the running part's window; raises PartFailed when it is over."""
+        left = self.part_deadline - time.monotonic()
+        if left <= 0:
+            raise PartFailed("the part's time limit was reached")
+        return left
+
+    def run_command(self, command: list[str], log_name: str, env: dict | None = None) -> tuple[int, Path]:
         """Run ``command`` from the repository root with ``env`` added to this environment, output to
         ``logs/{log_name}.log``; (exit status, log).
 
         Its own session, so a timeout stops everything it started; a timeout fails the part."""
         log_path = self.logs / f"{log_name}.log"
-        timeout_s = self.time_left(limit_s)
+        timeout_s = self.time_left()
         with open(log_path, "w") as log:
             process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
@@ -259,11 +275,11 @@ def pytest_counts(junit_xml: Path) -> dict:
             "first_failure": failing[0] if failing else None}
 
 
-def run_pytest(check: Check, name: str, selection: list[str], limit_s: float, env: dict) -> dict:
+def run_pytest(check: Check, name: str, selection: list[str], env: dict) -> dict:
     """``pytest -q selection`` with ``env`` set; its counts. Fails the part on a failure, error or no test."""
     junit = check.logs / f"{name}.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *selection]
-    status, log_path = check.run_command(command, name, limit_s, env)
+    status, log_path = check.run_command(command, name, env)
     if not junit.is_file():
         raise PartFailed(failure_reason(f"pytest exited {status}", log_path))
     counts = pytest_counts(junit)
@@ -287,7 +303,7 @@ def format_counts(counts: dict) -> str:
 
 def part_gpu_tests(check: Check) -> PartResult:
     """The gpu-marked tests with compiled kernels: all must run and pass on a GPU; on CPU they skip."""
-    counts = run_pytest(check, "gpu-tests", ["-m", "gpu", *gpu_marked_files()], 240, {"TRITON_INTERPRET": "0"})
+    counts = run_pytest(check, "gpu-tests", ["-m", "gpu", *gpu_marked_files()], {"TRITON_INTERPRET": "0"})
     if counts["skipped"] and check.dry_run and not counts["passed"]:
         raise PartSkipped(f"all {counts['skipped']} gpu-marked tests skipped: {counts['first_skip_reason']}")
     if counts["skipped"] and not check.dry_run:
@@ -305,7 +321,7 @@ def part_kernel_tests(check: Check) -> PartResult:
     else:
         files = sorted(f"tests/{path.name}" for path in (REPO_ROOT / "tests").glob("test_kernels_*.py"))
         env = {"TRITON_INTERPRET": "0"}
-    counts = run_pytest(check, "kernel-tests", ["-m", "not gpu", *files], 300, env)
+    counts = run_pytest(check, "kernel-tests", ["-m", "not gpu", *files], env)
     mode = "interpreted" if check.dry_run else "compiled"
     return PartResult("kernel-tests", "pass", summary=f"{format_counts(counts)} ({len(files)} files, {mode})",
                       figures={**counts, "files": files, "triton": mode})
@@ -330,7 +346,7 @@ def part_bench_kernels(check: Check) -> PartResult:
     """``python -m bench.kernels`` (``--smoke`` in a dry run): its table, and per kernel the largest shape's
     forward+backward speed-ups."""
     command = [sys.executable, "-m", "bench.kernels", *(["--smoke"] if check.dry_run else [])]
-    status, log_path = check.run_command(command, "bench-kernels", 360)
+    status, log_path = check.run_command(command, "bench-kernels")
     if status != 0:
         raise PartFailed(failure_reason(f"bench.kernels exited {status}", log_path))
     copy_gbs, rows = parse_kernel_table(log_path.read_text())
@@ -355,7 +371,7 @@ def planned_total_gib(check: Check, plan_flags: list[str], log_name: str) -> flo
     key = tuple(plan_flags)
     if key not in check.plans:
         command = [sys.executable, "-m", "minimind.plan", "--world_size", "1", "--zero", "2", *plan_flags]
-        status, log_path = check.run_command(command, log_name, 120)
+        status, log_path = check.run_command(command, log_name)
         found = re.search(r"total per rank\s+([\d.]+) GiB", log_path.read_text())
         if status != 0 or not found:
             raise PartFailed(failure_reason(f"minimind.plan exited {status}", log_path))
@@ -389,7 +405,7 @@ def launch_training(check: Check, run: TrainingRun, ds_config: Path, save_dir: P
     memory = GpuMemoryPeak() if not check.dry_run else None
     try:
         with memory or contextlib.nullcontext():
-            launch_part("pretrain_ds", 1, flags, run.name, latest, check.time_left(run.timeout_s), exit_grace_s=60,
+            launch_part("pretrain_ds", 1, flags, run.name, latest, check.time_left(), exit_grace_s=60,
                         env=run.env)
     except SystemExit as stopped:
         raise PartFailed(failure_reason(str(stopped), log_path)) from None
@@ -516,7 +532,7 @@ def part_hf_generate(check: Check) -> PartResult:
     try:
         export = [sys.executable, "-m", "minimind.checkpoint", "export", str(save_dir / "checkpoints"), str(hf_dir),
                   "--format", "hf"]
-        status, log_path = check.run_command(export, "hf-export", 240)
+        status, log_path = check.run_command(export, "hf-export")
         if status != 0:
             raise PartFailed(failure_reason(f"export exited {status}", log_path))
         generated_json = check.logs / "hf-generate.json"
@@ -526,7 +542,7 @@ def part_hf_generate(check: Check) -> PartResult:
         generate = [sys.executable, "-m", "bench.gpu_check", "--part", "generate", "--hf_dir", str(hf_dir),
                     "--device", device, "--max_new_tokens", str(max_new_tokens), "--result", str(generated_json)]
         # HF_MODULES_CACHE: where transformers copies the exported folder's remote code
-        status, log_path = check.run_command(generate, "hf-generate", 180, {"HF_MODULES_CACHE": str(modules_cache)})
+        status, log_path = check.run_command(generate, "hf-generate", {"HF_MODULES_CACHE": str(modules_cache)})
         if status != 0 or not generated_json.is_file():
             raise PartFailed(failure_reason(f"generation exited {status}", log_path))
     finally:
@@ -562,32 +578,70 @@ def generate_text(hf_dir: Path, device: str, max_new_tokens: int) -> dict:
             "model_class": f"{type(model).__module__}.{type(model).__name__}"}
 
 
-PART_FUNCTIONS: dict[str, Callable[[Check], PartResult]] = {
-    "gpu-tests": part_gpu_tests,
-    "kernel-tests": part_kernel_tests,
-    "bench-kernels": part_bench_kernels,
-    **{name: train_part(name) for name in ("train-26m-triton", "train-26m-torch", "train-26m-fp16",
-                                             "train-1b-zero2-ckpt")},
-    "moe-ep1": part_moe,
-    "hf-generate": part_hf_generate,
-}
+@dataclass(frozen=True)
+class Part:
+    """One part of the check: what runs it, how long it should take on one H100 (an estimate from its
+    sizes and steps: no GPU has timed it yet) and the most it may take, and whether it runs by default."""
+
+    name: str
+    run: Callable[[Check], PartResult]
+    estimate_s: int
+    limit_s: int
+    default: bool = True
 
 
-def run_part(check: Check, name: str) -> PartResult:
-    """Run one part; whatever goes wrong in it becomes its failure, never the check's."""
-    print(f"== {name}", flush=True)
+# In running order (hf-generate exports moe-ep1's checkpoint; train-26m-torch compares with the triton
+# run). Each launch starts cold: imports, DeepSpeed's set-up and a CUDA context take about 30 s.
+PART_TABLE = (
+    # 1.0B parameters: building it, 20 steps of 2 x 2048 tokens (about 0.4 s each at 40% MFU), and a
+    # 14 GB final checkpoint (bf16 weights, fp32 masters and Adam moments) written and read back
+    Part("train-1b-zero2-ckpt", train_part("train-1b-zero2-ckpt"), estimate_s=150, limit_s=300),
+    Part("train-26m-fp16", train_part("train-26m-fp16"), estimate_s=60, limit_s=180),
+    Part("moe-ep1", part_moe, estimate_s=70, limit_s=240),  # AutoEP's set-up, 10 steps
+    Part("hf-generate", part_hf_generate, estimate_s=40, limit_s=180),  # export, then load and 32 tokens
+    Part("train-26m-triton", train_part("train-26m-triton"), estimate_s=55, limit_s=180),  # + kernel compiles
+    Part("train-26m-torch", train_part("train-26m-torch"), estimate_s=45, limit_s=180),
+    Part("gpu-tests", part_gpu_tests, estimate_s=60, limit_s=240),  # a few dozen compiled-kernel tests
+    # opt-in: about 90 Triton specialisations compiled cold, and bench.kernels recompiling per case
+    Part("kernel-tests", part_kernel_tests, estimate_s=240, limit_s=300, default=False),
+    Part("bench-kernels", part_bench_kernels, estimate_s=240, limit_s=360, default=False),
+)
+PARTS = tuple(part.name for part in PART_TABLE)
+DEFAULT_PARTS = tuple(part.name for part in PART_TABLE if part.default)
+
+
+def run_part(check: Check, part: Part) -> PartResult:
+    """Run one part within its time limit; whatever goes wrong in it becomes its failure, never the check's."""
+    print(f"== {part.name}", flush=True)
     started = time.perf_counter()
     try:
-        result = PART_FUNCTIONS[name](check)
+        check.start_part(part.limit_s)
+        result = part.run(check)
     except PartSkipped as skipped:
-        result = PartResult(name, "skip", reason=str(skipped))
+        result = PartResult(part.name, "skip", reason=str(skipped))
     except PartFailed as failed:
-        result = PartResult(name, "fail", reason=str(failed))
+        result = PartResult(part.name, "fail", reason=str(failed))
     except Exception as error:  # a bug or a surprise in this script: reported, and the next part runs
-        result = PartResult(name, "fail", reason=f"{type(error).__name__}: {error}")
+        result = PartResult(part.name, "fail", reason=f"{type(error).__name__}: {error}")
     result.wall_s = time.perf_counter() - started
-    print(f"== {name}: {status_cell(result)} ({result.wall_s:.0f} s)", flush=True)
+    print(f"== {part.name}: {status_cell(result)} ({result.wall_s:.0f} s)", flush=True)
     return result
+
+
+def not_run(selected: list[str], only: bool) -> dict[str, str]:
+    """Why each part outside ``selected`` does not run."""
+    return {part.name: ("not among --only" if only or part.default
+                        else f"opt-in: add it with --all or --only {part.name}")
+            for part in PART_TABLE if part.name not in selected}
+
+
+def run_parts(check: Check, selected: list[str], env: dict, skipped: dict[str, str]) -> None:
+    """Run the ``selected`` parts in ``PART_TABLE``'s order, rewriting the report after each."""
+    started = time.perf_counter()
+    for part in PART_TABLE:
+        if part.name in selected:
+            check.results[part.name] = run_part(check, part)
+            write_report(check, env, time.perf_counter() - started, skipped)
 
 
 def environment(dry_run: bool, query_gpu: bool) -> dict:
@@ -617,8 +671,8 @@ def status_cell(result: PartResult) -> str:
     return result.status if not result.reason else f"{result.status}: {result.reason.splitlines()[0]}"
 
 
-def markdown_report(env: dict, results: list[PartResult], wall_s: float) -> str:
-    """The summary: environment line, one table row per part, how memory was measured."""
+def markdown_report(env: dict, results: list[PartResult], wall_s: float, skipped: dict[str, str]) -> str:
+    """The summary: environment line, one table row per part, the parts not run, how memory was measured."""
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -628,6 +682,8 @@ def markdown_report(env: dict, results: list[PartResult], wall_s: float) -> str:
              f"triton {env['triton']}, transformers {env['transformers']}; {wall_s:.0f} s in all", "",
              "| part | status | wall s | key figures |", "|---|---|---:|---|"]
     lines += [f"| {r.name} | {cell(status_cell(r))} | {r.wall_s:.0f} | {cell(r.summary)} |" for r in results]
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(f"{name} ({why})" for name, why in skipped.items()) + "."]
     lines += ["", "Training: median over the logged steps after the warm-up, accumulation 1. Peak memory: "
               "nvidia-smi memory.used during the launch minus before it (allocator reserve + CUDA context); "
               "plan: python -m minimind.plan for the same preset, ZeRO stage, micro-batch and sequence."]
@@ -637,13 +693,15 @@ def markdown_report(env: dict, results: list[PartResult], wall_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(check: Check, env: dict, wall_s: float) -> str:
-    """Write ``report.json`` and ``report.md``; returns the markdown."""
+def write_report(check: Check, env: dict, wall_s: float, unselected: dict[str, str]) -> str:
+    """Write ``report.json`` and ``report.md``; returns the markdown. Their "not run" list holds the
+    ``unselected`` parts and those the time budget left no room for."""
     results = list(check.results.values())
+    skipped = {**{r.name: r.reason for r in results if r.reason.startswith("not run")}, **unselected}
     report = {**env, "wall_s": wall_s, "passed": all(r.status != "fail" for r in results),
-              "parts": [asdict(r) for r in results]}
+              "parts": [asdict(r) for r in results], "not_run": skipped}
     (check.out / "report.json").write_text(json.dumps(report, indent=1))
-    markdown = markdown_report(env, results, wall_s)
+    markdown = markdown_report(env, results, wall_s, skipped)
     (check.out / "report.md").write_text(markdown)
     return markdown
 
@@ -653,6 +711,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks this script")
     parser.add_argument("--out", type=Path, default=Path("gpu_check"), help="report folder")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=None, help="run these parts only")
+    parser.add_argument("--all", action="store_true", help="the opt-in parts too: " + ", ".join(
+        name for name in PARTS if name not in DEFAULT_PARTS))
     parser.add_argument("--budget_s", type=float, default=DEFAULT_BUDGET_S,
                         help="seconds for the whole check; a part that would start after it fails as not run")
     parser.add_argument("--part", choices=("check", "generate"), default="check", help=argparse.SUPPRESS)
@@ -678,11 +738,11 @@ def main(argv: list[str] | None = None) -> int:
     check = Check(args.dry_run, args.out.resolve(), args.budget_s)
     started = time.perf_counter()
     env = environment(args.dry_run, query_gpu=False)
-    for name in [part for part in PARTS if part in (args.only or PARTS)]:  # in order: hf-generate needs moe-ep1
-        check.results[name] = run_part(check, name)
-        write_report(check, env, time.perf_counter() - started)
+    selected = list(args.only or (PARTS if args.all else DEFAULT_PARTS))
+    unselected = not_run(selected, only=args.only is not None)
+    run_parts(check, selected, env, unselected)
     env = {**environment(args.dry_run, query_gpu=True), "date": env["date"]}
-    markdown = write_report(check, env, time.perf_counter() - started)
+    markdown = write_report(check, env, time.perf_counter() - started, unselected)
     print()
     print(markdown)
     print(f"report: {check.out / 'report.json'}, {check.out / 'report.md'}")

@@ -1,4 +1,5 @@
-"""A whole MiniMind forward and backward with the Triton kernels (interpreted on CPU) against PyTorch."""
+"""A whole MiniMind forward and backward with the Triton kernels (interpreted on CPU, compiled on a GPU:
+the ``device`` fixture) against PyTorch."""
 
 import pytest
 import torch
@@ -15,11 +16,11 @@ def counted(function, calls: dict, key: str):
     return wrapper
 
 
-def build(kernel_impl: str, use_moe: bool) -> MiniMindForCausalLM:
+def build(kernel_impl: str, use_moe: bool, device: torch.device) -> MiniMindForCausalLM:
     torch.manual_seed(0)
     config = MiniMindConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
                             vocab_size=97, max_position_embeddings=64, use_moe=use_moe, kernel_impl=kernel_impl)
-    model = MiniMindForCausalLM(config).train()
+    model = MiniMindForCausalLM(config).to(device).train()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -28,7 +29,7 @@ def build(kernel_impl: str, use_moe: bool) -> MiniMindForCausalLM:
 
 
 @pytest.mark.parametrize("use_moe", [False, True])
-def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, monkeypatch):
+def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, monkeypatch, device):
     calls = {"rms_norm": 0, "rope": 0}
     launchers = [
         (fused_rms_norm, "rms_norm_triton", "rms_norm"),
@@ -37,10 +38,10 @@ def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, mo
     ]
     for module, name, key in launchers:
         monkeypatch.setattr(module, name, counted(getattr(module, name), calls, key))
-    ids = torch.randint(0, 97, (2, 11))
+    ids = torch.randint(0, 97, (2, 11), device=device)
     results = {}
     for impl in ("torch", "triton"):
-        model = build(impl, use_moe)
+        model = build(impl, use_moe, device)
         output = model(ids, labels=ids)
         (output.loss + output.aux_loss).backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -55,13 +56,13 @@ def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, mo
         torch.testing.assert_close(grads_k[name], grads_t[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_model_with_triton_kernels_compiles_to_one_graph():
+def test_model_with_triton_kernels_compiles_to_one_graph(device):
     """The dense model traces whole (``fullgraph``) with the kernels as operators, and the
     compiled step gives eager's loss and gradients."""
-    ids = torch.randint(0, 97, (2, 11))
+    ids = torch.randint(0, 97, (2, 11), device=device)
     results = []
     for compiled in (False, True):
-        model = build("triton", use_moe=False)
+        model = build("triton", use_moe=False, device=device)
         step = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
         torch._dynamo.reset()
         loss = step(ids, labels=ids).loss
