@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from minimind import MiniMindConfig
 from minimind.model import moe as moe_module
 from minimind.model.moe import MOEFeedForward, grouped_experts_usable, grouped_mm_supported
+from tests.near_tied_routing import near_tied_router, reference_choice
 
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__")
 # float32 against the float64 reference: the layer's own rounding only.
@@ -130,6 +131,24 @@ def test_bfloat16_grouped_gemms_match_the_loop(monkeypatch):
         results.append([out, inputs.grad, *(param.grad for param in moe.parameters())])
     for grouped, loop in zip(*results, strict=True):
         torch.testing.assert_close(grouped, loop, **BF16_TOLERANCE)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_bfloat16_router_picks_the_float32_experts_on_near_ties(top_k):
+    """The softmax runs in float32 in a bfloat16 layer, as MiniMind's under autocast: probabilities rounded
+    to bfloat16 tie experts one logit step apart. The weights stay float32, as MiniMind multiplies with them."""
+    moe = moe_layer(top_k=top_k, hidden=32, intermediate=48).to(torch.bfloat16).train()
+    gate_weight, x = near_tied_router(moe.n_routed_experts, 32, top_k)
+    with torch.no_grad():
+        moe.gate.weight.copy_(gate_weight)
+    chosen, weights, _ = moe.gate(x.view(2, 16, 32).bfloat16())
+    expected = reference_choice(x, gate_weight, top_k)
+    torch.testing.assert_close(chosen.sort(dim=-1).values, expected, rtol=0, atol=0)
+    scores = torch.softmax(x.double() @ gate_weight.double().T, dim=-1).gather(1, chosen)
+    if top_k > 1:
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, scores.float(), **FP32_TOLERANCE)
 
 
 @pytest.mark.parametrize("dtype, hidden, autocast, usable", [
