@@ -29,6 +29,9 @@ HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")  # torch 2.8 on
 GROUPED_MM_ON_CPU = HAS_GROUPED_MM and TorchVersion(torch.__version__) >= "2.9"  # 2.8 has no CPU kernel
 # torch._grouped_mm reads every operand's rows with 16-byte alignment.
 ALIGNMENT_BYTES = 16
+# What the sync-free grouped GEMMs need on a GPU (``grouped_mm_supported``, ``grouped_dispatch_planned``).
+SYNC_FREE_ON_GPU = ("bf16 on CUDA compute capability 9.x (H100, H200), torch 2.8 or later, and hidden and "
+                    "intermediate sizes that are multiples of 8")
 
 
 def router_scores(logits: torch.Tensor) -> torch.Tensor:
@@ -107,17 +110,29 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
     return False
 
 
+def rows_aligned(widths: tuple[int, ...], element_size: int) -> bool:
+    """Whether rows of each of these widths start ``torch._grouped_mm``'s 16 bytes apart."""
+    return all(width * element_size % ALIGNMENT_BYTES == 0 for width in widths)
+
+
 def grouped_experts_usable(tokens: torch.Tensor, experts: nn.ModuleList) -> bool:
     """Whether ``grouped_swiglu`` can run these experts on ``tokens`` (device, dtype, alignment, no autocast)."""
     weight = experts[0].gate_proj.weight  # (intermediate, hidden); all experts share the shapes
-    widths_aligned = all(width * tokens.element_size() % ALIGNMENT_BYTES == 0 for width in weight.shape)
     return (
         weight.dtype == tokens.dtype
         and weight.device == tokens.device
-        and widths_aligned
+        and rows_aligned(weight.shape, tokens.element_size())
         and not torch.is_autocast_enabled(tokens.device.type)
         and grouped_mm_supported(tokens.device, tokens.dtype)
     )
+
+
+def grouped_dispatch_planned(config: MiniMindConfig, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the MoE layers of ``config``, in ``dtype`` on ``device`` without autocast, will run grouped GEMMs
+    (no host read); False: the per-expert loop, a device sync per layer on a GPU. What
+    ``grouped_experts_usable`` decides at every forward, known before the model is built."""
+    widths = (config.hidden_size, config.intermediate_size)
+    return rows_aligned(widths, dtype.itemsize) and grouped_mm_supported(device, dtype)
 
 
 class GroupedLinear(torch.autograd.Function):
