@@ -64,6 +64,7 @@ from minimind.training.expert_parallel import (
     install_aux_loss,
     resolve_expert_parallel,
 )
+from minimind.training.host_optimizer_build import check_host_optimizer_build
 from minimind.training.loop import LoopSettings, run_training
 from minimind.training.lr_schedule import minimind_scheduler
 from minimind.training.metrics import MetricsLogger, check_wandb_installed, model_flops_per_token
@@ -193,6 +194,7 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
         grad_clip=args.grad_clip,
         learning_rate=args.learning_rate,
     )
+    check_host_optimizer_build(ds_config, args.deepspeed_config)
     save_dir = Path(args.save_dir).resolve()
     check_writable(save_dir)
     refuse_fresh_run_over_checkpoints(save_dir, resuming=bool(args.from_resume or args.resume_from),
