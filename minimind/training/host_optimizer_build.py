@@ -1,4 +1,4 @@
-"""Whether this node can build the host-side optimizer a ZeRO-Offload config needs, checked before the process group.
+"""Whether this node can build the host-side optimizer of a ZeRO-Offload config, checked before the process group.
 
 With ``zero_optimization.offload_optimizer.device`` ``cpu`` (or ``nvme``) DeepSpeed steps the
 optimizer on the host with a C++ op of its own: ``cpu_adam`` for Adam and AdamW (unless

@@ -196,7 +196,7 @@ def local_device_index() -> int:
                         "each rank one device or all of its node's")
 
 
-def check_one_device_per_rank(visible: int, environ=None) -> None:
+def check_one_device_per_rank(visible: int) -> None:
     """Refuse, in one line, a node that runs more ranks than the ``visible`` devices each of them sees
     (a 2-rank launch on a one-GPU machine): every rank would map to a device another rank uses,
     and NCCL would stop at its first collective with "Duplicate GPU detected".
@@ -206,11 +206,10 @@ def check_one_device_per_rank(visible: int, environ=None) -> None:
     ``CUDA_VISIBLE_DEVICES`` was given a GPU of its own by a per-rank wrapper and passes;
     torchrun and DeepSpeed's launcher give all of a node's ranks the same devices.
     """
-    environ = os.environ if environ is None else environ
-    node = node_ranks(environ)
+    node = node_ranks()
     if node is None or node.count <= visible:
         return
-    bound = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    bound = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if node.launcher != TORCH_LAUNCHER and visible == 1 and len(bound) == 1:
         return
     accelerator = get_accelerator()
