@@ -6,11 +6,14 @@ batch, split as data parallelism splits it (each rank's micro-batches in turn, l
 scaled as ``minimind.training.loop`` scales them, gradients averaged). Both sides are fp32.
 """
 
+import copy
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from deepspeed.module_inject.auto_ep import AutoEP
+from deepspeed.module_inject.auto_ep_config import parse_autoep_config
 
 import pretrain_ds
 from minimind.data import IGNORE_INDEX
@@ -20,11 +23,15 @@ from minimind.model.moe import MoEGate
 from minimind.model.pth_weights import load_minimind_pth
 from minimind.training.ds_config import read_ds_config
 from minimind.training.expert_parallel import (
+    ExpertParallelAuxLoss,
+    autoep_layers,
     check_resume_expert_parallel,
     minimind_autoep_section,
     resolve_expert_parallel,
 )
 from tests.launcher import REPO_ROOT, launch
+from tests.model_reference import moe_ref
+from tests.near_tied_routing import near_tied_router, reference_choice
 
 WORLD = 2
 STEPS = 3
@@ -213,6 +220,47 @@ def test_checkpoint_at_another_expert_parallel_size_is_refused(autoep_results):
             check_resume_expert_parallel(checkpoint_dir, None, other, {})
         assert "\n" not in str(error.value)
         assert "expert-parallel size 2" in str(error.value)
+
+
+def with_autoep_layers(model: MiniMindForCausalLM, model_config: MiniMindConfig) -> MiniMindForCausalLM:
+    """``model`` with its MoE blocks replaced by AutoEP's at expert-parallel size 1, as ``deepspeed.initialize``
+    replaces them (at size 1 without a process group), and MiniMind's aux loss hooked on."""
+    ds_config = {}
+    resolve_expert_parallel(ds_config, 1, model_config, 1, "test")
+    auto_ep = AutoEP(model, parse_autoep_config(ds_config))
+    auto_ep.replace_moe_layers(auto_ep.ep_parser(), ep_size=1, ep_rank=0)
+    ExpertParallelAuxLoss(model, model_config)
+    return model
+
+
+@pytest.mark.parametrize("seq_aux", [True, False])
+def test_bfloat16_routing_and_aux_loss_match_float32_on_near_ties(seq_aux):
+    """In bfloat16, the plain MoE layer and AutoEP's pick the experts a float32 softmax picks, one logit step
+    apart, and the aux loss is computed from float32 probabilities, as MiniMind's under autocast."""
+    tokens, top_k = 32, 2
+    config = MiniMindConfig(**tiny_moe_config(hidden_size=tokens, num_hidden_layers=1, seq_aux=seq_aux))
+    plain = MiniMindForCausalLM(config).to(torch.bfloat16).train()
+    gate_weight, x = near_tied_router(config.n_routed_experts, tokens, top_k)
+    with torch.no_grad():
+        plain.model.layers[0].mlp.gate.weight.copy_(gate_weight)
+    _, expected_aux = moe_ref(x.double().view(2, 16, tokens), plain.model.layers[0].mlp, top_k,
+                              config.norm_topk_prob, config.aux_loss_alpha, seq_aux)
+    expected_choice = reference_choice(x, gate_weight, top_k)
+    autoep = with_autoep_layers(copy.deepcopy(plain), config)
+    (autoep_layer,) = autoep_layers(autoep).values()
+    # (model, its router, where the router's output holds the chosen experts)
+    routers = ((plain, plain.model.layers[0].mlp.gate, 0), (autoep, autoep_layer.router, 1))
+    for model, router, position in routers:
+        choices = []
+        router.register_forward_hook(lambda module, args, output, position=position, choices=choices:
+                                     choices.append(output[position]))
+        # the MoE layer gets the near-tied tokens, whatever the layers below made of input_ids
+        model.model.layers[0].mlp.register_forward_pre_hook(lambda module, args: (x.view(2, 16, tokens).bfloat16(),))
+        output = model(input_ids=torch.randint(0, config.vocab_size, (2, 16)))
+        torch.testing.assert_close(choices[0].sort(dim=-1).values, expected_choice, rtol=0, atol=0)
+        # float32 probabilities of exact logits against float64: rounding only (measured up to 2e-7 relative;
+        # from bfloat16 probabilities, 6e-5 to 7e-3)
+        torch.testing.assert_close(output.aux_loss, expected_aux.float(), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("flags, message", [

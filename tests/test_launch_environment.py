@@ -3,10 +3,12 @@
 import socket
 
 import pytest
+import torch.distributed as dist
 
-from minimind.training import process_group
+import pretrain_ds
+from minimind.training import pretrain, process_group
 from minimind.training.process_group import export_torch_variables
-from minimind.training.world import NO_LAUNCHER, LauncherError, launched_world
+from minimind.training.world import NO_LAUNCHER, NODE_SIZE_VARIABLES, LauncherError, launched_world
 
 LAUNCHERS = {
     "deepspeed/torchrun": {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"},
@@ -108,6 +110,15 @@ def test_slurm_s_master_is_the_first_host_of_the_step(monkeypatch):
         ("gpu07", "5", "8", "1")
 
 
+@pytest.fixture
+def no_node_size(monkeypatch):
+    """No launcher variable saying how many ranks share the node, and no device list, unless a test sets them."""
+    for variable, _ in NODE_SIZE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@pytest.mark.usefixtures("no_node_size")
 @pytest.mark.parametrize("local_rank, visible, expected", [(3, 8, 3), (3, 1, 0), (0, 1, 0)])
 def test_a_rank_uses_its_local_rank_s_device_or_the_one_it_sees(monkeypatch, local_rank, visible, expected):
     """Slurm's one-GPU-per-task jobs show each task only its own GPU, as device 0."""
@@ -116,6 +127,7 @@ def test_a_rank_uses_its_local_rank_s_device_or_the_one_it_sees(monkeypatch, loc
     assert process_group.local_device_index() == expected
 
 
+@pytest.mark.usefixtures("no_node_size")
 def test_two_ranks_are_never_put_on_one_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "5")
     monkeypatch.setattr(process_group, "get_accelerator", lambda: FakeAccelerator(4))
@@ -138,13 +150,17 @@ def test_a_remapped_gpu_becomes_deepspeed_s_local_rank(monkeypatch):
 
 
 class FakeAccelerator:
-    """DeepSpeed's accelerator surface that device selection uses, with ``count`` visible GPUs."""
+    """DeepSpeed's accelerator surface that device selection and start-up use, with ``count`` visible GPUs
+    (``name`` "cpu": a CPU rank)."""
 
-    def __init__(self, count: int):
-        self.count, self.current = count, None
+    def __init__(self, count: int, name: str = "cuda"):
+        self.count, self.current, self.name = count, None, name
 
     def device_name(self, index=None):
-        return "cuda"
+        return self.name if index is None or self.name == "cpu" else f"{self.name}:{index}"
+
+    def is_fp16_supported(self):
+        return True
 
     def device_count(self):
         return self.count
@@ -210,3 +226,63 @@ def test_the_gpu_is_bound_at_start_as_deepspeed_binds_it(monkeypatch, backend, s
     """DeepSpeed binds NCCL's device for a world above one, except on the torch releases where it hangs."""
     monkeypatch.setattr(process_group.torch, "__version__", torch_version)
     assert process_group.binds_nccl_device(backend, size) is expected
+
+
+@pytest.mark.usefixtures("no_node_size")
+@pytest.mark.parametrize("environ, visible, shared", [
+    # torchrun --nproc_per_node 2 on a one-GPU machine
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 1, "local ranks 0 and 1 would all run on cuda:0"),
+    # deepspeed --num_gpus 2 there: its launcher lists a GPU the machine does not have
+    ({"LOCAL_RANK": "0", "LOCAL_SIZE": "2", "CUDA_VISIBLE_DEVICES": "0,1"}, 1,
+     "local ranks 0 and 1 would all run on cuda:0"),
+    # torchrun gives every rank the same devices, one here
+    ({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3", "CUDA_VISIBLE_DEVICES": "0"}, 1,
+     "local ranks 0 to 2 would all run on cuda:0"),
+    ({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4"}, 2, "local ranks 2 and 3 would share cuda:0 to cuda:1"),
+    ({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3"}, 2, "local rank 2 would share cuda:0 to cuda:1"),
+    # mpirun -np 2 on a one-GPU machine
+    ({"MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2"}, 1, "local ranks 0 and 1 would all run on cuda:0"),
+])
+def test_ranks_that_would_share_a_gpu_are_refused_in_one_line(monkeypatch, environ, visible, shared):
+    """Every rank of the node refuses, before the process group, instead of NCCL's "Duplicate GPU detected"."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(process_group, "get_accelerator", lambda: FakeAccelerator(visible))
+    with pytest.raises(LauncherError) as error:
+        process_group.local_device_index()
+    message = str(error.value)
+    assert "\n" not in message and shared in message, message
+    size_variable = next(name for name in environ if name in dict(NODE_SIZE_VARIABLES))
+    assert message.startswith(f"{size_variable}={environ[size_variable]} ranks on this node but this process sees "
+                              f"{visible} device")
+    assert f"deepspeed --num_gpus {visible}, torchrun --nproc_per_node {visible}" in message
+
+
+@pytest.mark.usefixtures("no_node_size")
+@pytest.mark.parametrize("environ, visible, name, expected", [
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 2, "cuda", 1),
+    ({"LOCAL_RANK": "1", "LOCAL_SIZE": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, 4, "cuda", 1),
+    ({"LOCAL_RANK": "3"}, 1, "cuda", 0),  # srun --gpus-per-task 1: Slurm shows each task its own GPU as device 0
+    # a per-rank wrapper under MPI (CUDA_VISIBLE_DEVICES=$MPI_LOCALRANKID): one GPU each
+    ({"MPI_LOCALRANKID": "3", "MPI_LOCALNRANKS": "4", "CUDA_VISIBLE_DEVICES": "3"}, 1, "cuda", 0),
+    ({"LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4"}, 1, "cpu", 3),  # CPU ranks share the node's cores
+])
+def test_ranks_with_a_device_each_are_not_refused(monkeypatch, environ, visible, name, expected):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for variable, value in environ.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(process_group, "get_accelerator", lambda: FakeAccelerator(visible, name))
+    assert process_group.local_device_index() == expected
+
+
+@pytest.mark.usefixtures("no_node_size")
+def test_the_entry_point_refuses_two_ranks_on_one_gpu_before_anything_heavy(tmp_path, capsys, monkeypatch):
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)  # a run that got as far as the rendezvous fails, never waits
+    for module in (pretrain, process_group):
+        monkeypatch.setattr(module, "get_accelerator", lambda: FakeAccelerator(1))
+    assert pretrain_ds.main(["--save_dir", str(tmp_path), "--kernels", "torch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pretrain_ds.py: error: LOCAL_WORLD_SIZE=2 ranks on this node") and "\n" not in err
+    assert not dist.is_initialized()

@@ -13,7 +13,13 @@ from torch.utils.checkpoint import checkpoint
 
 from minimind import MiniMindConfig
 from minimind.model import moe as moe_module
-from minimind.model.moe import MOEFeedForward, grouped_experts_usable, grouped_mm_supported
+from minimind.model.moe import (
+    MOEFeedForward,
+    grouped_dispatch_planned,
+    grouped_experts_usable,
+    grouped_mm_supported,
+)
+from tests.near_tied_routing import near_tied_router, reference_choice
 
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__")
 # float32 against the float64 reference: the layer's own rounding only.
@@ -22,14 +28,18 @@ FP32_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 BF16_TOLERANCE = dict(rtol=2e-2, atol=2e-2)
 
 
-def moe_layer(top_k=2, shared=1, norm=True, hidden=20, intermediate=36, dropout=0.0):
-    """A MoE layer of awkward widths (5 experts; 20 x 36 are 16-byte rows in float32, as grouped GEMMs need)."""
-    config = MiniMindConfig(hidden_size=hidden, intermediate_size=intermediate, use_moe=True,
-                            n_routed_experts=5, num_experts_per_tok=top_k, n_shared_experts=shared,
-                            norm_topk_prob=norm, dropout=dropout, aux_loss_alpha=0.0,
-                            num_attention_heads=1, num_key_value_heads=1)
+def moe_config(top_k=2, shared=1, norm=True, hidden=20, intermediate=36, dropout=0.0) -> MiniMindConfig:
+    """A MoE config of awkward widths (5 experts; 20 x 36 are 16-byte rows in float32, as grouped GEMMs need)."""
+    return MiniMindConfig(hidden_size=hidden, intermediate_size=intermediate, use_moe=True,
+                          n_routed_experts=5, num_experts_per_tok=top_k, n_shared_experts=shared,
+                          norm_topk_prob=norm, dropout=dropout, aux_loss_alpha=0.0,
+                          num_attention_heads=1, num_key_value_heads=1)
+
+
+def moe_layer(**config) -> MOEFeedForward:
+    """The MoE layer of ``moe_config(**config)``, seeded."""
     torch.manual_seed(0)
-    return MOEFeedForward(config)
+    return MOEFeedForward(moe_config(**config))
 
 
 def inputs_leaving_an_expert_idle(moe: MOEFeedForward, idle: int, shape=(3, 7)) -> torch.Tensor:
@@ -101,7 +111,7 @@ def path(request, monkeypatch):
     (1, True, 0), (1, False, 1), (2, True, 1), (2, False, 0), (3, True, 2),
 ])
 def test_output_and_gradients_match_the_reference(path, training, top_k, norm, shared):
-    moe = moe_layer(top_k, shared, norm).train(training)
+    moe = moe_layer(top_k=top_k, shared=shared, norm=norm).train(training)
     idle = 3
     x = inputs_leaving_an_expert_idle(moe, idle)
     chosen = moe.gate(x)[0]
@@ -132,6 +142,24 @@ def test_bfloat16_grouped_gemms_match_the_loop(monkeypatch):
         torch.testing.assert_close(grouped, loop, **BF16_TOLERANCE)
 
 
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_bfloat16_router_picks_the_float32_experts_on_near_ties(top_k):
+    """The softmax runs in float32 in a bfloat16 layer, as MiniMind's under autocast: probabilities rounded
+    to bfloat16 tie experts one logit step apart. The weights stay float32, as MiniMind multiplies with them."""
+    moe = moe_layer(top_k=top_k, hidden=32, intermediate=48).to(torch.bfloat16).train()
+    gate_weight, x = near_tied_router(moe.n_routed_experts, 32, top_k)
+    with torch.no_grad():
+        moe.gate.weight.copy_(gate_weight)
+    chosen, weights, _ = moe.gate(x.view(2, 16, 32).bfloat16())
+    expected = reference_choice(x, gate_weight, top_k)
+    torch.testing.assert_close(chosen.sort(dim=-1).values, expected, rtol=0, atol=0)
+    scores = torch.softmax(x.double() @ gate_weight.double().T, dim=-1).gather(1, chosen)
+    if top_k > 1:
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, scores.float(), **FP32_TOLERANCE)
+
+
 @pytest.mark.parametrize("dtype, hidden, autocast, usable", [
     (torch.float32, 20, False, True),
     (torch.float32, 18, False, False),  # 72-byte rows: not 16-byte aligned
@@ -144,6 +172,8 @@ def test_where_the_grouped_gemms_run(dtype, hidden, autocast, usable):
     tokens = torch.randn(4, hidden, dtype=dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         assert grouped_experts_usable(tokens, moe.experts) == usable
+    if not autocast:  # what start-up plans from the config alone (training never autocasts)
+        assert grouped_dispatch_planned(moe_config(hidden=hidden), tokens.device, dtype) == usable
 
 
 def test_unaligned_widths_fall_back_to_the_loop_with_the_same_results():

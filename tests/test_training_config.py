@@ -14,7 +14,7 @@ import pretrain_ds
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
-from minimind.training import pretrain
+from minimind.training import pretrain, process_group
 from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs, parse_args
 from minimind.training.checkpointing import TrainingPosition
 from minimind.training.ds_config import read_ds_config, resolve_ds_config
@@ -22,6 +22,7 @@ from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
 from minimind.training.metrics import model_flops_per_token
 from minimind.training.process_group import lost_a_peer
 from minimind.training.save_dir import disk_space_warning
+from minimind.training.world import launched_world
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.json"))
@@ -272,3 +273,49 @@ def test_tf32_matmuls_only_for_fp32_training_on_cuda_unless_turned_off(tf32, dev
 def test_a_position_saved_by_an_earlier_format_still_resumes():
     saved = {"epoch": 1, "step": 5, "sample_in_epoch": 40, "extra": {}}  # "extra": a field since removed
     assert TrainingPosition.from_client_state(saved) == TrainingPosition(epoch=1, step=5, sample_in_epoch=40)
+
+
+class OneGpuAccelerator:
+    """What start-up asks DeepSpeed's accelerator, on a node with one CUDA GPU."""
+
+    def device_name(self, index=None):
+        return "cuda" if index is None else f"cuda:{index}"
+
+    def device_count(self):
+        return 1
+
+    def is_fp16_supported(self):
+        return True
+
+
+@pytest.mark.parametrize("flags, capability, slow", [
+    (["--deepspeed_config", str(CONFIG_DIR / "zero2_fp16.json")], (9, 0), True),
+    (["--deepspeed_config", str(CONFIG_DIR / "zero2_fp32.json")], (9, 0), True),
+    (["--deepspeed_config", str(CONFIG_DIR / "zero2_bf16.json")], (8, 0), True),  # an A100: no CUTLASS kernel
+    (["--deepspeed_config", str(CONFIG_DIR / "zero2_bf16.json")], (9, 0), False),
+    (["--deepspeed_config", str(CONFIG_DIR / "zero2_fp16_moe_ep.json"), "--ep_size", "1"], (9, 0), False),
+])
+def test_the_moe_slow_path_on_a_gpu_is_said_at_start(tmp_path, capsys, monkeypatch, flags, capability, slow):
+    """The per-expert loop reads its counts on the host: a device sync per MoE layer, said in one line."""
+    for module in (pretrain, process_group):
+        monkeypatch.setattr(module, "get_accelerator", OneGpuAccelerator)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = parse_args(["--save_dir", str(tmp_path), "--use_moe", "1", "--kernels", "torch", *flags])
+    inputs = pretrain.check_inputs(args)
+    pretrain.announce(args, inputs, launched_world(), None)
+    said = [line for line in capsys.readouterr().out.splitlines() if "MoE slow path" in line]
+    assert len(said) == int(slow)
+    if slow:
+        precision = "bf16" if "bf16" in flags[1] else "fp16" if "fp16" in flags[1] else "fp32"
+        assert said[0].startswith(f"MoE slow path ({precision} on cuda:0, compute capability {capability[0]}.0): ")
+        assert "a host sync per layer" in said[0] and "need bf16 on CUDA compute capability 9.x" in said[0]
+
+
+def test_no_moe_slow_path_line_on_cpu_ranks_or_for_a_dense_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for flags in (["--use_moe", "1", "--deepspeed_config", str(CONFIG_DIR / "zero2_fp32.json")],
+                  ["--deepspeed_config", str(CONFIG_DIR / "zero2_fp16.json")]):
+        args = parse_args(["--save_dir", str(tmp_path), "--kernels", "torch", *flags])
+        pretrain.announce(args, pretrain.check_inputs(args), launched_world(), None)
+    assert "MoE slow path" not in capsys.readouterr().out

@@ -12,10 +12,12 @@ import torch.distributed as dist
 
 import pretrain_ds
 from minimind.checkpoint.__main__ import main as checkpoint_main
-from minimind.errors import ConfigError, UserInputError
+from minimind.errors import ConfigError, MissingDependencyError, UserInputError
 from minimind.plan import main as plan_main
 from minimind.tokenizer.train import main as tokenizer_main
-from minimind.training.ds_config import resolve_ds_config
+from minimind.training import host_optimizer_build
+from minimind.training.ds_config import read_ds_config, resolve_ds_config
+from minimind.training.host_optimizer_build import check_host_optimizer_build
 from tests.project_tree import REPO_ROOT, import_name, python_files
 
 FP32_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
@@ -151,6 +153,77 @@ def test_use_wandb_without_the_package_stops_before_the_process_group(tmp_path, 
     status, err = run_main(["--save_dir", str(tmp_path), "--use_wandb"], capsys)
     assert status == 2 and err == "pretrain_ds.py: error: --use_wandb needs the wandb package: pip install wandb"
     assert not dist.is_initialized()
+
+
+OFFLOAD_CONFIG = REPO_ROOT / "ds_configs" / "zero2_offload_bf16.json"
+
+
+@pytest.fixture
+def unbuilt_host_optimizer(tmp_path, monkeypatch):
+    """A node where DeepSpeed has no prebuilt CPU Adam and torch's extension cache (in ``tmp_path``) is empty,
+    with every build tool present unless a test takes one away."""
+    monkeypatch.setattr(host_optimizer_build, "op_prebuilt", lambda op: False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
+    monkeypatch.setattr(host_optimizer_build.cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setenv("CXX", "g++")
+    monkeypatch.setattr(host_optimizer_build.shutil, "which", lambda name: f"/usr/bin/{name}")
+    headers = tmp_path / "include"
+    headers.mkdir()
+    (headers / "Python.h").touch()
+    monkeypatch.setattr(host_optimizer_build.sysconfig, "get_path", lambda name, scheme=None: str(headers))
+    return headers
+
+
+def test_offload_without_a_compiler_stops_the_entry_point_in_one_line(unbuilt_host_optimizer, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setattr(host_optimizer_build.shutil, "which", lambda name: None)
+    status, err = run_main(["--save_dir", str(tmp_path / "run"), "--deepspeed_config", str(OFFLOAD_CONFIG)], capsys)
+    assert status == 2 and err.count("\n") == 0, err
+    assert err.startswith(f"pretrain_ds.py: error: {OFFLOAD_CONFIG}: ZeRO-Offload steps the optimizer with "
+                          "DeepSpeed's cpu_adam op")
+    assert "a C++ compiler, g++ (apt install g++, or set CXX)" in err and "DS_BUILD_CPU_ADAM=1" in err
+    assert "ninja" not in err and "Python.h" not in err
+    assert not dist.is_initialized()
+
+
+def test_offload_names_every_missing_build_tool(unbuilt_host_optimizer, monkeypatch):
+    monkeypatch.setattr(host_optimizer_build.cpp_extension, "is_ninja_available", lambda: False)
+    (unbuilt_host_optimizer / "Python.h").unlink()
+    with pytest.raises(MissingDependencyError) as error:
+        check_host_optimizer_build(read_ds_config(OFFLOAD_CONFIG), "offload.json")
+    message = str(error.value)
+    assert "ninja (pip install ninja)" in message and f"{unbuilt_host_optimizer / 'Python.h'} (apt install python" \
+        in message and "C++ compiler" not in message and "\n" not in message
+
+
+def test_a_cached_build_needs_ninja_only_and_a_prebuilt_op_nothing(unbuilt_host_optimizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(host_optimizer_build.shutil, "which", lambda name: None)
+    (unbuilt_host_optimizer / "Python.h").unlink()
+    build = tmp_path / "torch_extensions" / "cpu_adam"  # where torch's loader builds it under TORCH_EXTENSIONS_DIR
+    build.mkdir(parents=True)
+    (build / "cpu_adam.so").touch()
+    check_host_optimizer_build(read_ds_config(OFFLOAD_CONFIG), "offload.json")
+    monkeypatch.setattr(host_optimizer_build.cpp_extension, "is_ninja_available", lambda: False)
+    with pytest.raises(MissingDependencyError, match=r"lacks ninja \(pip install ninja\); install them"):
+        check_host_optimizer_build(read_ds_config(OFFLOAD_CONFIG), "offload.json")
+    monkeypatch.setattr(host_optimizer_build, "op_prebuilt", lambda op: True)
+    check_host_optimizer_build(read_ds_config(OFFLOAD_CONFIG), "offload.json")
+
+
+@pytest.mark.parametrize("config", ["zero2_bf16.json", "zero2_fp32.json", "zero3_bf16.json", "offload_torch_adam"])
+def test_a_config_without_deepspeed_s_host_optimizer_never_runs_the_check(monkeypatch, config):
+    def probe(op):
+        raise AssertionError("the build tools were checked")
+
+    monkeypatch.setattr(host_optimizer_build, "missing_build_tools", probe)
+    if config == "offload_torch_adam":  # torch's AdamW steps the offloaded optimizer: nothing to build
+        ds_config = read_ds_config(OFFLOAD_CONFIG)
+        ds_config["optimizer"]["params"]["torch_adam"] = True
+    else:
+        ds_config = read_ds_config(REPO_ROOT / "ds_configs" / config)
+    check_host_optimizer_build(ds_config, config)
+    with pytest.raises(AssertionError, match="the build tools were checked"):  # the probe does trip when reached
+        check_host_optimizer_build(read_ds_config(OFFLOAD_CONFIG), "offload.json")
 
 
 def test_other_commands_report_bad_flags_in_one_line(tmp_path, capsys):

@@ -29,13 +29,28 @@ HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")  # torch 2.8 on
 GROUPED_MM_ON_CPU = HAS_GROUPED_MM and TorchVersion(torch.__version__) >= "2.9"  # 2.8 has no CPU kernel
 # torch._grouped_mm reads every operand's rows with 16-byte alignment.
 ALIGNMENT_BYTES = 16
+# What the sync-free grouped GEMMs need on a GPU (``grouped_mm_supported``, ``grouped_dispatch_planned``).
+SYNC_FREE_ON_GPU = ("bf16 on CUDA compute capability 9.x (H100, H200), torch 2.8 or later, and hidden and "
+                    "intermediate sizes that are multiples of 8")
+
+
+def router_scores(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over experts of the router's logits (tokens, experts), in float32 at least.
+
+    The logits keep the model's dtype, the probabilities do not: MiniMind's trainer runs under
+    bfloat16 autocast, whose softmax is float32, and so does AutoEP's router. Rounded to
+    bfloat16, probabilities of experts whose logits differ in the last bit tie, and top-k
+    picks either of them.
+    """
+    return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
 class MoEGate(nn.Module):
     """Softmax router: picks the top-k experts of every token and MiniMind's aux loss.
 
     ``weight``: (n_routed_experts, hidden). ``forward`` takes (batch, seq, hidden) and returns
-    ``(topk_idx (tokens, k), topk_weight (tokens, k), aux_loss scalar)``.
+    ``(topk_idx (tokens, k), topk_weight (tokens, k), aux_loss scalar)``; the weights and the
+    loss are float32 (float64 in a float64 model), whatever the model's dtype.
     """
 
     def __init__(self, config: MiniMindConfig):
@@ -50,7 +65,7 @@ class MoEGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, seq, hidden = x.shape
-        scores = F.linear(x.reshape(-1, hidden), self.weight).softmax(dim=-1)  # (tokens, experts)
+        scores = router_scores(F.linear(x.reshape(-1, hidden), self.weight))  # (tokens, experts)
         topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
         if self.top_k > 1 and self.norm_topk_prob:
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
@@ -95,17 +110,29 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
     return False
 
 
+def rows_aligned(widths: tuple[int, ...], element_size: int) -> bool:
+    """Whether rows of each of these widths start ``torch._grouped_mm``'s 16 bytes apart."""
+    return all(width * element_size % ALIGNMENT_BYTES == 0 for width in widths)
+
+
 def grouped_experts_usable(tokens: torch.Tensor, experts: nn.ModuleList) -> bool:
     """Whether ``grouped_swiglu`` can run these experts on ``tokens`` (device, dtype, alignment, no autocast)."""
     weight = experts[0].gate_proj.weight  # (intermediate, hidden); all experts share the shapes
-    widths_aligned = all(width * tokens.element_size() % ALIGNMENT_BYTES == 0 for width in weight.shape)
     return (
         weight.dtype == tokens.dtype
         and weight.device == tokens.device
-        and widths_aligned
+        and rows_aligned(weight.shape, tokens.element_size())
         and not torch.is_autocast_enabled(tokens.device.type)
         and grouped_mm_supported(tokens.device, tokens.dtype)
     )
+
+
+def grouped_dispatch_planned(config: MiniMindConfig, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the MoE layers of ``config``, in ``dtype`` on ``device`` without autocast, will run grouped GEMMs
+    (no host read); False: the per-expert loop, a device sync per layer on a GPU. What
+    ``grouped_experts_usable`` decides at every forward, known before the model is built."""
+    widths = (config.hidden_size, config.intermediate_size)
+    return rows_aligned(widths, dtype.itemsize) and grouped_mm_supported(device, dtype)
 
 
 class GroupedLinear(torch.autograd.Function):
@@ -194,7 +221,9 @@ class MOEFeedForward(nn.Module):
         # gradient in training: data-parallel ranks must reduce the same set.
         expert_out = grouped_swiglu(tokens.index_select(0, order // k), ends, self.experts)  # (tokens * k, hidden)
         per_slot = expert_out.index_select(0, order.argsort()).view(tokens_count, k, -1)  # back in slot order
-        return torch.bmm(topk_weight.to(tokens.dtype).unsqueeze(1), per_slot).squeeze(1)
+        # Weighted and summed in the router's float32, as MiniMind (under autocast) and AutoEP do.
+        weighted = torch.bmm(topk_weight.unsqueeze(1), per_slot.to(topk_weight.dtype)).squeeze(1)
+        return weighted.to(tokens.dtype)
 
     def route_loop(self, tokens: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         """``route`` one expert at a time, as MiniMind does: reads the per-expert counts on the host."""
@@ -203,7 +232,7 @@ class MOEFeedForward(nn.Module):
         order = flat_expert.argsort(stable=True)
         counts = torch.bincount(flat_expert, minlength=self.n_routed_experts).tolist()  # host read: a device sync
         token_of_slot = order // k
-        out = torch.zeros_like(tokens)
+        out = torch.zeros_like(tokens, dtype=topk_weight.dtype)  # summed in the router's float32, as MiniMind
         start = 0
         for expert, count in zip(self.experts, counts, strict=True):
             # In training every expert runs, an idle one on zero rows, so that all of them get a
@@ -211,7 +240,7 @@ class MOEFeedForward(nn.Module):
             if count or self.training:
                 slots = order[start : start + count]
                 rows = token_of_slot[start : start + count]
-                weighted = expert(tokens[rows]) * topk_weight.reshape(-1)[slots, None].to(tokens.dtype)
+                weighted = expert(tokens[rows]).to(out.dtype) * topk_weight.reshape(-1)[slots, None]
                 out.index_add_(0, rows, weighted)
             start += count
-        return out
+        return out.to(tokens.dtype)

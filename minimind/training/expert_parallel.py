@@ -28,7 +28,7 @@ from minimind.checkpoint.autoep_names import EXPERT_TENSOR_NAMES, minimind_exper
 from minimind.checkpoint.locate import MODEL_STATES, locate_checkpoint, read_client_state
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
-from minimind.model.moe import MoEGate
+from minimind.model.moe import MoEGate, router_scores
 from minimind.training.collectives import all_gather
 from minimind.training.weights_file import master_weights_state_dict, save_weights_file
 
@@ -145,7 +145,7 @@ class ExpertParallelAuxLoss:
             logits = seen.pop("logits")
             if layer.training and self.loss_formula.alpha > 0.0:
                 batch, seq = seen["batch_seq"]
-                scores = logits.softmax(dim=-1).view(batch, seq, -1)
+                scores = router_scores(logits).view(batch, seq, -1)  # float32, as AutoEP's router
                 chosen = routed[1].reshape(batch, seq * self.loss_formula.top_k)
                 self.layer_losses.append(self.loss_formula.auxiliary_loss(scores, chosen))
 

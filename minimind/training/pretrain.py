@@ -44,6 +44,7 @@ from minimind.data import (
 )
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.moe import SYNC_FREE_ON_GPU, grouped_dispatch_planned
 from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precision_of
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.arguments import CPU_DEMO, apply_defaults, choose_cpu_ds_config, model_config_kwargs
@@ -62,6 +63,7 @@ from minimind.training.expert_parallel import (
     install_aux_loss,
     resolve_expert_parallel,
 )
+from minimind.training.host_optimizer_build import check_host_optimizer_build
 from minimind.training.loop import LoopSettings, run_training
 from minimind.training.lr_schedule import minimind_scheduler
 from minimind.training.metrics import MetricsLogger, check_wandb_installed, model_flops_per_token
@@ -192,6 +194,7 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
         grad_clip=args.grad_clip,
         learning_rate=args.learning_rate,
     )
+    check_host_optimizer_build(ds_config, args.deepspeed_config)
     save_dir = Path(args.save_dir).resolve()
     check_writable(save_dir)
     refuse_fresh_run_over_checkpoints(save_dir, resuming=bool(args.from_resume or args.resume_from),
@@ -201,7 +204,8 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     if args.max_seq_len > model_config.max_position_embeddings:
         raise ConfigError(f"--max_seq_len {args.max_seq_len} exceeds the model's max_position_embeddings "
                           f"{model_config.max_position_embeddings}")
-    check_kernels_run_on(args.kernels, torch.device(accelerator.device_name(local_device_index())))
+    device = torch.device(accelerator.device_name(local_device_index()))
+    check_kernels_run_on(args.kernels, device)
     if args.use_wandb:
         check_wandb_installed()
     sources = tuple(data_sources(args.data_path)) if args.data_path else ()
@@ -213,6 +217,7 @@ def check_inputs(args: argparse.Namespace) -> RunInputs:
     sample_prompts = tuple(read_sample_prompts(args.sample_prompts, tokenizer, model_config.max_position_embeddings)
                            if args.sample_prompts else ())
     ep_size = resolve_expert_parallel(ds_config, args.ep_size, model_config, world_size(), args.deepspeed_config)
+    host_notes += moe_dispatch_notes(model_config, ep_size, device, precision_of(ds_config))
     inputs = RunInputs(cpu_only, demo, ds_config, batch, save_dir, tokenizer, model_config, data_paths, cache_locations,
                        resume_request(args, save_dir), ep_size,
                        fit_batch_to_corpus=not data_paths and (demo or not batch_chosen), host_notes=host_notes,
@@ -251,6 +256,24 @@ def check_kernels_run_on(impl: str, device: torch.device) -> None:
         raise ConfigError(str(error)) from None
 
 
+def moe_dispatch_notes(model_config: MiniMindConfig, ep_size: int | None, device: torch.device,
+                       precision: str) -> tuple[str, ...]:
+    """One line where the MoE layers will run their per-expert loop on a GPU: it reads the experts' token
+    counts on the host, a device sync per layer and forward; none for a dense model, AutoEP's layers (their
+    own dispatch), CPU ranks (a host read there waits for nothing) or the sync-free grouped GEMMs."""
+    if not model_config.use_moe or ep_size is not None or device.type == "cpu":
+        return ()
+    if grouped_dispatch_planned(model_config, device, PRECISION_DTYPES[precision]):
+        return ()
+    where = str(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        where += f", compute capability {major}.{minor}"
+    return (f"MoE slow path ({precision} on {where}): each MoE layer runs its per-expert loop, a host sync per "
+            f"layer (two under activation checkpointing); bf16 is the fast path, sync-free grouped GEMMs, which need "
+            f"{SYNC_FREE_ON_GPU} (ds_configs/zero2_bf16.json)",)
+
+
 def start_process_group(args: argparse.Namespace, inputs: RunInputs) -> None:
     """Join the process group with the collective timeout on this rank's device, check that
     every node sees the same ``--save_dir``, seed every RNG and set the fp32 matmul precision."""
@@ -281,8 +304,8 @@ def tf32_matmuls(args: argparse.Namespace, inputs: RunInputs, device: torch.devi
 
 
 def announce(args: argparse.Namespace, inputs: RunInputs, world: LaunchedWorld, fit_note: str | None) -> None:
-    """Rank 0 states the launcher, the CPU threads and precision (on a CPU-only machine), the
-    demonstration settings and the corpus fit (if any), and the resolved batch arithmetic."""
+    """Rank 0 states the launcher, the CPU threads and precision (on a CPU-only machine), a MoE model's slow
+    path on a GPU, the demonstration settings and the corpus fit (if any), and the resolved batch arithmetic."""
     print0(world.describe())
     for note in inputs.host_notes:
         print0(note)

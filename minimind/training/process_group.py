@@ -46,6 +46,7 @@ from minimind.training.world import (
     LauncherError,
     launched_world,
     local_rank,
+    node_ranks,
 )
 
 SHARED_MEMORY = Path("/dev/shm")
@@ -181,14 +182,54 @@ def free_local_port() -> int:
 
 def local_device_index() -> int:
     """This rank's accelerator on its node: its local rank, or device 0 where it sees one device
-    only (Slurm's ``--gpus-per-task=1`` shows each task its own GPU as device 0)."""
+    only (Slurm's ``--gpus-per-task=1`` shows each task its own GPU as device 0). A one-line
+    ``LauncherError`` where the node's ranks would share a device (``check_one_device_per_rank``)."""
     index, visible = local_rank(), get_accelerator().device_count()
-    if get_accelerator().device_name() == "cpu" or index < visible:
+    if get_accelerator().device_name() == "cpu":
+        return index
+    check_one_device_per_rank(visible)
+    if index < visible:
         return index
     if visible == 1:
         return 0
     raise LauncherError(f"local rank {index} but this process sees {visible} devices (CUDA_VISIBLE_DEVICES?): give "
                         "each rank one device or all of its node's")
+
+
+def check_one_device_per_rank(visible: int) -> None:
+    """Refuse, in one line, a node that runs more ranks than the ``visible`` devices each of them sees
+    (a 2-rank launch on a one-GPU machine): every rank would map to a device another rank uses,
+    and NCCL would stop at its first collective with "Duplicate GPU detected".
+
+    The node's rank count comes from the launcher (``node_ranks``); without one nothing is
+    checked. A rank of an MPI launcher that sees one device named alone in
+    ``CUDA_VISIBLE_DEVICES`` was given a GPU of its own by a per-rank wrapper and passes;
+    torchrun and DeepSpeed's launcher give all of a node's ranks the same devices.
+    """
+    node = node_ranks()
+    if node is None or node.count <= visible:
+        return
+    bound = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if node.launcher != TORCH_LAUNCHER and visible == 1 and len(bound) == 1:
+        return
+    accelerator = get_accelerator()
+    if visible == 1:
+        shared = f"{local_ranks(0, node.count - 1)} would all run on {accelerator.device_name(0)}"
+    else:
+        shared = (f"{local_ranks(visible, node.count - 1)} would share {accelerator.device_name(0)} to "
+                  f"{accelerator.device_name(visible - 1)} with the others")
+    raise LauncherError(
+        f"{node.variable}={node.count} ranks on this node but this process sees {visible} device"
+        f"{'s' if visible > 1 else ''}: {shared} (NCCL: Duplicate GPU detected); launch one rank per GPU "
+        f"(deepspeed --num_gpus {visible}, torchrun --nproc_per_node {visible}) or give each rank its own "
+        "(srun --gpus-per-task 1, or CUDA_VISIBLE_DEVICES set per rank under MPI)")
+
+
+def local_ranks(first: int, last: int) -> str:
+    """``local rank 2``, ``local ranks 0 and 1``, ``local ranks 2 to 5``: ``first`` through ``last``."""
+    if first == last:
+        return f"local rank {first}"
+    return f"local ranks {first} {'and' if last == first + 1 else 'to'} {last}"
 
 
 def allreduce_buffer_path(rank: int) -> Path:

@@ -35,7 +35,7 @@ class RunInputs:
     ep_size: int | None
     fit_batch_to_corpus: bool  # the bundled corpus with a batch the user did not choose
     resume: CheckpointLocation | None = None  # the verified tag, once the process group has chosen it
-    host_notes: tuple[str, ...] = ()  # CPU threads and precision, said in the run's first lines
+    host_notes: tuple[str, ...] = ()  # CPU threads and precision, MoE's slow path on a GPU: the first lines
     precision_timed: bool = False  # the precision was chosen by timing this rank's processor
     eval_cache_location: TokenCacheLocation | None = None  # of --eval_data_path
     sample_prompts: tuple[str, ...] = ()  # continued at each evaluation (none: no samples)

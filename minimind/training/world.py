@@ -14,6 +14,10 @@ set, read the way ``deepspeed.init_distributed`` and torch read them:
   ``SLURM_LOCALID`` (a step's task count, not the allocation's ``SLURM_NTASKS``, which a
   batch script sees without being one of several tasks);
 - none of them (``python pretrain_ds.py``, as MiniMind's users run its trainer): rank 0 of 1.
+
+How many ranks run on this node comes from ``LOCAL_WORLD_SIZE`` (torchrun), ``LOCAL_SIZE``
+(DeepSpeed's launcher), ``OMPI_COMM_WORLD_LOCAL_SIZE`` or ``MPI_LOCALNRANKS``; Slurm's own
+variables do not say it simply (``SLURM_STEP_TASKS_PER_NODE`` is a list such as ``2(x3),1``).
 """
 
 import os
@@ -33,6 +37,13 @@ LAUNCHER_VARIABLES = (
     ("slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"),
 )
 NO_LAUNCHER = "none"
+# (variable giving the number of ranks on this node, launcher that sets it), in order of precedence.
+NODE_SIZE_VARIABLES = (
+    ("LOCAL_WORLD_SIZE", TORCH_LAUNCHER),  # torchrun
+    ("LOCAL_SIZE", TORCH_LAUNCHER),  # DeepSpeed's launcher
+    ("OMPI_COMM_WORLD_LOCAL_SIZE", "openmpi"),
+    ("MPI_LOCALNRANKS", "mpich"),
+)
 
 
 class LauncherError(UserInputError):
@@ -96,6 +107,25 @@ def global_rank() -> int:
 def world_size() -> int:
     """Number of processes in the job: the process group's, or the launcher's before it exists."""
     return dist.get_world_size() if dist.is_initialized() else launched_world().size
+
+
+@dataclass(frozen=True)
+class NodeRanks:
+    """How many ranks run on this node, the variable that says so and the launcher that set it."""
+
+    count: int
+    variable: str
+    launcher: str
+
+
+def node_ranks(environ: Mapping[str, str] | None = None) -> NodeRanks | None:
+    """The ranks on this node as the launcher's variables in ``environ`` (default: this process's) give
+    them; None where no launcher says (none, or Slurm)."""
+    environ = os.environ if environ is None else environ
+    for variable, launcher in NODE_SIZE_VARIABLES:
+        if variable in environ:
+            return NodeRanks(integer_variable(environ, variable), variable, launcher)
+    return None
 
 
 def local_rank() -> int:
