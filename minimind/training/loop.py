@@ -8,6 +8,7 @@ would compute, however the batch is split.
 """
 
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,6 +22,7 @@ from minimind.training.evaluator import Evaluator
 from minimind.training.host_copy import copy_to_host_later
 from minimind.training.metrics import MetricsLogger, StepMetrics, ThroughputMeter
 from minimind.training.rank_print import print0
+from minimind.training.stall_watchdog import StallWatchdog
 from minimind.training.stop_request import StopRequest
 from minimind.training.world import world_size
 
@@ -143,6 +145,7 @@ def run_training(
     device: torch.device,
     stop_request: StopRequest | None = None,
     evaluator: Evaluator | None = None,
+    watchdog: StallWatchdog | None = None,
 ) -> TrainingPosition:
     """Train from ``start`` to ``settings.total_steps``; returns where training ended.
 
@@ -155,7 +158,8 @@ def run_training(
     loss scaler; bf16/fp32: DeepSpeed's gradient-overflow check), leaving the weights as they
     were; ``max_nonfinite_steps`` such steps in a row save the (unchanged) state and raise
     ``NonFiniteStepsError``. A signal recorded by ``stop_request`` on any rank ends the loop
-    on every rank after the current step, with a checkpoint.
+    on every rank after the current step, with a checkpoint. ``watchdog`` (if any) hears of every
+    finished step, and pauses around evaluations and saves.
     """
     engine.train()
     position = replace(start)
@@ -175,14 +179,17 @@ def run_training(
         stopped_by_signal = result.stop
         if stopped_by_signal or nonfinite_in_a_row >= settings.max_nonfinite_steps:
             break
-        with meter.paused():  # tokens/s is training's alone
+        if watchdog is not None:
+            watchdog.beat(position.step)
+        with meter.paused(), paused(watchdog):  # tokens/s is training's alone
             if evaluator is not None:
                 evaluator.after_step(position)
             checkpointer.after_step(position)
     finished = not stopped_by_signal and nonfinite_in_a_row < settings.max_nonfinite_steps
-    if evaluator is not None and finished:
-        evaluator.close(position)
-    checkpointer.close(position)
+    with paused(watchdog):
+        if evaluator is not None and finished:
+            evaluator.close(position)
+        checkpointer.close(position)
     if nonfinite_in_a_row >= settings.max_nonfinite_steps:
         raise NonFiniteStepsError(
             f"{nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "
@@ -192,6 +199,11 @@ def run_training(
     if stopped_by_signal:
         print0(f"stopped by a signal after step {position.step}; resume with --from_resume 1")
     return position
+
+
+def paused(watchdog: StallWatchdog | None):
+    """``watchdog.paused()``, or nothing without one."""
+    return watchdog.paused() if watchdog is not None else nullcontext()
 
 
 def step_metrics(engine, position, settings, result, lr, tokens_per_s, seconds_per_step) -> StepMetrics:

@@ -78,6 +78,7 @@ from minimind.training.run_settings import run_settings, write_run_settings
 from minimind.training.samples import SampleGenerator, read_sample_prompts
 from minimind.training.save_dir import check_shared, check_writable, disk_space_warning
 from minimind.training.save_dir_owner import claim_save_dir, refuse_fresh_run_over_checkpoints
+from minimind.training.stall_watchdog import STALL_FRACTION, StallWatchdog
 from minimind.training.stop_request import StopRequest
 from minimind.training.world import LaunchedWorld, global_rank, launched_world, local_rank, world_size
 from minimind_kernels.dispatch import KernelUnavailableError, resolve_impl
@@ -140,8 +141,14 @@ def train(args: argparse.Namespace, inputs: RunInputs, samples: Dataset,
             print0(line)
         return iter(data.loader)
 
-    position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpointer, device,
-                            StopRequest().install(), evaluator)
+    # a stuck collective ends this rank with the status-5 line before NCCL's watchdog aborts it
+    watchdog = StallWatchdog(rank, STALL_FRACTION * args.collective_timeout).start() if world > 1 else None
+    try:
+        position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpointer, device,
+                                StopRequest().install(), evaluator, watchdog)
+    finally:
+        if watchdog is not None:
+            watchdog.close()
     logger.close()
     print0(
         f"done at step {position.step}: checkpoints in {inputs.save_dir / 'checkpoints'} (resume with "
