@@ -21,6 +21,7 @@ from minimind.training.checkpoint_writes import CheckpointWriteError
 from minimind.training.loop import NonFiniteStepsError
 from minimind.training.pretrain import pretrain
 from minimind.training.process_group import leave_process_group, lost_a_peer
+from minimind.training.stall_watchdog import LOST_A_PEER_STATUS
 from minimind.training.world import global_rank
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         report(f"stopped: rank {global_rank()}: a collective with the other ranks failed ({first_line(error)}); "
                "another rank has probably died or stalled, see its own message")
-        return 5
+        return LOST_A_PEER_STATUS
     return 0
 
 
