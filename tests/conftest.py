@@ -9,6 +9,13 @@ import torch
 # torch.cuda.is_available() only counts devices; it creates no CUDA context to inherit.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# DeepSpeed in this process (``pretrain_ds.main`` called by a test) and in every process the
+# tests start runs on its CPU accelerator: gloo, CPU tensors, the CPU demonstration's defaults,
+# as on a CPU-only machine. DeepSpeed picks its accelerator once, at the first
+# ``get_accelerator()`` (``DS_ACCELERATOR`` overrides its detection), so this comes before any
+# import of DeepSpeed. The GPU stays visible to torch: the tests marked ``gpu`` use it directly.
+# Launched ranks also get ``tests.launcher.CPU_RANKS``.
+os.environ["DS_ACCELERATOR"] = "cpu"
 
 import pytest  # noqa: E402
 
