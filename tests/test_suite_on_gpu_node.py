@@ -37,10 +37,17 @@ try:
     device = get_accelerator().device_name(process_group.local_device_index())
 except LauncherError as error:
     device = f"refused: {error}"
+# AutoEP's SwiGLU on CPU tensors, against the plain expression
+from deepspeed.ops.triton_ops import swiglu
+gate, up = torch.linspace(-4, 4, 96).view(8, 12), torch.linspace(2, -1, 96).view(8, 12)
+try:
+    swiglu_error = (swiglu(gate, up) - torch.nn.functional.silu(gate) * up).abs().max().item()
+except Exception as error:
+    swiglu_error = f"{type(error).__name__}: {error}"
 accelerator = get_accelerator()
 print(json.dumps({"accelerator": accelerator.device_name(), "backend": accelerator.communication_backend_name(),
                   "cuda_devices": torch.cuda.device_count(), "device": device,
-                  "triton_interpret": os.environ.get("TRITON_INTERPRET")}))
+                  "triton_interpret": os.environ.get("TRITON_INTERPRET"), "swiglu_on_cpu": swiglu_error}))
 """
 
 
@@ -61,12 +68,15 @@ def one_gpu_node_process(env: dict, *args: str) -> dict:
 
 
 def test_the_fake_node_would_put_two_ranks_on_one_gpu(gpu_node_shell):
-    """The fake is a GPU node: without CPU ranks, rank 1 of a 2-rank launch is refused (cuda:0 taken)."""
+    """The fake is a GPU node: without CPU ranks, rank 1 of a 2-rank launch is refused (cuda:0 taken)
+    and DeepSpeed's Triton ops would compile for the CPU tensors of an in-process run."""
     env = {**launch_env(), "DS_ACCELERATOR": "cuda", "CUDA_VISIBLE_DEVICES": "0,1", "LOCAL_RANK": "1",
-           "LOCAL_WORLD_SIZE": "2"}
+           "LOCAL_WORLD_SIZE": "2", "TRITON_INTERPRET": "0"}
     seen = one_gpu_node_process(env)
     assert (seen["accelerator"], seen["backend"], seen["cuda_devices"]) == ("cuda", "nccl", 1)
     assert seen["device"].startswith("refused: LOCAL_WORLD_SIZE=2 ranks on this node but this process sees 1 device")
+    # and DeepSpeed's SwiGLU compiles its Triton kernel for CPU tensors (no driver here to compile with)
+    assert isinstance(seen["swiglu_on_cpu"], str)
 
 
 @pytest.mark.parametrize("started_by", ["launcher", "deepspeed.launcher.launch"])
@@ -82,16 +92,19 @@ def test_launched_ranks_run_on_the_cpu_of_a_gpu_node(gpu_node_shell, started_by)
         env.update(CUDA_VISIBLE_DEVICES="0,1", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2")
         expected_cuda_devices = 1
     seen = one_gpu_node_process(env)
+    # where the rank sees GPU 0, DeepSpeed's SwiGLU runs its Triton kernel, interpreted: float32 rounding
+    assert seen.pop("swiglu_on_cpu") <= 1e-6
     assert seen == {"accelerator": "cpu", "backend": "gloo", "cuda_devices": expected_cuda_devices,
                     "device": "cpu", "triton_interpret": "1"}
 
 
 def test_a_pytest_session_picks_the_cpu_accelerator_before_deepspeed_caches_its_choice(gpu_node_shell):
     """DeepSpeed picks its accelerator once, while it is imported; ``tests/conftest.py``, which pytest
-    imports first, has chosen the CPU one by then, and leaves the GPU to torch."""
+    imports first, has chosen the CPU one by then, and leaves the GPU to torch. DeepSpeed's Triton ops,
+    which would otherwise run compiled kernels on CPU tensors there, take their PyTorch path."""
     seen = one_gpu_node_process({**os.environ, "PYTHONPATH": str(REPO_ROOT)}, "pytest")
     assert seen == {"accelerator": "cpu", "backend": "gloo", "cuda_devices": 1, "device": "cpu",
-                    "triton_interpret": None}
+                    "triton_interpret": None, "swiglu_on_cpu": 0.0}  # its PyTorch path, the reference itself
 
 
 def test_in_process_runs_train_on_the_cpu_of_a_gpu_node(monkeypatch, tmp_path, capsys):
