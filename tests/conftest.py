@@ -9,12 +9,26 @@ import torch
 # torch.cuda.is_available() only counts devices; it creates no CUDA context to inherit.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# DeepSpeed in this process (``pretrain_ds.main`` called by a test) and in every process the
+# tests start runs on its CPU accelerator: gloo, CPU tensors, the CPU demonstration's defaults,
+# as on a CPU-only machine. DeepSpeed picks its accelerator once, at the first
+# ``get_accelerator()`` (``DS_ACCELERATOR`` overrides its detection), so this comes before any
+# import of DeepSpeed. The GPU stays visible to torch: the tests marked ``gpu`` use it directly.
+# Launched ranks also get ``tests.launcher.CPU_RANKS``.
+os.environ["DS_ACCELERATOR"] = "cpu"
 
 import pytest  # noqa: E402
+from deepspeed.ops.triton_ops import _triton as deepspeed_triton  # noqa: E402
+from deepspeed.ops.triton_ops import swiglu_triton  # noqa: E402
 
 from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
 from tests import launcher  # noqa: E402
 from tests.launcher import REFERENCE_TRAINING, evaluation_flags, launch, write_corpus  # noqa: E402
+
+# DeepSpeed's Triton ops (AutoEP's fused SwiGLU) decide once, at import, whether Triton can run,
+# from torch.cuda alone: on a GPU node they would launch compiled kernels on the CPU accelerator's
+# tensors. In this process they take their PyTorch path, as on a CPU-only machine (a no-op there).
+deepspeed_triton._TRITON_AVAILABLE = swiglu_triton._TRITON_AVAILABLE = False
 
 # Session and module fixtures that launch DeepSpeed ranks: every test that uses one, directly or
 # through another fixture, is marked ``slow``. The fast tier (``-m "not slow"``) launches nothing:

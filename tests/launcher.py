@@ -113,9 +113,20 @@ def remove_shared_memory_buffers(port: int) -> None:
         buffer.unlink(missing_ok=True)
 
 
+# What launched ranks run on, on a GPU node as on a CPU-only machine: DeepSpeed's CPU accelerator
+# (gloo, the CPU demonstration's defaults, the /dev/shm all-reduce buffers of its CPU backend),
+# the GPUs hidden from the launcher and from ranks that a launcher starts directly (mpirun), and a
+# Triton kernel asked for by name interpreted on CPU. Without it DeepSpeed would pick CUDA there,
+# and a 2-rank launch on a one-GPU node would put both ranks on cuda:0, which training refuses
+# (``check_one_device_per_rank``). DeepSpeed's own launcher sets each rank's CUDA_VISIBLE_DEVICES
+# to the rank's slot again; the CPU accelerator keeps such a rank off the GPU all the same.
+CPU_RANKS = {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "1"}
+
+
 def launch_env(env: dict | None = None) -> dict:
-    """The environment launched runs get: this one, the repository importable, plus ``env``."""
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    """The environment launched runs get: this one, the repository importable, CPU ranks
+    (``CPU_RANKS``), plus ``env``."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **CPU_RANKS, **(env or {})}
 
 
 def launch(ranks: int, args: list[str], script: str = "pretrain_ds.py", env: dict | None = None,

@@ -211,8 +211,10 @@ def expected_output(model, tokenizer, prompt_text: str = PROMPT_TEXT, new_tokens
 
 
 def run_generate(path: Path, capsys, *flags: str, prompt: str = PROMPT_TEXT) -> tuple[int, str, str]:
+    """The command on ``path`` with ``flags``, on CPU (in fp32, as ``expected_output`` decodes) unless a
+    flag names the device: on a GPU node it would otherwise run on cuda in bf16. Status, stdout, stderr."""
     status = generate_main([str(path), "--prompt", prompt, "--temperature", "0", "--max_new_tokens",
-                            str(NEW_TOKENS), *flags])
+                            str(NEW_TOKENS), "--device", "cpu", *flags])
     captured = capsys.readouterr()
     return status, captured.out, captured.err.strip()
 

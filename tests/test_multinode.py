@@ -30,10 +30,12 @@ from pathlib import Path
 import pytest
 
 from tests.launcher import (
+    CPU_RANKS,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
     REPO_ROOT,
     free_local_port,
+    launch_env,
     master_port,
     read_metrics,
     remove_shared_memory_buffers,
@@ -55,7 +57,7 @@ def launch_two_nodes(tmp_path: Path, args: list[str], env: dict, own_folders: bo
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")
     port = free_local_port()
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
+    full_env = launch_env(env)
     nodes = []
     for node_rank in (0, 1):
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh",
@@ -95,10 +97,10 @@ def launch_two_nodes_over_ssh(tmp_path: Path, args: list[str], env: dict) -> sub
         hostfile = tmp_path / "hostfile_ssh"
         hostfile.write_text("127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
         env_file = tmp_path / "deepspeed_env"  # what .deepspeed_env does on a cluster: exported on every node
-        env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+        # the nodes get no other variable of this environment but PYTHON*: CPU ranks go through the file too
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in {**CPU_RANKS, **env}.items()))
         ssh_options = f"-i {client_key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-        full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DS_ENV_FILE": str(env_file),
-                    "PDSH_SSH_ARGS_APPEND": ssh_options}
+        full_env = launch_env({"DS_ENV_FILE": str(env_file), "PDSH_SSH_ARGS_APPEND": ssh_options})
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--ssh_port",
                    str(port), "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", str(free_local_port()),
                    "pretrain_ds.py", *args]
