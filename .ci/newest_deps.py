@@ -110,12 +110,14 @@ def main() -> int:
     print("\n".join(f"  {name}=={version}" for name, version in sorted(resolved.items())))
     changed = version_table(resolved, locked)
     print(f"\nnewest-deps: differences from {LOCK.name}:" if changed else f"\nnewest-deps: same as {LOCK.name}")
-    print("\n".join(changed))
+    for row in changed:
+        print(row)
     held_back = [f"  {name}: {newest[name]} released, the range allows {resolved.get(name, '-')}"
                  for name in direct if name in newest and newest[name] != resolved.get(name)]
     print("\nnewest-deps: newer releases outside the ranges' upper bounds:" if held_back
           else "\nnewest-deps: every direct dependency is at its newest release")
-    print("\n".join(held_back))
+    for row in held_back:
+        print(row)
     passed = fast_tier.returncode == 0 and short_run.returncode == 0
     print(f"\nnewest-deps: fast tier {'passed' if fast_tier.returncode == 0 else 'FAILED'}, "
           f"the README's main job {'passed' if short_run.returncode == 0 else 'FAILED'}, "
