@@ -91,12 +91,15 @@ class PartSkipped(Exception):
 
 @dataclass
 class PartResult:
-    """One part's outcome: ``status`` is pass, fail or skip; ``summary`` its key figures in a few words."""
+    """One part's outcome: ``status`` is pass, fail or skip; ``summary`` its key figures in a few words;
+    ``limit_s`` and ``estimate_s`` the part's time limit and its estimate on one H100 (``PART_TABLE``)."""
 
     name: str
     status: str
     reason: str = ""
     wall_s: float = 0.0
+    limit_s: float = 0.0
+    estimate_s: float = 0.0
     summary: str = ""
     figures: dict = field(default_factory=dict)
 
@@ -623,7 +626,7 @@ def run_part(check: Check, part: Part) -> PartResult:
         result = PartResult(part.name, "fail", reason=str(failed))
     except Exception as error:  # a bug or a surprise in this script: reported, and the next part runs
         result = PartResult(part.name, "fail", reason=f"{type(error).__name__}: {error}")
-    result.wall_s = time.perf_counter() - started
+    result.wall_s, result.limit_s, result.estimate_s = time.perf_counter() - started, part.limit_s, part.estimate_s
     print(f"== {part.name}: {status_cell(result)} ({result.wall_s:.0f} s)", flush=True)
     return result
 
@@ -680,8 +683,9 @@ def markdown_report(env: dict, results: list[PartResult], wall_s: float, skipped
     lines = [f"# GPU acceptance check: {env['mode']}", "",
              f"{env['date']}; {env['gpu']}; torch {env['torch']} (CUDA {env['cuda']}), deepspeed {env['deepspeed']}, "
              f"triton {env['triton']}, transformers {env['transformers']}; {wall_s:.0f} s in all", "",
-             "| part | status | wall s | key figures |", "|---|---|---:|---|"]
-    lines += [f"| {r.name} | {cell(status_cell(r))} | {r.wall_s:.0f} | {cell(r.summary)} |" for r in results]
+             "| part | status | wall s | limit s | H100 estimate s | key figures |", "|---|---|---:|---:|---:|---|"]
+    lines += [f"| {r.name} | {cell(status_cell(r))} | {r.wall_s:.0f} | {r.limit_s:.0f} | {r.estimate_s:.0f} | "
+              f"{cell(r.summary)} |" for r in results]
     if skipped:
         lines += ["", "Not run: " + "; ".join(f"{name} ({why})" for name, why in skipped.items()) + "."]
     lines += ["", "Training: median over the logged steps after the warm-up, accumulation 1. Peak memory: "

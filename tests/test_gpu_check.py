@@ -45,8 +45,10 @@ def parts_by_name(report: dict) -> dict[str, dict]:
 def test_every_part_passes_or_skips_where_only_a_gpu_can_run_it(dry_run, report):
     result, _ = dry_run
     parts = parts_by_name(report)
-    assert list(parts) == list(PARTS)
+    assert list(parts) == list(PARTS)  # in PART_TABLE's order, each with its limit and estimate
+    table = {part.name: part for part in PART_TABLE}
     for name, part in parts.items():
+        assert (part["limit_s"], part["estimate_s"]) == (table[name].limit_s, table[name].estimate_s), name
         allowed = ("pass", "skip") if name in GPU_ONLY_PARTS else ("pass",)
         assert part["status"] in allowed, f"{name}: {part['status']}: {part['reason']}"
         if part["status"] == "skip":
@@ -89,9 +91,11 @@ def test_generation_ran_the_exported_model(report):
 def test_markdown_table_has_a_row_per_part(dry_run):
     result, out = dry_run
     markdown = (out / "report.md").read_text()
-    assert "| part | status | wall s | key figures |" in markdown
+    assert "| part | status | wall s | limit s | H100 estimate s | key figures |" in markdown
+    limits = {part.name: (part.limit_s, part.estimate_s) for part in PART_TABLE}
     for name in PARTS:
         assert f"| {name} | " in markdown, name
+        assert f" | {limits[name][0]} | {limits[name][1]} | " in markdown.split(f"| {name} | ")[1].splitlines()[0], name
     assert "| part | status |" in result.stdout
 
 
