@@ -20,19 +20,24 @@ from minimind.training.arguments import parse_args
 from minimind.training.checkpoint_writes import CheckpointWriteError
 from minimind.training.loop import NonFiniteStepsError
 from minimind.training.pretrain import pretrain
-from minimind.training.process_group import leave_process_group, lost_a_peer
+from minimind.training.process_group import leave_process_group, lost_a_peer, tell_the_other_ranks
 from minimind.training.stall_watchdog import LOST_A_PEER_STATUS
 from minimind.training.world import global_rank
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags and train. Bad input is one line on stderr and exit status 2; a run stopped
+    """Parse flags and train. Bad input is one line on stderr and exit status 2 (bad input on one node
+    before the process group stops every rank with that node's line, through the rendezvous store); a run stopped
     for non-finite losses is one line and status 3, one whose checkpoint could not be written
     (disk full) one line and status 4; a rank that loses its peers (one died) one line and status 5."""
+    args = None
     try:
-        pretrain(parse_args(argv))
-    except UserInputError as error:  # every rank raises it alike, before or after the process group
+        args = parse_args(argv)
+        pretrain(args)
+    except UserInputError as error:  # every rank raises it alike, or one node's input: the others are told
         report(f"error: {error}")
+        if args is not None:  # a bad flag is on every rank's command line: each stops on its own
+            tell_the_other_ranks(error, args.rendezvous_timeout, args.rendezvous_report_interval)
         leave_process_group()
         return error.exit_status
     except NonFiniteStepsError as error:  # every rank stops together: rank 0 says why

@@ -6,7 +6,7 @@ import pytest
 import torch.distributed as dist
 
 import pretrain_ds
-from minimind.training import pretrain, process_group
+from minimind.training import pretrain, process_group, rendezvous
 from minimind.training.process_group import export_torch_variables
 from minimind.training.world import NO_LAUNCHER, NODE_SIZE_VARIABLES, LauncherError, launched_world
 
@@ -192,10 +192,10 @@ def test_slurm_jobs_sharing_a_node_meet_on_different_ports(monkeypatch):
 
 
 class CountingStore:
-    """The ``add`` of a rendezvous store, with ``others`` ranks arriving one per poll."""
+    """The ``add``, ``set`` and ``check`` of a rendezvous store, with ``others`` ranks arriving one per poll."""
 
     def __init__(self, others: int):
-        self.value, self.others = 0, others
+        self.value, self.others, self.keys = 0, others, set()
 
     def add(self, key, amount):
         if amount == 0 and self.others:
@@ -204,18 +204,25 @@ class CountingStore:
         self.value += amount
         return self.value
 
+    def set(self, key, value):
+        self.keys.add(key)
+
+    def check(self, keys):
+        return all(key in self.keys for key in keys)
+
 
 def test_ranks_wait_in_the_store_until_every_rank_arrived(monkeypatch):
-    monkeypatch.setattr(process_group, "RENDEZVOUS_POLL_S", 0.0)
+    monkeypatch.setattr(rendezvous, "POLL_S", 0.0)
     store = CountingStore(others=3)
-    process_group.wait_for_every_rank(store, size=4, timeout_s=10)
+    process_group.wait_for_every_rank(store, rank=1, size=4, timeout_s=10)
     assert store.value == 4 and store.others == 0
 
 
 def test_a_rank_that_never_arrives_is_one_line_after_the_rendezvous_timeout(monkeypatch):
-    monkeypatch.setattr(process_group, "RENDEZVOUS_POLL_S", 0.01)
-    with pytest.raises(LauncherError, match=r"^1 of 2 ranks started within 0 s \(--rendezvous_timeout\)"):
-        process_group.wait_for_every_rank(CountingStore(others=0), size=2, timeout_s=0.1)
+    monkeypatch.setattr(rendezvous, "POLL_S", 0.01)
+    with pytest.raises(LauncherError, match=r"^1 of 2 ranks started within 0 s \(--rendezvous_timeout\); "
+                                            r"missing: rank 1;"):
+        process_group.wait_for_every_rank(CountingStore(others=0), rank=0, size=2, timeout_s=0.1)
 
 
 @pytest.mark.parametrize("backend, size, torch_version, expected", [

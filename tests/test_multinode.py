@@ -20,6 +20,7 @@ Each way the world of 2 must train exactly as the session's 2-rank single-node
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -210,10 +211,40 @@ def test_openmpi_launcher_trains_as_one_node_with_two_ranks(tmp_path, corpus, la
 def test_a_node_arriving_later_than_the_collective_timeout_still_joins(tmp_path, corpus, launch_env_vars,
                                                                       reference_run):
     """Node 1 starts 15 s after node 0 (as a node still tokenizing would) with collectives that
-    give up after 5 s: the ranks meet in the rendezvous store, which waits --rendezvous_timeout."""
+    give up after 5 s: the ranks meet in the rendezvous store, which waits --rendezvous_timeout.
+    Meanwhile rank 0 says every --rendezvous_report_interval (1 s) that it waits for rank 1, and at
+    which master address and port."""
     args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(tmp_path / "late"),
-            "--max_steps", "3", "--collective_timeout", "5"]
+            "--max_steps", "3", "--collective_timeout", "5", "--rendezvous_report_interval", "1"]
     started = time.monotonic()
-    launch_two_nodes(tmp_path, args, launch_env_vars, node1_delay_s=15)
+    node0, _ = launch_two_nodes(tmp_path, args, launch_env_vars, node1_delay_s=15)
     assert time.monotonic() - started > 15
     assert [m["step"] for m in read_metrics(tmp_path / "late")] == [1, 2, 3]
+    port = master_port(node0.args)
+    waits = [line for line in node0.stdout.splitlines() if "rendezvous: 1 of 2 ranks arrived" in line]
+    assert len(waits) >= 3, node0.stdout[-3000:]  # node 1 came several intervals late
+    assert all(re.search(rf"waiting for rank 1; master 127\.0\.0\.1:{port} \(set by the deepspeed runner's "
+                         r"--master_addr/--master_port .*MASTER_ADDR/MASTER_PORT", line) for line in waits), waits
+
+
+def test_a_node_whose_input_checks_fail_stops_the_other_node_at_once_with_its_line(tmp_path, corpus,
+                                                                                  launch_env_vars):
+    """``--tokenizer_path tok`` exists in node 0's folder only: node 1 stops in its input checks,
+    before the process group, and node 0 stops with node 1's line (status 2) instead of waiting
+    out --rendezvous_timeout in the store."""
+    shutil.copytree(REPO_ROOT / "minimind" / "tokenizer" / "default", tmp_path / "node0" / "tok")
+    rendezvous_timeout_s = 150
+    args = [*REFERENCE_TRAINING, "--data_path", str(corpus), "--save_dir", str(tmp_path / "one_node_fails"),
+            "--tokenizer_path", "tok", "--rendezvous_timeout", str(rendezvous_timeout_s)]
+    started = time.monotonic()
+    node0, node1 = launch_two_nodes(tmp_path, args, launch_env_vars, own_folders=True, check=False)
+    elapsed = time.monotonic() - started
+    (own,) = [line for line in node1.stdout.splitlines() if line.startswith("pretrain_ds.py: error:")]
+    assert "tokenizer folder not found" in own and str(tmp_path / "node1" / "tok") in own
+    (told,) = [line for line in node0.stdout.splitlines() if line.startswith("pretrain_ds.py: error:")]
+    reason = own.removeprefix("pretrain_ds.py: error: ")
+    assert re.fullmatch(rf"pretrain_ds\.py: error: rank 1 on \S+ stopped before the process group: {re.escape(reason)}",
+                        told), told
+    assert node0.returncode == node1.returncode == 2
+    assert elapsed < rendezvous_timeout_s / 2, elapsed
+    assert "Traceback" not in node0.stdout + node1.stdout

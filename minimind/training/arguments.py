@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rendezvous_timeout", type=number_at_least(1, maximum=MAX_TIMEOUT_S), default=7200,
                      help="seconds the ranks wait for each other at start (a node still building its token "
                           "cache arrives late); no collective runs before they all arrive")
+    run.add_argument("--rendezvous_report_interval", type=number_at_least(1, maximum=MAX_TIMEOUT_S), default=60,
+                     help="seconds between the lines that say, while ranks wait for each other at start, which "
+                          "ranks are missing and where the master is")
     run.add_argument("--collective_timeout", type=number_at_least(1, maximum=MAX_TIMEOUT_S), default=600,
                      help="seconds a collective may wait for a dead or stuck rank before the job fails")
     run.add_argument("--max_nonfinite_steps", type=POSITIVE, default=20,

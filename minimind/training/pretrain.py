@@ -284,7 +284,7 @@ def moe_dispatch_notes(model_config: MiniMindConfig, ep_size: int | None, device
 def start_process_group(args: argparse.Namespace, inputs: RunInputs) -> None:
     """Join the process group with the collective timeout on this rank's device, check that
     every node sees the same ``--save_dir``, seed every RNG and set the fp32 matmul precision."""
-    init_process_group(args.collective_timeout, args.rendezvous_timeout)
+    init_process_group(args.collective_timeout, args.rendezvous_timeout, args.rendezvous_report_interval)
     check_shared(inputs.save_dir)
     deepspeed.runtime.utils.set_random_seed(args.seed)
     if tf32_matmuls(args, inputs, accelerator_device()):

@@ -27,7 +27,6 @@ import importlib.util
 import os
 import socket
 import subprocess
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,7 +37,16 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.comm.comm import mpi_discovery
 from packaging import version
 
+from minimind.errors import UserInputError
 from minimind.training.collectives import barrier
+from minimind.training.rendezvous import (
+    DEFAULT_REPORT_INTERVAL_S,
+    PeerStartError,
+    connect,
+    leave_after_failure,
+    record_failure,
+    wait_for_every_rank,
+)
 from minimind.training.world import (
     NO_LAUNCHER,
     TORCH_LAUNCHER,
@@ -53,18 +61,19 @@ SHARED_MEMORY = Path("/dev/shm")
 DEFAULT_MASTER_PORT = 29500
 # How long ranks wait for each other at start (a node still tokenizing arrives late).
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 2 * 3600
-RENDEZVOUS_POLL_S = 1.0
 
 
 def init_process_group(timeout_s: float | None = None,
-                       rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S) -> LaunchedWorld:
+                       rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
+                       report_interval_s: float = DEFAULT_REPORT_INTERVAL_S) -> LaunchedWorld:
     """Join the job's process group on this rank's own device; returns the launcher's world.
 
     Collectives give up after ``timeout_s`` (default torch's). Meeting the other ranks may
     take up to ``rendezvous_timeout_s``: a node that is still building its token cache
     arrives late, and that wait happens in the rendezvous store, before any collective exists
-    for NCCL's watchdog to abort. On CPU ranks, then unlink this rank's all-reduce buffer
-    name. Collective.
+    for NCCL's watchdog to abort; every ``report_interval_s`` of it is reported
+    (``minimind.training.rendezvous``), and a rank that stopped before arriving stops this one
+    (``PeerStartError``). On CPU ranks, then unlink this rank's all-reduce buffer name. Collective.
     """
     world = launched_world()
     export_torch_variables(world)
@@ -77,8 +86,8 @@ def init_process_group(timeout_s: float | None = None,
     os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "3"
     timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
     # torch's env:// rendezvous (rank 0's store, or torchrun's agent store), with the long timeout
-    store, rank, size = next(dist.rendezvous("env://", timeout=timedelta(seconds=rendezvous_timeout_s)))
-    wait_for_every_rank(store, size, rendezvous_timeout_s)
+    store, rank, size = connect(world.rank, rendezvous_timeout_s, report_interval_s)
+    wait_for_every_rank(store, rank, size, rendezvous_timeout_s, report_interval_s)
     if timeout is not None:
         store.set_timeout(timeout)
     backend = accelerator.communication_backend_name()
@@ -104,18 +113,31 @@ def binds_nccl_device(backend: str, size: int) -> bool:
         version.parse("2.6.0") < version.parse(torch.__version__) < version.parse("2.7.1"))
 
 
-def wait_for_every_rank(store: dist.Store, size: int, timeout_s: float) -> None:
-    """Return once all ``size`` ranks have reached this point, counted in the rendezvous ``store``
-    (no collective exists yet); a one-line ``LauncherError`` after ``timeout_s``."""
-    key = f"minimind/started/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    arrived = store.add(key, 1)
-    deadline = time.monotonic() + timeout_s
-    while arrived < size:
-        if time.monotonic() > deadline:
-            raise LauncherError(f"{arrived} of {size} ranks started within {timeout_s:.0f} s "
-                                "(--rendezvous_timeout); see the missing ranks' own logs")
-        time.sleep(RENDEZVOUS_POLL_S)
-        arrived = store.add(key, 0)
+def tell_the_other_ranks(error: UserInputError, rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
+                         report_interval_s: float = DEFAULT_REPORT_INTERVAL_S) -> None:
+    """After this rank stopped with ``error`` before the process group, make the others stop too.
+
+    A ``PeerStartError`` came from the store: this rank only counts itself out. Any other error is
+    written into the rendezvous store (reached as ``init_process_group`` reaches it, waiting up
+    to ``rendezvous_timeout_s`` for the master), where the waiting ranks read it. Nothing happens
+    once the process group exists (every rank raised alike), in a world of one, or where the
+    master is unknown (MPI without ``MASTER_ADDR``: only a collective discovery would find it).
+    """
+    if dist.is_initialized():
+        return
+    if isinstance(error, PeerStartError):
+        leave_after_failure(error.store, error.rank, error.size, rendezvous_timeout_s, report_interval_s)
+        return
+    try:
+        world = launched_world()
+        if world.size == 1 or ("MASTER_ADDR" not in os.environ and world.launcher != "slurm"):
+            return
+        export_torch_variables(world)
+        store, rank, size = connect(world.rank, rendezvous_timeout_s, report_interval_s)
+    except (UserInputError, RuntimeError, ValueError):  # no usable launcher or master: nobody to tell
+        return
+    record_failure(store, rank, error)
+    leave_after_failure(store, rank, size, rendezvous_timeout_s, report_interval_s)
 
 
 def export_torch_variables(world: LaunchedWorld, environ=None) -> None:
