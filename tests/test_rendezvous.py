@@ -85,3 +85,31 @@ def test_a_rank_that_stopped_before_arriving_stops_the_waiting_rank_with_its_lin
     left = time.monotonic()
     tell_the_other_ranks(raised.value, 600, INTERVAL_S)  # rank 0 hosts the store: every rank has read it
     assert time.monotonic() - left < 2
+
+
+def test_rank_zero_hosts_the_store_without_waiting_for_the_other_ranks_to_connect(monkeypatch):
+    """torch's ``env://`` rendezvous would block rank 0 until every rank connected, before it could
+    report anything: here rank 0 returns with the store at once, and a later rank reaches it."""
+    port = free_local_port()
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "3"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    started = time.monotonic()
+    store, rank, size = rendezvous.connect(0, timeout_s=60, interval_s=INTERVAL_S)
+    assert (rank, size) == (0, 3) and time.monotonic() - started < 5
+    later, _, _ = rendezvous.connect(2, timeout_s=60, interval_s=INTERVAL_S)
+    later.set("seen", "by rank 2")
+    assert store.get("seen") == b"by rank 2"
+
+
+def test_the_store_host_stops_waiting_for_ranks_that_never_read_the_failure(master, monkeypatch, capsys):
+    """A failed start on a job whose other rank never arrives (a dead node): rank 0 keeps the store up
+    for ``LINGER_S`` at most, not for the whole rendezvous timeout, and says so in one line."""
+    store, port = master
+    monkeypatch.setattr(rendezvous, "LINGER_S", 2 * INTERVAL_S)
+    started = time.monotonic()
+    rendezvous.leave_after_failure(store, 0, 2, timeout_s=600, interval_s=INTERVAL_S)
+    assert 2 * INTERVAL_S <= time.monotonic() - started < 2 * INTERVAL_S + 3
+    (last,) = [line for line in capsys.readouterr().out.splitlines() if "stopped keeping" in line]
+    assert last.startswith(f"rendezvous: stopped keeping the store up at 127.0.0.1:{port} after 2 s; "
+                           "1 of 2 ranks have not read why")

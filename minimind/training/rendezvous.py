@@ -12,7 +12,7 @@ whichever launcher started the job. Waiting there may last up to ``--rendezvous_
 A rank that stops before the process group (bad input on its node only) writes its one line
 into the store (``record_failure``); every waiting rank reads it and stops with one
 line naming that rank, its host and its message, instead of waiting out the timeout. The
-store's host stays up until every other rank has read it (or the rendezvous timeout).
+store's host stays up until every other rank has read it, or for ``LINGER_S`` at most.
 """
 
 import os
@@ -31,6 +31,9 @@ from minimind.training.world import LauncherError
 DEFAULT_REPORT_INTERVAL_S = 60
 POLL_S = 1.0
 MISSING_NAMED = 8  # missing ranks named in a progress line; the rest are counted
+# How long the store's host stays up, at most, after a failed start for the other ranks to read why:
+# a rank that has not arrived by then (a dead node) would otherwise hold the job for --rendezvous_timeout.
+LINGER_S = 600
 HOW_TO_SET_THE_MASTER = ("set by the deepspeed runner's --master_addr/--master_port (its default address is the first "
                          "of `hostname -I` on the first host), or MASTER_ADDR/MASTER_PORT for other launchers")
 
@@ -80,10 +83,19 @@ def reporting_the_wait_for_the_master(rank: int, interval_s: float) -> Iterator[
 
 
 def connect(rank: int, timeout_s: float, interval_s: float) -> tuple[dist.Store, int, int]:
-    """torch's ``env://`` rendezvous (rank 0's store, or torchrun's agent store), waiting up to
-    ``timeout_s`` for the master and reporting that wait; returns ``(store, rank, size)``."""
+    """The store torch's ``env://`` rendezvous would reach (rank 0 hosts it, or torchrun's agent),
+    waiting up to ``timeout_s`` for the master and reporting that wait; returns ``(store, rank, size)``.
+
+    Unlike ``env://``, rank 0 does not wait inside the store's constructor for every other rank to
+    connect: it goes on to ``wait_for_every_rank``, which counts and names them as they arrive."""
+    size = int(os.environ["WORLD_SIZE"])
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    timeout = timedelta(seconds=timeout_s)
     with reporting_the_wait_for_the_master(rank, interval_s):
-        return next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+        if not hosts_the_store(rank):
+            return dist.TCPStore(address, port, size, is_master=False, timeout=timeout), rank, size
+        return dist.TCPStore(address, port, size, is_master=True, timeout=timeout, wait_for_workers=False,
+                             multi_tenant=True), rank, size
 
 
 def wait_for_every_rank(store: dist.Store, rank: int, size: int, timeout_s: float,
@@ -146,9 +158,15 @@ def leave_after_failure(store: dist.Store, rank: int, size: int, timeout_s: floa
     left = store.add(left_key, 1)
     if not hosts_the_store(rank):
         return
+    linger_s = min(timeout_s, LINGER_S)
     started = time.monotonic()
     next_report = started + interval_s
-    while left < size and time.monotonic() - started < timeout_s:
+    while left < size:
+        if time.monotonic() - started >= linger_s:
+            print(f"rendezvous: stopped keeping the store up at {master_address()} after {linger_s:.0f} s; "
+                  f"{size - left} of {size} ranks have not read why the job stops (they wait for the master "
+                  "until --rendezvous_timeout, or until their launcher stops them)", flush=True)
+            return
         if time.monotonic() >= next_report:
             print(f"rendezvous: keeping the store up at {master_address()} until every rank has read why the job "
                   f"stops: {left} of {size} have", flush=True)
