@@ -15,14 +15,16 @@ machine). ``--help`` lists every flag; MiniMind's flag names keep their meaning.
 
 import sys
 
+from deepspeed.accelerator import get_accelerator
+
 from minimind.errors import UserInputError, first_line
-from minimind.training.arguments import parse_args
-from minimind.training.checkpoint_writes import CheckpointWriteError
-from minimind.training.loop import NonFiniteStepsError
+from minimind.training.arguments import parse_args, run_config
+from minimind.training.checkpoints.recorded_writes import CheckpointWriteError
+from minimind.training.distributed.process_group import leave_process_group, lost_a_peer, tell_the_other_ranks
+from minimind.training.distributed.stall_watchdog import LOST_A_PEER_STATUS
+from minimind.training.distributed.world import global_rank
+from minimind.training.loop.steps import NonFiniteStepsError
 from minimind.training.pretrain import pretrain
-from minimind.training.process_group import leave_process_group, lost_a_peer, tell_the_other_ranks
-from minimind.training.stall_watchdog import LOST_A_PEER_STATUS
-from minimind.training.world import global_rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = parse_args(argv)
-        pretrain(args)
+        pretrain(run_config(args, cpu_only=get_accelerator().device_name() == "cpu"))
     except UserInputError as error:  # every rank raises it alike, or one node's input: the others are told
         report(f"error: {error}")
         if args is not None:  # a bad flag is on every rank's command line: each stops on its own

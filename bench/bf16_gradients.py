@@ -29,10 +29,10 @@ from bench.train_throughput import cpu_model, micro_batches, time_interleaved
 from minimind.data import PackedWindows, build_or_load_token_cache, default_corpus_path
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.collectives import barrier
-from minimind.training.cpu_host import set_cpu_threads
-from minimind.training.loop import train_step
-from minimind.training.process_group import init_process_group
+from minimind.training.distributed.collectives import barrier
+from minimind.training.distributed.process_group import init_process_group
+from minimind.training.hardware.cpu import set_cpu_threads
+from minimind.training.loop.steps import train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BF16_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"

@@ -387,7 +387,7 @@ def read_metrics(save_dir: Path) -> list[dict]:
     path = save_dir / "metrics.jsonl"
     if not path.is_file():
         raise PartFailed(f"the run wrote no {path}")
-    from minimind.training.run_files import is_validation_record  # a constant module: loads nothing of training
+    from minimind.training.run_dir.files import is_validation_record  # a constant module: loads nothing of training
 
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [record for record in records if not is_validation_record(record)]

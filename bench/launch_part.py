@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from minimind.training.process_group import free_local_port
+from minimind.training.distributed.process_group import free_local_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ peak RSS is its own::
 and prints a markdown table with the ratios to ``ep1``. The variants train the same MoE
 model (MiniMind's 145M MoE preset layout, 4 routed experts top-2 plus 1 shared, at a smaller
 width and depth) from one seed on the same random-token micro-batches, with
-``ds_configs/zero2_fp32.json`` (ZeRO-2, fp32) and ``minimind.training.loop.train_step``:
+``ds_configs/zero2_fp32.json`` (ZeRO-2, fp32) and ``minimind.training.loop.steps.train_step``:
 
 - ``plain``: no expert parallelism, the project's MoE layer (grouped GEMMs over experts sorted on the device);
 - ``ep1``: AutoEP at size 1: every rank holds all experts, no all-to-all;
@@ -39,11 +39,11 @@ from deepspeed.accelerator import get_accelerator
 
 from bench.engine import build_engine
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.training.collectives import all_gather, all_reduce, barrier
-from minimind.training.cpu_host import set_cpu_threads
-from minimind.training.loop import train_step
-from minimind.training.process_group import init_process_group
-from minimind.training.rank_print import print0
+from minimind.training.distributed.collectives import all_gather, all_reduce, barrier
+from minimind.training.distributed.process_group import init_process_group
+from minimind.training.distributed.rank_print import print0
+from minimind.training.hardware.cpu import set_cpu_threads
+from minimind.training.loop.steps import train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"

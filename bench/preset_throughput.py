@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from minimind.training.run_files import is_validation_record
+from minimind.training.run_dir.files import is_validation_record
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2

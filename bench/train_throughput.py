@@ -15,7 +15,7 @@ shipped tokenizer) with the batch arithmetic and AdamW settings of ``--ds_config
 config: the plain loop has no mixed precision to match bf16 with).
 
 ``throughput`` builds, from one seed, a DeepSpeed engine (``--ds_config``, ZeRO-2) driven by
-``minimind.training.loop.train_step`` and a plain PyTorch copy (DDP, ``torch.optim.AdamW`` with
+``minimind.training.loop.steps.train_step`` and a plain PyTorch copy (DDP, ``torch.optim.AdamW`` with
 the config's hyper-parameters, the same loss normalisation and gradient clipping), and trains
 both on packed windows (``PackedWindows``) and on MiniMind's padded rows (``PaddedDocuments``),
 interleaved step by step so that a busy machine slows all four alike. Warm-up rounds are not
@@ -62,11 +62,11 @@ from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import token_cross_entropy
 from minimind.model.precision import precision_of
 from minimind.tokenizer import load_tokenizer
-from minimind.training.collectives import all_gather_object, all_reduce, barrier
-from minimind.training.cpu_host import set_cpu_threads
-from minimind.training.loop import StepResult, take, train_step
-from minimind.training.process_group import init_process_group
-from minimind.training.rank_print import print0
+from minimind.training.distributed.collectives import all_gather_object, all_reduce, barrier
+from minimind.training.distributed.process_group import init_process_group
+from minimind.training.distributed.rank_print import print0
+from minimind.training.hardware.cpu import set_cpu_threads
+from minimind.training.loop.steps import StepResult, take, train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"

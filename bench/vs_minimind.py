@@ -15,7 +15,7 @@ same micro-batch:
   (``PackedWindows``, the default ``--packing 1``) dealt by ``RankInvariantSampler`` through
   ``make_data_loader`` as ``pretrain.training_data`` builds them, a DeepSpeed engine from the JSON
   (``bench.engine.build_engine``: ZeRO-2, fp32, torch's fused AdamW, accumulation 8) stepped by
-  ``minimind.training.loop.train_step``. Left out: the trainer's cosine schedule and logging
+  ``minimind.training.loop.steps.train_step``. Left out: the trainer's cosine schedule and logging
   (one scheduler call and a few reads per optimizer step).
 - **MiniMind** is its ``train_pretrain.py`` recipe rebuilt: one document per row as its
   ``PretrainDataset`` makes them (``PaddedDocuments``: bos + text + eos, truncated or padded; as
@@ -28,7 +28,7 @@ same micro-batch:
   pays nothing extra for its data; its constant learning rate leaves out MiniMind's per-step cosine.
 
 ``--deepspeed_config auto`` leaves the flag out of our command, as a user who passes only size
-flags does: the trainer then picks the precision this CPU suits (``choose_cpu_ds_config``: bf16
+flags does: the trainer then picks the precision this CPU suits (``arguments.cpu_ds_config``: bf16
 where the processor has bf16 instructions and one decoder block trains 1.2x faster in bf16),
 while the baseline stays what MiniMind's trainer does on a CPU, fp32 (its autocast is CUDA-only).
 
@@ -73,13 +73,13 @@ from minimind.data import (
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import precision_of
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.arguments import apply_defaults, choose_cpu_ds_config, model_config_kwargs
+from minimind.training.arguments import model_config_kwargs, run_config
 from minimind.training.arguments import parse_args as parse_trainer_flags
-from minimind.training.collectives import accelerator_device, barrier
-from minimind.training.cpu_host import set_cpu_threads
-from minimind.training.ds_config import BatchPlan
-from minimind.training.loop import take, train_step
-from minimind.training.process_group import init_process_group
+from minimind.training.distributed.collectives import accelerator_device, barrier
+from minimind.training.distributed.process_group import init_process_group
+from minimind.training.ds_config.load import BatchPlan
+from minimind.training.hardware.cpu import set_cpu_threads
+from minimind.training.loop.steps import take, train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DS_CONFIG = Path("ds_configs") / "zero2_fp32.json"
@@ -113,14 +113,14 @@ def trainer_command(args: argparse.Namespace) -> list[str]:
 
 
 def trainer_flags(args: argparse.Namespace) -> argparse.Namespace:
-    """``trainer_command`` parsed by the trainer's own parser, its machine-dependent defaults filled in."""
-    flags = parse_trainer_flags(trainer_command(args))
-    if flags.deepspeed_config is not None:
-        flags.deepspeed_config = str(REPO_ROOT / flags.deepspeed_config)
-    apply_defaults(flags, cpu_only=get_accelerator().device_name() == "cpu")
-    if flags.deepspeed_config is None:
-        print(choose_cpu_ds_config(flags), flush=True)
-    return flags
+    """``trainer_command`` resolved as the trainer resolves it (its run config's flags, every default filled in)."""
+    parsed = parse_trainer_flags(trainer_command(args))
+    if parsed.deepspeed_config is not None:
+        parsed.deepspeed_config = str(REPO_ROOT / parsed.deepspeed_config)
+    config = run_config(parsed, cpu_only=get_accelerator().device_name() == "cpu")
+    if config.host.precision_timed:
+        print(config.host.notes[-1], flush=True)
+    return argparse.Namespace(**config.flags)
 
 
 def optimizer_steps(dataset: Dataset, batch: BatchPlan, seed: int) -> Iterator[list[dict]]:
@@ -232,7 +232,7 @@ def build_sides(args: argparse.Namespace, flags: argparse.Namespace) -> tuple[li
     tokenizer = load_tokenizer(flags.tokenizer_path)
     cache = build_or_load_token_cache(default_corpus_path(log=print), tokenizer, log=print)
     device = accelerator_device()
-    kwargs = model_config_kwargs(flags)
+    kwargs = model_config_kwargs(vars(flags))
     vocab_size = max(len(tokenizer), 6400)
     deepspeed.runtime.utils.set_random_seed(flags.seed)
     model = MiniMindForCausalLM(MiniMindConfig(**kwargs, vocab_size=vocab_size))

@@ -31,7 +31,7 @@ from matplotlib.ticker import EngFormatter
 
 from minimind.errors import UserInputError
 from minimind.flags import FlagParser
-from minimind.training.run_files import (
+from minimind.training.run_dir.files import (
     METRICS_FILE,
     REPORT_IMAGE,
     REPORT_MARKDOWN,

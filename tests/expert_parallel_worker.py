@@ -5,7 +5,7 @@ Launched once as ``deepspeed --num_gpus 2 tests/expert_parallel_worker.py CASES 
 config, initial MiniMind weights, the expert-parallel size and the global batches of
 every optimizer step. For each scenario this builds a DeepSpeed engine from
 ``ds_configs/zero2_fp32.json`` with the ``expert_parallel`` section that
-``resolve_expert_parallel`` writes, trains the steps exactly as ``minimind.training.loop``
+``resolve_expert_parallel`` writes, trains the steps exactly as ``minimind.training.loop.steps``
 scales losses, and records per step the global cross-entropy, the aux loss, every
 parameter's full gradient (MiniMind keys, experts re-assembled) and the final weights;
 one scenario also saves a checkpoint after its first step and resumes from it, and writes
@@ -25,16 +25,16 @@ from deepspeed.utils import safe_get_full_grad
 from minimind.checkpoint.autoep_names import minimind_expert_keys
 from minimind.data import IGNORE_INDEX
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.training.collectives import all_reduce, barrier
-from minimind.training.ds_config import resolve_ds_config
-from minimind.training.expert_parallel import (
+from minimind.training.distributed.collectives import all_reduce, barrier
+from minimind.training.distributed.process_group import init_process_group
+from minimind.training.ds_config.load import resolve_ds_config
+from minimind.training.parallel.autoep import (
     autoep_layers,
     expert_gatherer,
     install_aux_loss,
     resolve_expert_parallel,
     write_expert_parallel_weights,
 )
-from minimind.training.process_group import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
@@ -75,7 +75,7 @@ def train(engine, case: dict, steps: range, rank: int, world: int, record: dict)
     for step in steps:
         inputs, labels_of_step = all_inputs[step, rank], all_labels[step, rank]
         total = all_reduce(torch.tensor([float((labels_of_step != IGNORE_INDEX).sum())], dtype=torch.float64))
-        scale = accumulation * world / total.item()  # as minimind.training.loop.train_step
+        scale = accumulation * world / total.item()  # as minimind.training.loop.steps.train_step
         ce_sum = aux_sum = 0.0
         for input_ids, labels in zip(inputs, labels_of_step, strict=True):
             output = engine(input_ids=input_ids)

@@ -20,7 +20,7 @@ from deepspeed.runtime.engine import DeepSpeedEngine
 
 import pretrain_ds
 from minimind.model.modeling import MiniMindForCausalLM
-from minimind.training.world import global_rank
+from minimind.training.distributed.world import global_rank
 
 if os.environ.get("ALLOW_FP16_ON_CPU") == "1":
     get_accelerator().is_fp16_supported = lambda: True

@@ -15,8 +15,8 @@ import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from minimind.training.process_group import free_local_port
-from minimind.training.run_files import is_validation_record
+from minimind.training.distributed.process_group import free_local_port
+from minimind.training.run_dir.files import is_validation_record
 from tests.project_tree import REPO_ROOT
 
 DS_CONFIGS = REPO_ROOT / "ds_configs"

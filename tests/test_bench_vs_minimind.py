@@ -15,7 +15,7 @@ from bench.vs_minimind import Side, minimind_rows, optimizer_steps, profile_top_
 from minimind.data import PaddedDocuments, RankInvariantSampler, build_or_load_token_cache, default_corpus_path
 from minimind.tokenizer import load_tokenizer
 from minimind.training.arguments import parse_args as parse_trainer_flags
-from minimind.training.ds_config import BatchPlan
+from minimind.training.ds_config.load import BatchPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "64", "--steps", "2"]

@@ -20,9 +20,9 @@ from minimind.checkpoint.manifest import (
     tag_state_digest,
     verify_entries,
 )
-from minimind.training.checkpointing import prune_checkpoints
-from minimind.training.resume import ResumeRequest, choose_resume
-from minimind.training.universal_resume import copy_of
+from minimind.training.checkpoints.resume_choice import ResumeRequest, choose_resume
+from minimind.training.checkpoints.tags import prune_checkpoints
+from minimind.training.checkpoints.universal import copy_of
 
 WEIGHTS = "pretrain_64.pth"
 

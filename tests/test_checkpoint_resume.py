@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from minimind.checkpoint.manifest import MANIFEST_NAME
-from minimind.training.lr_schedule import minimind_lr_factor
+from minimind.training.loop.lr_schedule import minimind_lr_factor
 from tests.launcher import (
     FP32_CONFIG,
     ONE_RANK_WHOLE_BATCH,

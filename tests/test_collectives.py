@@ -1,4 +1,4 @@
-"""Every collective goes through ``minimind.training.collectives``, which works on the accelerator device.
+"""Every collective goes through ``minimind.training.distributed.collectives``, which works on the accelerator device.
 
 gloo accepts collectives on CPU tensors and NCCL crashes on them, so CPU-rank tests cannot
 catch a host tensor handed to ``torch.distributed``. The class of bug is ruled out by
@@ -12,10 +12,10 @@ import ast
 import pytest
 import torch
 
-from minimind.training import collectives
+from minimind.training.distributed import collectives
 from tests.launcher import REPO_ROOT
 
-HELPER = REPO_ROOT / "minimind" / "training" / "collectives.py"
+HELPER = REPO_ROOT / "minimind" / "training" / "distributed" / "collectives.py"
 PROJECT_FOLDERS = ("minimind", "kernels", "bench", "tests")
 DISTRIBUTED_MODULES = {"torch.distributed", "deepspeed.comm"}
 COLLECTIVES = {
@@ -71,7 +71,7 @@ def test_the_checker_finds_a_direct_collective_however_it_is_imported(source):
 
 
 def test_the_checker_leaves_other_calls_alone():
-    source = ("import torch.distributed as dist\nfrom minimind.training.collectives import all_reduce\n"
+    source = ("import torch.distributed as dist\nfrom minimind.training.distributed.collectives import all_reduce\n"
               "dist.get_rank()\ndist.is_initialized()\nall_reduce(t)\nother.all_reduce(t)\n")
     assert direct_collective_calls(source) == []
 
@@ -82,7 +82,7 @@ def test_no_module_but_the_helper_calls_a_collective_directly():
     assert len(files) > 50 and HELPER.is_file()
     offenders = {str(path.relative_to(REPO_ROOT)): calls
                  for path in files if (calls := direct_collective_calls(path.read_text(encoding="utf-8")))}
-    assert offenders == {}, f"call the collectives through minimind.training.collectives: {offenders}"
+    assert offenders == {}, f"call the collectives through minimind.training.distributed.collectives: {offenders}"
 
 
 def test_without_a_process_group_the_helpers_are_the_collectives_of_a_world_of_one():

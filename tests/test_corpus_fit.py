@@ -3,10 +3,11 @@
 import pytest
 
 from minimind.data import DataError
-from minimind.training.corpus_fit import MIN_STEPS_PER_EPOCH, fit_batch_to_corpus
-from minimind.training.ds_config import BatchPlan
+from minimind.data.pipeline import DataSettings
+from minimind.training.ds_config.corpus_fit import MIN_STEPS_PER_EPOCH, fit_batch_to_corpus
+from minimind.training.ds_config.load import BatchPlan
 from minimind.training.pretrain import fit_samples
-from minimind.training.run_inputs import RunInputs
+from minimind.training.run.inputs import RunInputs
 
 # The bundled corpus at max_seq_len 340: 2,549,233 tokens in windows of 341.
 BUNDLED_WINDOWS = -(-2_549_233 // 341)
@@ -45,12 +46,17 @@ def test_8_gpus_lower_accumulation_and_32_repeat_the_corpus():
     assert (thirty_two.batch.accumulation, thirty_two.repeats) == (1, 2)
     assert thirty_two.note.endswith("repeated 2 times per epoch, 14 steps per epoch")
 
+# The data section of a flag-less run: the bundled corpus, MiniMind's defaults.
+BUNDLED_CORPUS = DataSettings(sources=(), max_seq_len=340, packing=True, eval_fraction=None, eval_data_path=None,
+                              skip_bad_lines=False, text_field="text", mixture_exhaust="repeat", seed=42,
+                              tokenize_workers=1)
+
 
 def run_inputs(batch: BatchPlan, fit: bool) -> RunInputs:
     ds_config = {"train_micro_batch_size_per_gpu": batch.micro_batch,
                  "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_batch}
     return RunInputs(cpu_only=False, demo=False, ds_config=ds_config, batch=batch, save_dir=None, tokenizer=None,
-                     model_config=None, data_paths=(), cache_locations=(), resume_request=None, ep_size=None,
+                     model_config=None, data=BUNDLED_CORPUS, cache_locations=(), resume_request=None, ep_size=None,
                      fit_batch_to_corpus=fit)
 
 

@@ -8,9 +8,10 @@ import torch
 
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
-from minimind.training import cpu_host, pretrain
-from minimind.training.arguments import CPU_DS_CONFIGS, apply_defaults, choose_cpu_ds_config, parse_args
-from minimind.training.run_inputs import RunInputs
+from minimind.training import pretrain
+from minimind.training.arguments import CPU_DS_CONFIGS, cpu_ds_config, parse_args, resolved_flags
+from minimind.training.hardware import cpu as cpu_host
+from minimind.training.run.inputs import RunInputs
 
 EPYC_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 xsave\n"
 SAPPHIRE_RAPIDS_FLAGS = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
@@ -75,8 +76,7 @@ def test_a_real_block_is_timed_in_both_precisions():
 
 
 def test_a_cpu_run_without_a_config_takes_the_chosen_precision(monkeypatch):
-    args = parse_args(["--hidden_size", "64", "--batch_size", "3"])
-    apply_defaults(args, cpu_only=True)
+    flags, _ = resolved_flags(vars(parse_args(["--hidden_size", "64", "--batch_size", "3"])), cpu_only=True)
     seen = {}
 
     def choose(config, micro_batch, seq_len):
@@ -85,15 +85,15 @@ def test_a_cpu_run_without_a_config_takes_the_chosen_precision(monkeypatch):
         return cpu_host.PrecisionChoice("bf16", "a stated reason")
 
     monkeypatch.setattr("minimind.training.arguments.choose_cpu_precision", choose)
-    line = choose_cpu_ds_config(args)
-    assert args.deepspeed_config == str(CPU_DS_CONFIGS["bf16"])
+    path, line = cpu_ds_config(flags)
+    assert path == str(CPU_DS_CONFIGS["bf16"])
     assert seen == {"hidden": 64, "layers": 8, "micro_batch": 3, "seq_len": 340}
     assert line == "precision bf16: a stated reason (--deepspeed_config chooses another)"
 
 
 def run_inputs(ds_config: dict, precision_timed: bool) -> RunInputs:
     return RunInputs(cpu_only=True, demo=False, ds_config=ds_config, batch=None, save_dir=None, tokenizer=None,
-                     model_config=None, data_paths=(), cache_locations=(), resume_request=None, ep_size=None,
+                     model_config=None, data=None, cache_locations=(), resume_request=None, ep_size=None,
                      fit_batch_to_corpus=False, precision_timed=precision_timed)
 
 

@@ -2,7 +2,6 @@
 invariance and resume, in process against counts taken from the samples themselves. (End to end through the
 launcher: ``test_checkpoint_resume``'s resume on one rank across an epoch boundary trains on a mixture.)"""
 
-import argparse
 import json
 from collections import Counter
 
@@ -17,14 +16,13 @@ from minimind.data import (
     PackedWindows,
     RankInvariantSampler,
     data_sources,
-    source_files,
     token_cache_location,
 )
+from minimind.data.pipeline import DataSettings, load_samples
 from minimind.model import MiniMindConfig
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.pretrain import load_samples
-from minimind.training.resume_fit import data_position_applies
-from minimind.training.run_inputs import RunInputs
+from minimind.training.checkpoints.identity import data_position_applies
+from minimind.training.run.inputs import RunInputs
 from tests.launcher import write_corpus
 
 SOURCE_SPAN = 1000  # source d's tokens are ids in [d * SOURCE_SPAN, (d + 1) * SOURCE_SPAN)
@@ -163,6 +161,13 @@ def test_entries_with_weights_are_sources_and_bad_weights_are_one_line(tmp_path)
         assert str(raised.value).startswith("--data_path: ") or "no such file" in named
 
 
+def mixture_settings(entries: list[str]) -> DataSettings:
+    """The data section of a run on ``entries`` (``path:weight``), 0.1 of each source held out, 24-token windows."""
+    return DataSettings(sources=tuple(data_sources(entries)), max_seq_len=24, packing=True, eval_fraction=0.1,
+                        eval_data_path=None, skip_bad_lines=False, text_field="text", mixture_exhaust="repeat",
+                        seed=5, tokenize_workers=1)
+
+
 def test_load_samples_mixes_each_sources_training_documents_and_validates_on_all_held_out(tmp_path, monkeypatch):
     """The real ``load_samples``: no held-out document of any source is trained on, and the eval windows hold
     every source's held-out documents."""
@@ -170,15 +175,9 @@ def test_load_samples_mixes_each_sources_training_documents_and_validates_on_all
     web = write_corpus(tmp_path / "web.jsonl", lines=300, seed=5)
     code = write_corpus(tmp_path / "code.jsonl", lines=80, seed=6)
     tokenizer = load_tokenizer(None)
-    args = argparse.Namespace(data_path=[f"{web}:0.8", f"{code}:0.2"], eval_fraction=0.1, eval_data_path=None,
-                              max_seq_len=24, packing=1, skip_bad_lines=False, text_field="text",
-                              mixture_exhaust="repeat", seed=5, tokenize_workers=1)
-    sources = tuple(data_sources(args.data_path))
-    inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path, tokenizer=tokenizer,
-                       model_config=None, data_paths=(web, code), cache_locations=(None, None), resume_request=None,
-                       ep_size=None, fit_batch_to_corpus=False, sources=sources)
-    samples, eval_windows = load_samples(args, inputs)
-    assert isinstance(samples, MixedSamples) and inputs.is_mixture
+    settings = mixture_settings([f"{web}:0.8", f"{code}:0.2"])
+    samples, eval_windows = load_samples(settings, tokenizer, (None, None), None, local_rank=0, log=print)
+    assert isinstance(samples, MixedSamples) and settings.is_mixture and settings.data_paths == (web, code)
     assert [source.weight for source in samples.sources] == [0.8, 0.2]
     texts = [[json.loads(line)["text"] for line in path.read_text().splitlines()] for path in (web, code)]
     held_out_texts = tokenizer.decode(eval_windows.tokens[:len(eval_windows.tokens)].tolist())
@@ -194,16 +193,9 @@ def test_a_source_too_small_to_hold_documents_out_is_one_line(tmp_path, monkeypa
     monkeypatch.setenv("MINIMIND_CACHE_DIR", str(tmp_path / "cache"))
     web = write_corpus(tmp_path / "web.jsonl", lines=50)
     note = write_corpus(tmp_path / "note.jsonl", lines=1)
-    args = argparse.Namespace(data_path=[f"{web}:0.9", f"{note}:0.1"], eval_fraction=0.1, eval_data_path=None,
-                              max_seq_len=24, packing=1, skip_bad_lines=False, text_field="text",
-                              mixture_exhaust="repeat", seed=5, tokenize_workers=1)
-    sources = tuple(data_sources(args.data_path))
-    inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path,
-                       tokenizer=load_tokenizer(None), model_config=None, data_paths=source_files(sources),
-                       cache_locations=(None, None), resume_request=None, ep_size=None, fit_batch_to_corpus=False,
-                       sources=sources)
+    settings = mixture_settings([f"{web}:0.9", f"{note}:0.1"])
     with pytest.raises(DataError) as raised:
-        load_samples(args, inputs)
+        load_samples(settings, load_tokenizer(None), (None, None), None, local_rank=0, log=print)
     assert str(raised.value) == (f"--eval_fraction: {note}: holding out 0.1 of 1 documents leaves none to "
                                  "train on")
 
@@ -213,15 +205,15 @@ def test_a_resume_with_other_weights_policy_seed_or_text_field_restarts_the_data
     tokenizer = load_tokenizer(None)
 
     def identity(entries: list[str], **changes) -> dict:
-        args = argparse.Namespace(**{"data_path": entries, "packing": 1, "max_seq_len": 32, "eval_fraction": None,
-                                     "mixture_exhaust": "repeat", "seed": 1, "text_field": "text", **changes})
-        sources = tuple(data_sources(entries))
-        files = source_files(sources)
+        settings = DataSettings(**{"sources": tuple(data_sources(entries)), "packing": True, "max_seq_len": 32,
+                                   "eval_fraction": None, "eval_data_path": None, "skip_bad_lines": False,
+                                   "mixture_exhaust": "repeat", "seed": 1, "text_field": "text",
+                                   "tokenize_workers": 1, **changes})
         inputs = RunInputs(cpu_only=True, demo=False, ds_config={}, batch=None, save_dir=tmp_path, tokenizer=tokenizer,
-                           model_config=MiniMindConfig(), data_paths=files,
-                           cache_locations=tuple(token_cache_location(path, tokenizer) for path in files),
-                           resume_request=None, ep_size=None, fit_batch_to_corpus=False, sources=sources)
-        return inputs.identity(args)
+                           model_config=MiniMindConfig(), data=settings,
+                           cache_locations=tuple(token_cache_location(path, tokenizer) for path in settings.data_paths),
+                           resume_request=None, ep_size=None, fit_batch_to_corpus=False)
+        return inputs.identity()
 
     saved = identity([f"{web}:0.7", f"{code}:0.3"])
     assert data_position_applies({"data": saved.data}, identity([f"{web}:0.7", f"{code}:0.3"]))

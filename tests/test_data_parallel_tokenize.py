@@ -10,8 +10,7 @@ import json
 import multiprocessing
 import re
 import time
-from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import replace
 
 import psutil
 import pyarrow
@@ -24,13 +23,17 @@ from minimind.data import (
     build_lock,
     build_or_load_token_cache,
     build_or_load_token_caches,
+    data_sources,
+    pipeline,
     token_cache_location,
     unit_claims,
 )
 from minimind.data.token_parts import parts_folder
 from minimind.data.work_units import plan_units
 from minimind.tokenizer import load_tokenizer
-from minimind.training import cpu_host, pretrain
+from minimind.training import arguments
+from minimind.training.arguments import parse_args, run_config
+from minimind.training.hardware import cpu as cpu_host
 
 TEXTS = ["The first document.", "第二个文档，中文。", "", "   ", "emoji 🚀 third", "fourth " * 40, "x",
          "ünïcödé ßpläït across a boundary", "a\nnewline inside", "最后"]
@@ -294,12 +297,17 @@ def test_a_bad_tokenize_workers_value_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, expected", [(0, 4), (3, 3)])
-def test_tokenize_workers_zero_is_the_ranks_share_of_the_cores(monkeypatch, flag, expected):
+def test_tokenize_workers_zero_is_the_ranks_share_of_the_cores(monkeypatch, tmp_path, flag, expected):
+    (tmp_path / "a.jsonl").write_text('{"text": "a"}\n')
     monkeypatch.setattr(cpu_host, "available_cores", lambda: 16)
     monkeypatch.setattr(cpu_host, "node_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_SIZE", "4")  # four ranks on this node
+    monkeypatch.setattr(arguments, "set_cpu_threads", lambda: "torch's threads left alone")
+    flags = ["--tokenize_workers", str(flag), "--deepspeed_config", "ds_configs/zero2_fp32.json"]
+    settings = run_config(parse_args(flags), cpu_only=True).data
+    assert settings.tokenize_workers == expected
     calls = []
-    monkeypatch.setattr(pretrain, "build_or_load_token_caches", lambda *args, **options: calls.append(options))
-    inputs = SimpleNamespace(data_paths=(Path("a.jsonl"),), tokenizer=None, cache_locations=(None,))
-    pretrain.training_caches(SimpleNamespace(tokenize_workers=flag, skip_bad_lines=False), inputs)
+    monkeypatch.setattr(pipeline, "build_or_load_token_caches", lambda *args, **options: calls.append(options))
+    one_file = replace(settings, sources=tuple(data_sources([str(tmp_path / "a.jsonl")])))
+    pipeline.training_caches(one_file, None, (None,), local_rank=0, log=print)
     assert calls[0]["workers"] == expected

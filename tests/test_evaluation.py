@@ -3,7 +3,6 @@ ranks, and the loss against a float64 computation written here."""
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,12 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.data import PackedWindows, PaddedDocuments, document_stream, split_documents, token_cache_location
+from minimind.data import (
+    PackedWindows,
+    PaddedDocuments,
+    data_sources,
+    document_stream,
+    split_documents,
+    token_cache_location,
+)
+from minimind.data.pipeline import DataSettings, load_samples
 from minimind.errors import ConfigError
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.evaluation import eval_batch_count, evaluate, rank_window_indices
-from minimind.training.pretrain import load_samples
-from minimind.training.samples import read_sample_prompts
+from minimind.training.evaluation.samples import read_sample_prompts
+from minimind.training.evaluation.validation_loss import eval_batch_count, evaluate, rank_window_indices
 from tests.plain_engine import PlainEngine
 from tests.test_data_windows import synthetic_cache
 
@@ -147,11 +153,11 @@ def test_the_run_trains_on_none_of_the_held_out_documents(packing, tmp_path, mon
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
     tokenizer = load_tokenizer()
-    args = SimpleNamespace(skip_bad_lines=False, eval_fraction=0.1, eval_data_path=None, packing=packing,
-                           max_seq_len=16, tokenize_workers=1)
-    inputs = SimpleNamespace(tokenizer=tokenizer, data_paths=(corpus,), cache_locations=(token_cache_location(
-        corpus, tokenizer),), data_description=corpus.name, eval_cache_location=None, sources=(), is_mixture=False)
-    samples, eval_windows = load_samples(args, inputs)
+    settings = DataSettings(sources=tuple(data_sources([str(corpus)])), max_seq_len=16, packing=bool(packing),
+                            eval_fraction=0.1, eval_data_path=None, skip_bad_lines=False, text_field="text",
+                            mixture_exhaust="repeat", seed=1, tokenize_workers=1)
+    samples, eval_windows = load_samples(settings, tokenizer, (token_cache_location(corpus, tokenizer),), None,
+                                         local_rank=0, log=print)
     held_out = set(split_documents(len(texts), 0.1).held_out.tolist())
     documents = [[tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
                  for text in texts]

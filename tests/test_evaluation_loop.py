@@ -9,13 +9,13 @@ from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.data import PackedWindows
 from minimind.model.generation import prompt_token_ids
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.checkpointer import Checkpointer
-from minimind.training.checkpointing import TrainingPosition
-from minimind.training.ds_config import BatchPlan
-from minimind.training.evaluator import EvalSettings, Evaluator
-from minimind.training.loop import LoopSettings, run_training
-from minimind.training.metrics import ThroughputMeter
-from minimind.training.samples import SampleGenerator
+from minimind.training.ds_config.load import BatchPlan
+from minimind.training.evaluation.samples import SampleGenerator
+from minimind.training.loop.evaluation_schedule import EvalSettings, Evaluator
+from minimind.training.loop.save_schedule import Checkpointer
+from minimind.training.loop.steps import LoopSettings, run_training
+from minimind.training.metrics.logger import ThroughputMeter
+from minimind.training.position import TrainingPosition
 from tests.model_reference import greedy_full_recompute
 from tests.test_evaluation import reference_val_loss
 from tests.test_loop_exits import QuietLogger, SkippingEngine, StopAfter
@@ -112,7 +112,7 @@ def test_a_resumed_run_does_not_evaluate_a_step_already_evaluated():
 
 def test_time_spent_evaluating_or_saving_is_left_out_of_tokens_per_second(monkeypatch):
     clock = iter([0.0, 2.0, 5.0, 6.0])  # start; a pause from 2 s to 5 s; the read at 6 s
-    monkeypatch.setattr("minimind.training.metrics.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("minimind.training.metrics.logger.time.perf_counter", lambda: next(clock))
     meter = ThroughputMeter(start_step=0)
     meter.count(torch.tensor(300.0))
     with meter.paused():

@@ -3,7 +3,7 @@
 One launch of ``tests/expert_parallel_worker.py`` on 2 CPU ranks runs every scenario; the
 reference here trains the plain model on the same initial weights and the same global
 batch, split as data parallelism splits it (each rank's micro-batches in turn, losses
-scaled as ``minimind.training.loop`` scales them, gradients averaged). Both sides are fp32.
+scaled as ``minimind.training.loop.steps`` scales them, gradients averaged). Both sides are fp32.
 """
 
 import copy
@@ -21,8 +21,8 @@ from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.moe import MoEGate
 from minimind.model.pth_weights import load_minimind_pth
-from minimind.training.ds_config import read_ds_config
-from minimind.training.expert_parallel import (
+from minimind.training.ds_config.load import read_ds_config
+from minimind.training.parallel.autoep import (
     ExpertParallelAuxLoss,
     autoep_layers,
     check_resume_expert_parallel,

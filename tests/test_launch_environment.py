@@ -6,9 +6,10 @@ import pytest
 import torch.distributed as dist
 
 import pretrain_ds
-from minimind.training import pretrain, process_group, rendezvous
-from minimind.training.process_group import export_torch_variables
-from minimind.training.world import NO_LAUNCHER, NODE_SIZE_VARIABLES, LauncherError, launched_world
+from minimind.training import pretrain
+from minimind.training.distributed import process_group, rendezvous
+from minimind.training.distributed.process_group import export_torch_variables
+from minimind.training.distributed.world import NO_LAUNCHER, NODE_SIZE_VARIABLES, LauncherError, launched_world
 
 LAUNCHERS = {
     "deepspeed/torchrun": {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"},

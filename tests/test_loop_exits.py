@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.training.checkpointer import Checkpointer
-from minimind.training.checkpointing import TrainingPosition
-from minimind.training.ds_config import BatchPlan
-from minimind.training.loop import LoopSettings, NonFiniteStepsError, run_training
+from minimind.training.ds_config.load import BatchPlan
+from minimind.training.loop.save_schedule import Checkpointer
+from minimind.training.loop.steps import LoopSettings, NonFiniteStepsError, run_training
+from minimind.training.position import TrainingPosition
 from tests.plain_engine import PlainEngine
 
 

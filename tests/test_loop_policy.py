@@ -1,10 +1,10 @@
 """The loop's pieces without an engine: which micro-batches make each optimizer step across
 epochs, and when the checkpointer saves."""
 
-from minimind.training.checkpointer import Checkpointer
-from minimind.training.checkpointing import TrainingPosition
-from minimind.training.ds_config import BatchPlan
-from minimind.training.loop import LoopSettings, optimizer_steps
+from minimind.training.ds_config.load import BatchPlan
+from minimind.training.loop.save_schedule import Checkpointer
+from minimind.training.loop.steps import LoopSettings, optimizer_steps
+from minimind.training.position import TrainingPosition
 
 
 def settings(epochs: int, total_steps: int, batch: BatchPlan) -> LoopSettings:

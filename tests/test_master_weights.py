@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.training import weights_file
-from minimind.training.weights_file import master_weights_state_dict
+from minimind.training.checkpoints import pth as weights_file
+from minimind.training.checkpoints.pth import master_weights_state_dict
 
 
 @pytest.fixture

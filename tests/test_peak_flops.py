@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minimind.training import peak_flops as peak_flops_module
-from minimind.training.peak_flops import peak_flops, tf32_enabled
+from minimind.training.hardware import peak_flops as peak_flops_module
+from minimind.training.hardware.peak_flops import peak_flops, tf32_enabled
 
 CUDA = torch.device("cuda", 0)  # a device object only; nothing runs on it
 
@@ -133,7 +133,7 @@ def test_tf32_enabled_follows_torch_s_setting_whichever_api_set_it():
     # both been used its legacy getter raises for the rest of the process.
     script = (
         "import torch\n"
-        "from minimind.training.peak_flops import tf32_enabled\n"
+        "from minimind.training.hardware.peak_flops import tf32_enabled\n"
         "assert tf32_enabled() is False\n"  # torch's default: IEEE fp32 matmuls
         "torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
         "assert tf32_enabled() is True\n"

@@ -11,9 +11,9 @@ import pytest
 import torch.distributed as dist
 
 from minimind.errors import ConfigError
-from minimind.training import rendezvous
-from minimind.training.process_group import free_local_port, tell_the_other_ranks
-from minimind.training.rendezvous import PeerStartError, wait_for_every_rank
+from minimind.training.distributed import rendezvous
+from minimind.training.distributed.process_group import free_local_port, tell_the_other_ranks
+from minimind.training.distributed.rendezvous import PeerStartError, wait_for_every_rank
 
 INTERVAL_S = 1
 

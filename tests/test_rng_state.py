@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimind.training.checkpointing import restore_rng_state, rng_state
+from minimind.training.checkpoints.tags import restore_rng_state, rng_state
 
 
 class FakeGpus:

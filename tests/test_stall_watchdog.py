@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from minimind.training.stall_watchdog import LOST_A_PEER_STATUS, STALL_FRACTION, StallWatchdog
+from minimind.training.distributed.stall_watchdog import LOST_A_PEER_STATUS, STALL_FRACTION, StallWatchdog
 from tests.project_tree import REPO_ROOT
 
 
@@ -14,7 +14,8 @@ def test_a_rank_stuck_after_a_step_exits_with_the_lost_peer_line_and_status_with
     """A stand-in for a rank whose collective never returns (NCCL: the host blocks at its next sync):
     three steps finish, then the main thread waits forever."""
     collective_timeout_s = 4
-    stuck_rank = (f"import time\nfrom minimind.training.stall_watchdog import STALL_FRACTION, StallWatchdog\n"
+    stuck_rank = ("import time\n"
+                  "from minimind.training.distributed.stall_watchdog import STALL_FRACTION, StallWatchdog\n"
                   f"watchdog = StallWatchdog(1, STALL_FRACTION * {collective_timeout_s}).start()\n"
                   "for step in (1, 2, 3):\n    watchdog.beat(step)\n"
                   "print(time.monotonic(), flush=True)\n"

@@ -13,7 +13,7 @@ import torch
 from deepspeed.accelerator import real_accelerator
 
 import pretrain_ds
-from minimind.training import process_group
+from minimind.training.distributed import process_group
 from tests.launcher import launch_env
 from tests.project_tree import REPO_ROOT
 
@@ -31,8 +31,8 @@ torch.cuda.is_available = lambda: visible > 0
 if sys.argv[1:] == ["pytest"]:
     import tests.conftest
 from deepspeed.accelerator import get_accelerator
-from minimind.training import process_group
-from minimind.training.world import LauncherError
+from minimind.training.distributed import process_group
+from minimind.training.distributed.world import LauncherError
 try:
     device = get_accelerator().device_name(process_group.local_device_index())
 except LauncherError as error:

@@ -1,28 +1,32 @@
 """DeepSpeed config checks, batch arithmetic, flags and the learning-rate schedule (no processes launched)."""
 
+import dataclasses
 import json
 import math
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from deepspeed.accelerator import get_accelerator
 
 import pretrain_ds
+from minimind.data import DataError
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
-from minimind.training import pretrain, process_group
-from minimind.training.arguments import CPU_DEMO, apply_defaults, model_config_kwargs, parse_args
-from minimind.training.checkpointing import TrainingPosition
-from minimind.training.ds_config import read_ds_config, resolve_ds_config
-from minimind.training.lr_schedule import minimind_lr_factor, minimind_scheduler
-from minimind.training.metrics import model_flops_per_token
-from minimind.training.process_group import lost_a_peer
-from minimind.training.save_dir import disk_space_warning
-from minimind.training.world import launched_world
+from minimind.training import pretrain
+from minimind.training.arguments import model_config_kwargs, parse_args, resolved_flags, run_config
+from minimind.training.config import CPU_DEMO
+from minimind.training.distributed import process_group
+from minimind.training.distributed.process_group import lost_a_peer
+from minimind.training.distributed.world import launched_world
+from minimind.training.ds_config.load import read_ds_config, resolve_ds_config
+from minimind.training.loop.lr_schedule import minimind_lr_factor, minimind_scheduler
+from minimind.training.metrics.logger import model_flops_per_token
+from minimind.training.position import TrainingPosition
+from minimind.training.run.announce import announce
+from minimind.training.run_dir.checks import disk_space_warning
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.json"))
@@ -149,25 +153,49 @@ def test_entry_point_rejects_a_missing_data_file_and_tokenizer(tmp_path, capsys)
     (["--data_path", "d.jsonl", "--eval_fraction", "0.2", "--eval_interval", "3"], (None, 0.2, None, 3)),
 ])
 def test_the_bundled_corpus_is_evaluated_unless_the_flags_say_otherwise(flags, expected):
-    args = parse_args(flags)
-    apply_defaults(args, cpu_only=True)
-    assert (args.eval_data_path, args.eval_fraction, args.sample_prompts, args.eval_interval) == expected
+    resolved, _ = resolved_flags(vars(parse_args(flags)), cpu_only=True)
+    assert tuple(resolved[name] for name in ("eval_data_path", "eval_fraction", "sample_prompts",
+                                             "eval_interval")) == expected
 
 
 def test_cpu_demo_applies_only_without_size_flags():
-    args = parse_args([])
-    assert apply_defaults(args, cpu_only=True)
-    assert all(getattr(args, name) == value for name, value in CPU_DEMO.items())
-    assert args.deepspeed_config is None  # the processor decides: choose_cpu_ds_config
-    args = parse_args(["--hidden_size", "64"])
-    assert not apply_defaults(args, cpu_only=True)
-    assert (args.hidden_size, args.num_hidden_layers, args.max_seq_len, args.batch_size) == (64, 8, 340, None)
-    assert args.deepspeed_config is None
-    args = parse_args(["--deepspeed_config", "mine.json"])
-    assert apply_defaults(args, cpu_only=True) and args.deepspeed_config == "mine.json"
-    args = parse_args([])
-    assert not apply_defaults(args, cpu_only=False) and args.max_steps is None
-    assert args.deepspeed_config.endswith("zero2_bf16.json")
+    flags, demo = resolved_flags(vars(parse_args([])), cpu_only=True)
+    assert demo and all(flags[name] == value for name, value in CPU_DEMO.items())
+    assert flags["deepspeed_config"] is None  # the processor decides: cpu_ds_config
+    flags, demo = resolved_flags(vars(parse_args(["--hidden_size", "64"])), cpu_only=True)
+    assert not demo
+    assert tuple(flags[name] for name in ("hidden_size", "num_hidden_layers", "max_seq_len", "batch_size")) == (
+        64, 8, 340, None)
+    assert flags["deepspeed_config"] is None
+    flags, demo = resolved_flags(vars(parse_args(["--deepspeed_config", "mine.json"])), cpu_only=True)
+    assert demo and flags["deepspeed_config"] == "mine.json"
+    flags, demo = resolved_flags(vars(parse_args([])), cpu_only=False)
+    assert not demo and flags["max_steps"] is None
+    assert flags["deepspeed_config"].endswith("zero2_bf16.json")
+
+
+def test_the_run_config_is_resolved_once_and_leaves_the_parsed_flags_alone():
+    """Every default lands in the frozen config (and its recorded flags); the parsed namespace keeps what the
+    command line said."""
+    args = parse_args(["--deepspeed_config", str(CONFIG_DIR / "zero2_fp32.json"), "--data_path", "d.jsonl",
+                       "--eval_fraction", "0.2"])
+    parsed = dict(vars(args))
+    with pytest.raises(DataError, match="d.jsonl: no such file"):
+        run_config(args, cpu_only=True)
+    assert vars(args) == parsed
+    args = parse_args(["--deepspeed_config", str(CONFIG_DIR / "zero2_fp32.json"), "--max_steps", "7"])
+    parsed = dict(vars(args))
+    config = run_config(args, cpu_only=True)
+    assert vars(args) == parsed and args.hidden_size is None and args.mixture_exhaust is None
+    assert (config.model.hidden_size, config.data.max_seq_len, config.schedule.max_steps) == (512, 340, 7)
+    assert (config.data.eval_fraction, config.evaluation.sample_prompts, config.evaluation.interval) == (
+        0.01, "default", 1000)  # the bundled corpus's evaluation, every save interval
+    assert config.flags["hidden_size"] == 512 and config.flags["mixture_exhaust"] == "repeat"
+    assert not config.demo and not config.host.precision_timed and config.data.data_paths == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model.hidden_size = 64
+    with pytest.raises(TypeError):
+        config.flags["hidden_size"] = 64
 
 
 def test_minimind_cosine_schedule():
@@ -201,17 +229,15 @@ def test_entry_point_says_why_triton_kernels_cannot_run(tmp_path, capsys, monkey
 
 
 def test_presets_fill_the_model_and_size_flags_override_them():
-    args = parse_args(["--preset", "1b"])
-    assert not apply_defaults(args, cpu_only=True)  # a preset is a size choice: no CPU demo
-    kwargs = model_config_kwargs(args)
+    flags, demo = resolved_flags(vars(parse_args(["--preset", "1b"])), cpu_only=True)
+    assert not demo  # a preset is a size choice: no CPU demo
+    kwargs = model_config_kwargs(flags)
     assert (kwargs["hidden_size"], kwargs["num_hidden_layers"], kwargs["num_attention_heads"]) == (2048, 22, 32)
-    args = parse_args(["--preset", "145m-moe", "--num_hidden_layers", "2"])
-    apply_defaults(args, cpu_only=False)
-    kwargs = model_config_kwargs(args)
+    flags, _ = resolved_flags(vars(parse_args(["--preset", "145m-moe", "--num_hidden_layers", "2"])), cpu_only=False)
+    kwargs = model_config_kwargs(flags)
     assert (kwargs["hidden_size"], kwargs["num_hidden_layers"], kwargs["use_moe"]) == (640, 2, True)
-    args = parse_args(["--preset", "145m-moe", "--use_moe", "0"])
-    apply_defaults(args, cpu_only=False)
-    assert model_config_kwargs(args)["use_moe"] is False
+    flags, _ = resolved_flags(vars(parse_args(["--preset", "145m-moe", "--use_moe", "0"])), cpu_only=False)
+    assert model_config_kwargs(flags)["use_moe"] is False
 
 
 def test_entry_point_rejects_an_unbuildable_model_in_one_line(tmp_path, capsys):
@@ -266,8 +292,7 @@ def test_a_collective_failing_because_a_peer_died_is_told_apart_from_other_error
     (1, "cpu", {}, False),
 ])
 def test_tf32_matmuls_only_for_fp32_training_on_cuda_unless_turned_off(tf32, device, config, expected):
-    inputs = SimpleNamespace(ds_config=config)
-    assert pretrain.tf32_matmuls(SimpleNamespace(tf32=tf32), inputs, torch.device(device)) is expected
+    assert pretrain.tf32_matmuls(bool(tf32), config, torch.device(device)) is expected
 
 
 def test_a_position_saved_by_an_earlier_format_still_resumes():
@@ -301,9 +326,10 @@ def test_the_moe_slow_path_on_a_gpu_is_said_at_start(tmp_path, capsys, monkeypat
         monkeypatch.setattr(module, "get_accelerator", OneGpuAccelerator)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    args = parse_args(["--save_dir", str(tmp_path), "--use_moe", "1", "--kernels", "torch", *flags])
-    inputs = pretrain.check_inputs(args)
-    pretrain.announce(args, inputs, launched_world(), None)
+    config = run_config(parse_args(["--save_dir", str(tmp_path), "--use_moe", "1", "--kernels", "torch", *flags]),
+                        cpu_only=False)
+    inputs = pretrain.check_inputs(config)
+    announce(config, inputs, launched_world(), None)
     said = [line for line in capsys.readouterr().out.splitlines() if "MoE slow path" in line]
     assert len(said) == int(slow)
     if slow:
@@ -316,6 +342,6 @@ def test_no_moe_slow_path_line_on_cpu_ranks_or_for_a_dense_model(tmp_path, capsy
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     for flags in (["--use_moe", "1", "--deepspeed_config", str(CONFIG_DIR / "zero2_fp32.json")],
                   ["--deepspeed_config", str(CONFIG_DIR / "zero2_fp16.json")]):
-        args = parse_args(["--save_dir", str(tmp_path), "--kernels", "torch", *flags])
-        pretrain.announce(args, pretrain.check_inputs(args), launched_world(), None)
+        config = run_config(parse_args(["--save_dir", str(tmp_path), "--kernels", "torch", *flags]), cpu_only=True)
+        announce(config, pretrain.check_inputs(config), launched_world(), None)
     assert "MoE slow path" not in capsys.readouterr().out

@@ -15,9 +15,9 @@ from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.errors import ConfigError, MissingDependencyError, UserInputError
 from minimind.plan import main as plan_main
 from minimind.tokenizer.train import main as tokenizer_main
-from minimind.training import host_optimizer_build
-from minimind.training.ds_config import read_ds_config, resolve_ds_config
-from minimind.training.host_optimizer_build import check_host_optimizer_build
+from minimind.training.ds_config.load import read_ds_config, resolve_ds_config
+from minimind.training.hardware import offload_build as host_optimizer_build
+from minimind.training.hardware.offload_build import check_host_optimizer_build
 from tests.project_tree import REPO_ROOT, import_name, python_files
 
 FP32_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"

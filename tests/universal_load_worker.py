@@ -18,9 +18,9 @@ from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_st
 
 from minimind.checkpoint.locate import locate_checkpoint, model_config_dict, read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.training.collectives import barrier
-from minimind.training.ds_config import resolve_ds_config
-from minimind.training.process_group import init_process_group
+from minimind.training.distributed.collectives import barrier
+from minimind.training.distributed.process_group import init_process_group
+from minimind.training.ds_config.load import resolve_ds_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"

@@ -4,7 +4,8 @@ The pipeline: ``build_or_load_token_cache(path, tokenizer)`` tokenizes a data fi
 ``PackedWindows`` (or ``PaddedDocuments``) turns the cache into samples;
 ``split_documents`` and ``document_stream`` hold documents out for validation;
 ``MixedSamples`` mixes several sources by weight; ``RankInvariantSampler`` deals samples to ranks;
-``make_data_loader`` batches them.
+``make_data_loader`` batches them. ``minimind.data.pipeline`` runs these steps for a run, from its data
+section (``DataSettings``) to each rank's loader and the evaluation windows.
 """
 
 from minimind.data.cache_root import cache_root

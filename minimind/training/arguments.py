@@ -1,4 +1,5 @@
-"""Command-line flags of ``pretrain_ds.py``: MiniMind's names and meanings, plus this project's.
+"""Command-line flags of ``pretrain_ds.py`` (MiniMind's names and meanings, plus this project's), and the
+``RunConfig`` they resolve to, once (``run_config``).
 
 Size and batch flags default to None so that the run can tell "not given" from "given":
 unset batch flags fall back to the DeepSpeed JSON, unset size flags to MiniMind's
@@ -6,53 +7,43 @@ defaults (or, on a CPU-only machine, to the short demonstration in ``CPU_DEMO``)
 """
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import deepspeed
 
 from minimind.checkpoint.manifest import VERIFY_MODES
+from minimind.data import DataSource, data_sources
 from minimind.data.mixture import EXHAUST_POLICIES
+from minimind.data.pipeline import DataSettings
 from minimind.errors import ConfigError
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
 from minimind.model.config import MiniMindConfig
 from minimind.model.presets import PRESETS, preset_config_kwargs
-from minimind.training.cpu_host import choose_cpu_precision
-from minimind.training.ds_config import read_ds_config
+from minimind.training.config import (
+    BUNDLED_CORPUS_EVALUATION,
+    CPU_DEMO,
+    CPU_DEMO_TRIGGERS,
+    MINIMIND_DEFAULTS,
+    BatchSection,
+    CheckpointSection,
+    DistributedSection,
+    EvaluationSection,
+    HostSection,
+    LoggingSection,
+    ModelSection,
+    RunConfig,
+    ScheduleSection,
+)
+from minimind.training.ds_config.load import read_ds_config
+from minimind.training.hardware.cpu import choose_cpu_precision, cores_per_rank, set_cpu_threads
 from minimind_kernels.dispatch import IMPLEMENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
 # Without --deepspeed_config a CPU run takes one of these, as its processor suits (``cpu_host``).
 CPU_DS_CONFIGS = {"fp32": REPO_ROOT / "ds_configs" / "zero2_fp32.json", "bf16": DEFAULT_DS_CONFIG}
-
-MINIMIND_DEFAULTS = {
-    "hidden_size": 512,
-    "num_hidden_layers": 8,
-    "max_seq_len": 340,
-    "log_interval": 100,
-    "save_interval": 1000,
-}
-
-# What a flag-less run trains on a machine without an accelerator: a model small enough
-# for the loss to fall visibly within a few minutes on two cores.
-CPU_DEMO = {
-    "hidden_size": 128,
-    "num_hidden_layers": 4,
-    "max_seq_len": 128,
-    "batch_size": 8,
-    "accumulation_steps": 1,
-    "learning_rate": 3e-3,
-    "max_steps": 200,
-    "log_interval": 10,
-    "save_interval": 100,
-    "eval_interval": 50,
-}
-CPU_DEMO_TRIGGERS = ("preset", "hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "accumulation_steps",
-                     "learning_rate", "max_steps")
-
-
-# What a run on the bundled corpus evaluates when no evaluation flag is given.
-BUNDLED_CORPUS_EVALUATION = {"eval_fraction": 0.01, "sample_prompts": "default"}
 
 # Longest wait a timeout flag accepts: beyond it torch's timedelta overflows, and no job waits a month.
 MAX_TIMEOUT_S = 30 * 24 * 3600
@@ -166,65 +157,126 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and range-check flags; a bad flag is a ``ConfigError`` (defaults that depend on the
-    machine come from ``apply_defaults``)."""
+    machine come from ``run_config``)."""
     return build_parser().parse_args(argv)
 
 
-def apply_defaults(args: argparse.Namespace, cpu_only: bool) -> bool:
-    """Fill unset size, interval and config flags in place; returns True when the CPU demo applies.
+def run_config(args: argparse.Namespace, cpu_only: bool) -> RunConfig:
+    """The run's config from the parsed flags (left unchanged), every default applied: MiniMind's, the CPU
+    demonstration's, a preset's, the bundled corpus's evaluation. On a CPU-only machine this sets torch's
+    threads to the rank's share of the cores and, without ``--deepspeed_config``, times the processor to
+    choose the precision. A flag that contradicts another is a one-line ``ConfigError``."""
+    batch_chosen = args.batch_size is not None or args.accumulation_steps is not None
+    flags, demo = resolved_flags(vars(args), cpu_only)
+    notes = (set_cpu_threads(),) if cpu_only else ()
+    precision_timed = flags["deepspeed_config"] is None
+    if precision_timed:
+        flags["deepspeed_config"], line = cpu_ds_config(flags)
+        notes += (line,)
+    sources = tuple(data_sources(flags["data_path"])) if flags["data_path"] else ()
+    flags["mixture_exhaust"] = mixture_exhaust(flags["mixture_exhaust"], sources)
+    return RunConfig(
+        model=ModelSection(
+            preset=flags["preset"], hidden_size=flags["hidden_size"], num_hidden_layers=flags["num_hidden_layers"],
+            use_moe=bool(flags["use_moe"]), activation_checkpointing=flags["activation_checkpointing"],
+            ep_size=flags["ep_size"], kernels=flags["kernels"], compile=bool(flags["compile"]),
+            tokenizer_path=flags["tokenizer_path"], config_kwargs=MappingProxyType(model_config_kwargs(flags))),
+        data=DataSettings(
+            sources=sources, max_seq_len=flags["max_seq_len"], packing=bool(flags["packing"]),
+            eval_fraction=flags["eval_fraction"], eval_data_path=flags["eval_data_path"],
+            skip_bad_lines=flags["skip_bad_lines"], text_field=flags["text_field"],
+            mixture_exhaust=flags["mixture_exhaust"], seed=flags["seed"],
+            tokenize_workers=flags["tokenize_workers"] or cores_per_rank()),
+        batch=BatchSection(micro_batch=flags["batch_size"], accumulation=flags["accumulation_steps"],
+                           grad_clip=flags["grad_clip"], learning_rate=flags["learning_rate"], chosen=batch_chosen),
+        schedule=ScheduleSection(epochs=flags["epochs"], max_steps=flags["max_steps"],
+                                 warmup_steps=flags["warmup_steps"], seed=flags["seed"]),
+        checkpoint=CheckpointSection(
+            save_dir=flags["save_dir"], save_interval=flags["save_interval"],
+            keep_checkpoints=flags["keep_checkpoints"], from_resume=bool(flags["from_resume"]),
+            resume_from=flags["resume_from"], overwrite=flags["overwrite"],
+            auto_universal=bool(flags["auto_universal"]),
+            verify_checkpoint=flags["verify_checkpoint"], trust_checkpoint=flags["trust_checkpoint"]),
+        evaluation=EvaluationSection(interval=flags["eval_interval"], max_batches=flags["eval_batches"],
+                                     sample_prompts=flags["sample_prompts"], sample_tokens=flags["sample_tokens"]),
+        distributed=DistributedSection(rendezvous_timeout=flags["rendezvous_timeout"],
+                                       rendezvous_report_interval=flags["rendezvous_report_interval"],
+                                       collective_timeout=flags["collective_timeout"]),
+        host=HostSection(cpu_only=cpu_only, deepspeed_config=flags["deepspeed_config"],
+                         precision_timed=precision_timed, notes=notes, tf32=bool(flags["tf32"])),
+        logging=LoggingSection(log_interval=flags["log_interval"], max_nonfinite_steps=flags["max_nonfinite_steps"],
+                               use_wandb=flags["use_wandb"], wandb_project=flags["wandb_project"]),
+        demo=demo,
+        flags=MappingProxyType(flags),
+    )
+
+
+def resolved_flags(parsed: Mapping, cpu_only: bool) -> tuple[dict, bool]:
+    """A copy of the ``parsed`` flags with unset size, interval and config flags filled; and whether the CPU
+    demo applies.
 
     The demo applies on a CPU-only machine when none of its model, batch or schedule flags
     was given; any flag given by the user keeps its value. Otherwise MiniMind's defaults fill
     in. An unset ``--deepspeed_config`` becomes ``ds_configs/zero2_bf16.json`` on an accelerator
-    and stays unset on a CPU-only machine, where ``choose_cpu_ds_config`` picks it.
+    and stays unset on a CPU-only machine, where ``cpu_ds_config`` picks it.
     """
-    demo = cpu_only and all(getattr(args, name) is None for name in CPU_DEMO_TRIGGERS)
+    flags = dict(parsed)
+    demo = cpu_only and all(flags[name] is None for name in CPU_DEMO_TRIGGERS)
     if demo:
         for name, value in CPU_DEMO.items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
-    if args.deepspeed_config is None and not cpu_only:
-        args.deepspeed_config = str(DEFAULT_DS_CONFIG)
-    preset = preset_config_kwargs(args.preset) if args.preset else {}
+            if flags[name] is None:
+                flags[name] = value
+    if flags["deepspeed_config"] is None and not cpu_only:
+        flags["deepspeed_config"] = str(DEFAULT_DS_CONFIG)
+    preset = preset_config_kwargs(flags["preset"]) if flags["preset"] else {}
     for name, value in (("hidden_size", preset.get("hidden_size")), ("num_hidden_layers",
                         preset.get("num_hidden_layers")), ("use_moe", int(preset.get("use_moe", False)))):
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+        if flags[name] is None:
+            flags[name] = value
     for name, value in MINIMIND_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    apply_evaluation_defaults(args)
-    return demo
+        if flags[name] is None:
+            flags[name] = value
+    apply_evaluation_defaults(flags)
+    return flags, demo
 
 
-def apply_evaluation_defaults(args: argparse.Namespace) -> None:
+def apply_evaluation_defaults(flags: dict) -> None:
     """A run on the bundled corpus holds ``BUNDLED_CORPUS_EVALUATION``'s share out unless it names a validation
     set, and writes samples of the default prompts unless it names prompts; ``--eval_interval`` defaults to
     ``--save_interval``. ``--eval_data_path`` with ``--eval_fraction`` is a ``ConfigError``."""
-    if args.eval_data_path is not None and args.eval_fraction:
+    if flags["eval_data_path"] is not None and flags["eval_fraction"]:
         raise ConfigError("--eval_data_path and --eval_fraction both name a validation set; pass one")
-    if args.data_path is None:
-        if args.eval_data_path is None and args.eval_fraction is None:
-            args.eval_fraction = BUNDLED_CORPUS_EVALUATION["eval_fraction"]
-        if args.sample_prompts is None:
-            args.sample_prompts = BUNDLED_CORPUS_EVALUATION["sample_prompts"]
-    if args.eval_interval is None:
-        args.eval_interval = args.save_interval
+    if flags["data_path"] is None:
+        if flags["eval_data_path"] is None and flags["eval_fraction"] is None:
+            flags["eval_fraction"] = BUNDLED_CORPUS_EVALUATION["eval_fraction"]
+        if flags["sample_prompts"] is None:
+            flags["sample_prompts"] = BUNDLED_CORPUS_EVALUATION["sample_prompts"]
+    if flags["eval_interval"] is None:
+        flags["eval_interval"] = flags["save_interval"]
 
 
-def choose_cpu_ds_config(args: argparse.Namespace) -> str:
-    """Set an unset ``--deepspeed_config`` on a CPU-only machine to the ZeRO-2 config in the precision
-    this processor runs fastest (``cpu_host.choose_cpu_precision``); returns the line that says why."""
-    config = MiniMindConfig(**{**model_config_kwargs(args), "kernel_impl": "torch"})
-    micro_batch = args.batch_size or read_ds_config(CPU_DS_CONFIGS["fp32"])["train_micro_batch_size_per_gpu"]
-    choice = choose_cpu_precision(config, micro_batch, args.max_seq_len)
-    args.deepspeed_config = str(CPU_DS_CONFIGS[choice.precision])
-    return f"precision {choice.precision}: {choice.reason} (--deepspeed_config chooses another)"
+def cpu_ds_config(flags: Mapping) -> tuple[str, str]:
+    """On a CPU-only machine without ``--deepspeed_config``: the ZeRO-2 config in the precision this processor
+    runs fastest (``cpu_host.choose_cpu_precision``), and the line that says why."""
+    config = MiniMindConfig(**{**model_config_kwargs(flags), "kernel_impl": "torch"})
+    micro_batch = flags["batch_size"] or read_ds_config(CPU_DS_CONFIGS["fp32"])["train_micro_batch_size_per_gpu"]
+    choice = choose_cpu_precision(config, micro_batch, flags["max_seq_len"])
+    return str(CPU_DS_CONFIGS[choice.precision]), (f"precision {choice.precision}: {choice.reason} "
+                                                   "(--deepspeed_config chooses another)")
 
 
-def model_config_kwargs(args: argparse.Namespace) -> dict:
+def mixture_exhaust(flag: str | None, sources: tuple[DataSource, ...]) -> str:
+    """``--mixture_exhaust``, ``repeat`` where unset; given without a mixture, it is a ``ConfigError``."""
+    is_mixture = any(source.weight is not None for source in sources)
+    if flag is not None and not is_mixture:
+        raise ConfigError(f"--mixture_exhaust {flag} applies to a mixture: give every --data_path "
+                          "entry a weight (path:0.3)")
+    return "repeat" if flag is None else flag
+
+
+def model_config_kwargs(flags: Mapping) -> dict:
     """``MiniMindConfig`` arguments from the preset (if any) overridden by the size flags."""
-    kwargs = preset_config_kwargs(args.preset) if args.preset else {}
-    kwargs.update(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, use_moe=bool(args.use_moe),
-                  kernel_impl=args.kernels)
+    kwargs = preset_config_kwargs(flags["preset"]) if flags["preset"] else {}
+    kwargs.update(hidden_size=flags["hidden_size"], num_hidden_layers=flags["num_hidden_layers"],
+                  use_moe=bool(flags["use_moe"]), kernel_impl=flags["kernels"])
     return kwargs

@@ -1,0 +1,227 @@
+"""The optimizer-step loop: DeepSpeed's ``engine(x)``, ``engine.backward(loss)``, ``engine.step()``.
+
+Accumulation boundaries, clipping, loss scaling and overflow skipping are the engine's.
+What this loop adds is the loss normalisation: every micro-batch's summed token loss is
+divided by the number of target tokens in the whole optimizer step (all ranks, all
+micro-steps), so the step's loss is exactly what one process holding the global batch
+would compute, however the batch is split.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+import torch
+
+from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
+from minimind.training.distributed.collectives import all_reduce
+from minimind.training.distributed.rank_print import print0
+from minimind.training.distributed.stall_watchdog import StallWatchdog
+from minimind.training.distributed.world import world_size
+from minimind.training.ds_config.load import BatchPlan
+from minimind.training.loop.evaluation_schedule import Evaluator
+from minimind.training.loop.host_copy import copy_to_host_later
+from minimind.training.loop.save_schedule import Checkpointer
+from minimind.training.loop.stop_request import StopRequest
+from minimind.training.metrics.logger import MetricsLogger, StepMetrics, ThroughputMeter
+from minimind.training.position import TrainingPosition
+
+
+@dataclass
+class StepResult:
+    """The global numbers of one optimizer step, left on the accelerator until a property reads them."""
+
+    sums: torch.Tensor  # (3,) float64 over every rank: summed token loss, summed aux loss, target tokens
+    aux_terms: int  # micro-batches x ranks: the aux loss reported is the mean over them
+    stop: bool = False
+
+    @property
+    def target_count(self) -> torch.Tensor:
+        """The step's target tokens over every rank, as a tensor still on the accelerator."""
+        return self.sums[2]
+
+    @property
+    def target_tokens(self) -> int:
+        """The step's target tokens over every rank (read from the device)."""
+        return int(self.sums[2])
+
+    @property
+    def loss(self) -> float:
+        """Mean token cross-entropy of the step over all its target tokens (read from the device)."""
+        loss_sum, _, targets = self.sums.tolist()
+        return loss_sum / max(targets, 1.0)
+
+    @property
+    def aux_loss(self) -> float:
+        """MoE auxiliary loss, the mean over micro-batches and ranks (read from the device)."""
+        return float(self.sums[1]) / self.aux_terms
+
+
+def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False) -> StepResult:
+    """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``targets`` (batch, seq)).
+
+    Nothing inside the step waits for the accelerator: token counts, losses and the stop vote
+    stay on the device, in two all-reduces (counts before the first forward, losses after the
+    last backward); only the stop vote is copied back, without draining the queue.
+    ``stop_requested`` (this rank got a signal) rides on the first collective;
+    ``StepResult.stop`` is True on every rank when any rank asked.
+    """
+    accumulation = len(micro_batches)
+    world = world_size()
+    batches = [{key: batch[key].to(device, non_blocking=True) for key in ("input_ids", "targets")}
+               for batch in micro_batches]
+    local_targets = sum((batch["targets"] != IGNORE_INDEX).sum() for batch in batches).to(torch.float64)
+    stop_vote = torch.full((), float(stop_requested), dtype=torch.float64, device=device)
+    counts = all_reduce(torch.stack([local_targets, stop_vote]))  # (targets, stop votes)
+    stopping = copy_to_host_later(counts[1])
+    # engine.backward divides by accumulation and gradients are averaged over ranks:
+    # scaling by accumulation * world / global_targets leaves sum(token losses) / global_targets.
+    scale = (accumulation * world / counts[0].clamp(min=1.0)).float()
+    loss_sum = aux_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in batches:
+        output = engine(input_ids=batch["input_ids"])
+        token_loss = token_cross_entropy(output.logits, batch["targets"], reduction="sum")
+        engine.backward(token_loss * scale + output.aux_loss)
+        engine.step()
+        loss_sum = loss_sum + token_loss.detach()
+        aux_sum = aux_sum + output.aux_loss.detach()
+    sums = all_reduce(torch.stack([loss_sum, aux_sum, local_targets]))
+    return StepResult(sums, accumulation * world, bool(stopping()))
+
+
+def take(iterator: Iterator[dict], count: int) -> list[dict]:
+    """Up to ``count`` items from ``iterator``."""
+    items = []
+    for item in iterator:
+        items.append(item)
+        if len(items) == count:
+            break
+    return items
+
+
+class NonFiniteStepsError(RuntimeError):
+    """Too many consecutive optimizer steps were skipped for non-finite gradients."""
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs to know besides the engine and the data."""
+
+    epochs: int
+    total_steps: int
+    batch: BatchPlan
+    log_interval: int
+    max_nonfinite_steps: int
+    flops_per_token: float
+    peak_flops_total: float
+    seq_len: int  # tokens per sample, counted into the tokens seen
+
+
+def optimizer_steps(
+    micro_batches_for_epoch: Callable[[int, int], Iterator[dict]], position: TrainingPosition, settings: LoopSettings
+) -> Iterator[list[dict]]:
+    """This rank's micro-batches, one optimizer step's worth at a time, from ``position`` to
+    ``settings.total_steps``; moves ``position`` into each new epoch. An epoch's tail smaller than
+    one global batch is dropped."""
+    for epoch in range(position.epoch, settings.epochs):
+        position.begin_epoch(epoch)
+        batches = micro_batches_for_epoch(epoch, position.sample_in_epoch)
+        while position.step < settings.total_steps:
+            micro_batches = take(batches, settings.batch.accumulation)
+            if len(micro_batches) < settings.batch.accumulation:
+                break
+            yield micro_batches
+        if position.step >= settings.total_steps:
+            return
+
+
+def run_training(
+    engine,
+    micro_batches_for_epoch: Callable[[int, int], Iterator[dict]],
+    start: TrainingPosition,
+    settings: LoopSettings,
+    logger: MetricsLogger,
+    checkpointer: Checkpointer,
+    device: torch.device,
+    stop_request: StopRequest | None = None,
+    evaluator: Evaluator | None = None,
+    watchdog: StallWatchdog | None = None,
+) -> TrainingPosition:
+    """Train from ``start`` to ``settings.total_steps``; returns where training ended.
+
+    ``micro_batches_for_epoch(epoch, start_sample)`` yields this rank's micro-batches of an
+    epoch from a global sample index; ``checkpointer`` saves on its interval and where the loop ends;
+    ``evaluator`` (if any) evaluates on its interval and where a finished run ends, before the save of
+    the same step, so that the checkpoint records the evaluation.
+
+    A step whose gradients are not finite is skipped by the engine on every rank (fp16: the
+    loss scaler; bf16/fp32: DeepSpeed's gradient-overflow check), leaving the weights as they
+    were; ``max_nonfinite_steps`` such steps in a row save the (unchanged) state and raise
+    ``NonFiniteStepsError``. A signal recorded by ``stop_request`` on any rank ends the loop
+    on every rank after the current step, with a checkpoint. ``watchdog`` (if any) hears of every
+    finished step, and pauses around evaluations and saves.
+    """
+    engine.train()
+    position = replace(start)
+    logger.start_progress(settings.total_steps, position.step)
+    meter = ThroughputMeter(position.step)
+    nonfinite_in_a_row, stopped_by_signal = 0, False
+    for micro_batches in optimizer_steps(micro_batches_for_epoch, position, settings):
+        lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
+        skipped_before = engine.skipped_steps
+        result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
+        position.advance(settings.batch.global_batch, settings.seq_len)
+        meter.count(result.target_count)
+        logger.advance()
+        if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
+            logger.log(step_metrics(engine, position, settings, result, lr, *meter.read(position.step)))
+        nonfinite_in_a_row = nonfinite_in_a_row + 1 if engine.skipped_steps > skipped_before else 0
+        stopped_by_signal = result.stop
+        if stopped_by_signal or nonfinite_in_a_row >= settings.max_nonfinite_steps:
+            break
+        if watchdog is not None:
+            watchdog.beat(position.step)
+        with meter.paused(), paused(watchdog):  # tokens/s is training's alone
+            if evaluator is not None:
+                evaluator.after_step(position)
+            checkpointer.after_step(position)
+    finished = not stopped_by_signal and nonfinite_in_a_row < settings.max_nonfinite_steps
+    with paused(watchdog):
+        if evaluator is not None and finished:
+            evaluator.close(position)
+        checkpointer.close(position)
+    if nonfinite_in_a_row >= settings.max_nonfinite_steps:
+        raise NonFiniteStepsError(
+            f"{nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "
+            f"(step {position.step}); the last good state is saved, resume with --from_resume 1 after "
+            "lowering the learning rate or checking the data"
+        )
+    if stopped_by_signal:
+        print0(f"stopped by a signal after step {position.step}; resume with --from_resume 1")
+    return position
+
+
+def paused(watchdog: StallWatchdog | None):
+    """``watchdog.paused()``, or nothing without one."""
+    return watchdog.paused() if watchdog is not None else nullcontext()
+
+
+def step_metrics(engine, position, settings, result, lr, tokens_per_s, seconds_per_step) -> StepMetrics:
+    """Collect one step's numbers from the engine and the step result."""
+    grad_norm = engine.get_global_grad_norm()
+    scaler = getattr(engine.optimizer, "cur_scale", None) if engine.fp16_enabled() else None
+    return StepMetrics(
+        step=position.step,
+        total_steps=settings.total_steps,
+        epoch=position.epoch,
+        loss=result.loss,
+        aux_loss=result.aux_loss,
+        lr=lr,
+        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+        tokens_per_s=tokens_per_s,
+        tokens_seen=position.tokens_seen,
+        mfu=settings.flops_per_token * tokens_per_s / settings.peak_flops_total,
+        loss_scale=float(scaler) if scaler is not None else None,
+        skipped_steps=int(engine.skipped_steps),
+        eta_s=seconds_per_step * (settings.total_steps - position.step),
+    )

@@ -1,0 +1,1 @@
+"""What the run reports as it trains: the log line, metrics.jsonl and Weights & Biases."""

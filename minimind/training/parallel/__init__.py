@@ -1,0 +1,1 @@
+"""Parallelism applied to the model after it is built: expert parallelism through DeepSpeed's AutoEP."""

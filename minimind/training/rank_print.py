@@ -1,9 +1,0 @@
-"""Rank-aware printing: one place decides who speaks."""
-
-from minimind.training.world import global_rank
-
-
-def print0(*parts) -> None:
-    """Print on global rank 0 only, flushed so launcher logs stay in order."""
-    if global_rank() == 0:
-        print(*parts, flush=True)

@@ -1,0 +1,54 @@
+"""What a run resolved from its flags before any heavy work."""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from minimind.checkpoint.locate import CheckpointLocation
+from minimind.data import TokenCacheLocation
+from minimind.data.pipeline import DataSettings
+from minimind.model import MiniMindConfig
+from minimind.tokenizer.loader import tokenizer_fingerprint
+from minimind.training.checkpoints.identity import RunIdentity, data_identity
+from minimind.training.checkpoints.resume_choice import ResumeRequest
+from minimind.training.ds_config.load import BatchPlan
+
+
+@dataclass
+class RunInputs:
+    """Everything ``check_inputs`` resolved from the flags before any heavy work."""
+
+    cpu_only: bool
+    demo: bool
+    ds_config: dict
+    batch: BatchPlan
+    save_dir: Path
+    tokenizer: PreTrainedTokenizerFast
+    model_config: MiniMindConfig
+    data: DataSettings
+    cache_locations: tuple[TokenCacheLocation, ...]  # one per data file
+    resume_request: ResumeRequest | None
+    ep_size: int | None
+    fit_batch_to_corpus: bool  # the bundled corpus with a batch the user did not choose
+    resume: CheckpointLocation | None = None  # the verified tag, once the process group has chosen it
+    host_notes: tuple[str, ...] = ()  # CPU threads and precision, MoE's slow path on a GPU: the first lines
+    precision_timed: bool = False  # the precision was chosen by timing this rank's processor
+    eval_cache_location: TokenCacheLocation | None = None  # of --eval_data_path
+    sample_prompts: tuple[str, ...] = ()  # continued at each evaluation (none: no samples)
+
+    def identity(self) -> RunIdentity:
+        """What a checkpoint of this run records, and a resumed checkpoint must share."""
+        digests = [location.key_inputs["source"]["blake2b"] for location in self.cache_locations]
+        digest = None  # the bundled corpus
+        if digests:  # one file keeps its own digest, as checkpoints from before several files recorded it
+            digest = digests[0] if len(digests) == 1 else hashlib.blake2b("".join(digests).encode()).hexdigest()
+        mixture = None
+        if self.data.is_mixture:
+            mixture = {"sources": [[source.name, source.weight] for source in self.data.sources],
+                       "exhaust": self.data.mixture_exhaust, "seed": self.data.seed}
+        return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
+                           data_identity(self.data.description(), digest, self.data.packing, self.data.max_seq_len,
+                                         self.data.eval_fraction, mixture, self.data.text_field))
+
