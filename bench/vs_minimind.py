@@ -13,7 +13,7 @@ same micro-batch:
   --num_hidden_layers 8 --max_seq_len 340 --batch_size 8`` trains (the size flags of this script
   change that command, which is parsed by the trainer's own parser): packed windows
   (``PackedWindows``, the default ``--packing 1``) dealt by ``RankInvariantSampler`` through
-  ``make_data_loader`` as ``pretrain.training_data`` builds them, a DeepSpeed engine from the JSON
+  ``make_data_loader`` as ``minimind.data.pipeline.training_data`` builds them, a DeepSpeed engine from the JSON
   (``bench.engine.build_engine``: ZeRO-2, fp32, torch's fused AdamW, accumulation 8) stepped by
   ``minimind.training.loop.steps.train_step``. Left out: the trainer's cosine schedule and logging
   (one scheduler call and a few reads per optimizer step).
@@ -125,7 +125,7 @@ def trainer_flags(args: argparse.Namespace) -> argparse.Namespace:
 
 def optimizer_steps(dataset: Dataset, batch: BatchPlan, seed: int) -> Iterator[list[dict]]:
     """One process's micro-batches of ``dataset`` (``input_ids``/``targets`` (micro_batch, seq)), an
-    optimizer step's worth at a time, dealt as ``pretrain.training_data`` deals them; epoch after epoch."""
+    optimizer step's worth at a time, dealt as ``minimind.data.pipeline.training_data`` deals them; epoch after epoch."""
     sampler = RankInvariantSampler(len(dataset), micro_batch_size=batch.micro_batch,
                                    accumulation_steps=batch.accumulation, world_size=1, rank=0, seed=seed)
     loader = make_data_loader(dataset, sampler, pin_memory=get_accelerator().device_name() != "cpu")

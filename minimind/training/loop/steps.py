@@ -10,6 +10,7 @@ would compute, however the batch is split.
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from enum import Enum
 
 import torch
 
@@ -103,6 +104,33 @@ class NonFiniteStepsError(RuntimeError):
     """Too many consecutive optimizer steps were skipped for non-finite gradients."""
 
 
+class StopReason(Enum):
+    """Why the loop ended: its last step (or the data) done, a signal on some rank, too many non-finite steps."""
+
+    FINISHED = "finished"
+    SIGNAL = "signal"
+    NONFINITE = "nonfinite"
+
+
+class StopGuards:
+    """The loop's two guards in one place: a stop signal voted by any rank, and ``max_nonfinite_steps``
+    optimizer steps in a row skipped for non-finite gradients."""
+
+    def __init__(self, max_nonfinite_steps: int):
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_in_a_row = 0
+
+    def check(self, skipped: bool, stop_voted: bool) -> StopReason:
+        """After a step (``skipped``: the engine skipped it; ``stop_voted``: a rank asked to stop): ``FINISHED``
+        to go on, else why the loop ends now."""
+        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:  # it wins over a signal at the same step
+            return StopReason.NONFINITE
+        if stop_voted:
+            return StopReason.SIGNAL
+        return StopReason.FINISHED
+
+
 @dataclass
 class LoopSettings:
     """What the loop needs to know besides the engine and the data."""
@@ -165,7 +193,8 @@ def run_training(
     position = replace(start)
     logger.start_progress(settings.total_steps, position.step)
     meter = ThroughputMeter(position.step)
-    nonfinite_in_a_row, stopped_by_signal = 0, False
+    guards = StopGuards(settings.max_nonfinite_steps)
+    reason = StopReason.FINISHED
     for micro_batches in optimizer_steps(micro_batches_for_epoch, position, settings):
         lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
         skipped_before = engine.skipped_steps
@@ -175,9 +204,8 @@ def run_training(
         logger.advance()
         if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
             logger.log(step_metrics(engine, position, settings, result, lr, *meter.read(position.step)))
-        nonfinite_in_a_row = nonfinite_in_a_row + 1 if engine.skipped_steps > skipped_before else 0
-        stopped_by_signal = result.stop
-        if stopped_by_signal or nonfinite_in_a_row >= settings.max_nonfinite_steps:
+        reason = guards.check(skipped=engine.skipped_steps > skipped_before, stop_voted=result.stop)
+        if reason is not StopReason.FINISHED:
             break
         if watchdog is not None:
             watchdog.beat(position.step)
@@ -185,18 +213,17 @@ def run_training(
             if evaluator is not None:
                 evaluator.after_step(position)
             checkpointer.after_step(position)
-    finished = not stopped_by_signal and nonfinite_in_a_row < settings.max_nonfinite_steps
     with paused(watchdog):
-        if evaluator is not None and finished:
+        if evaluator is not None and reason is StopReason.FINISHED:
             evaluator.close(position)
         checkpointer.close(position)
-    if nonfinite_in_a_row >= settings.max_nonfinite_steps:
+    if reason is StopReason.NONFINITE:
         raise NonFiniteStepsError(
-            f"{nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "
+            f"{guards.nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "
             f"(step {position.step}); the last good state is saved, resume with --from_resume 1 after "
             "lowering the learning rate or checking the data"
         )
-    if stopped_by_signal:
+    if reason is StopReason.SIGNAL:
         print0(f"stopped by a signal after step {position.step}; resume with --from_resume 1")
     return position
 
