@@ -15,7 +15,7 @@ same micro-batch:
   (``PackedWindows``, the default ``--packing 1``) dealt by ``RankInvariantSampler`` through
   ``make_data_loader`` as ``pretrain.training_data`` builds them, a DeepSpeed engine from the JSON
   (``bench.engine.build_engine``: ZeRO-2, fp32, torch's fused AdamW, accumulation 8) stepped by
-  ``minimind.training.loop.train_step``. Left out: the trainer's cosine schedule and logging
+  ``minimind.training.api.train_step``. Left out: the trainer's cosine schedule and logging
   (one scheduler call and a few reads per optimizer step).
 - **MiniMind** is its ``train_pretrain.py`` recipe rebuilt: one document per row as its
   ``PretrainDataset`` makes them (``PaddedDocuments``: bos + text + eos, truncated or padded; as
@@ -73,13 +73,19 @@ from minimind.data import (
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import precision_of
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.arguments import apply_defaults, choose_cpu_ds_config, model_config_kwargs
-from minimind.training.arguments import parse_args as parse_trainer_flags
-from minimind.training.collectives import accelerator_device, barrier
-from minimind.training.cpu_host import set_cpu_threads
-from minimind.training.ds_config import BatchPlan
-from minimind.training.loop import take, train_step
-from minimind.training.process_group import init_process_group
+from minimind.training.api import (
+    BatchPlan,
+    accelerator_device,
+    apply_defaults,
+    barrier,
+    choose_cpu_ds_config,
+    init_process_group,
+    model_config_kwargs,
+    parse_trainer_flags,
+    set_cpu_threads,
+    take,
+    train_step,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DS_CONFIG = Path("ds_configs") / "zero2_fp32.json"

@@ -3,7 +3,8 @@
 Every import of every module (top-level and inside functions) is read with ``ast``. A module
 may import its own layer or a lower one, never a higher one; the layers that make up the
 model and its data (``kernels``, ``model``, ``tokenizer``, ``data``) import nothing
-distributed. Command modules (``python -m ...``) and ``bench/`` are entry points.
+distributed. Command modules (``python -m ...``) and ``bench/`` are entry points; ``bench/`` reaches
+the training side through its public API only (``minimind.training.api``).
 """
 
 import ast
@@ -21,6 +22,7 @@ ENTRY_POINTS = ("pretrain_ds", "bench", "minimind.plan", "minimind.generate", "m
                 "minimind.tokenizer.train", "minimind.checkpoint.__main__")
 DISTRIBUTED = ("deepspeed", "torch.distributed")
 LOCAL = LAYERS[:5]  # the model and its data: no distribution in them
+TRAINING_API = "minimind.training.api"  # what code outside the training side may import of it
 
 
 def layer_of(module: str) -> int | None:
@@ -75,6 +77,15 @@ def crossings() -> list[str]:
 def test_imports_run_one_way():
     assert len(project_modules()) > 50
     assert crossings() == []
+
+
+def test_benchmarks_reach_training_only_through_its_public_api():
+    internal = sorted(f"{import_name(path)} imports {imported}" for path in python_files("bench")
+                      for imported in imported_modules(path)
+                      if imported.startswith("minimind.training.") and imported != TRAINING_API
+                      and not imported.startswith(f"{TRAINING_API}."))
+    assert internal == []
+    assert TRAINING_API in {imported for path in python_files("bench") for imported in imported_modules(path)}
 
 
 @pytest.mark.parametrize("module, expected", [
