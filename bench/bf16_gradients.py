@@ -24,15 +24,12 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from bench.engine import build_engine
-from bench.launch_part import launch_part
+from bench.harness import launch
 from bench.train_throughput import cpu_model, micro_batches, time_interleaved
 from minimind.data import PackedWindows, build_or_load_token_cache, default_corpus_path
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.distributed.collectives import barrier
-from minimind.training.distributed.process_group import init_process_group
-from minimind.training.hardware.cpu import set_cpu_threads
-from minimind.training.loop.steps import train_step
+from minimind.training.api import barrier, init_process_group, set_cpu_threads, train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BF16_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
@@ -78,8 +75,8 @@ def run_driver(args: argparse.Namespace) -> None:
     build_or_load_token_cache(default_corpus_path(), load_tokenizer(), log=print)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "bf16_gradients.json"
-        launch_part("bench.bf16_gradients", args.ranks, ["--part", *model_flags(args), "--out", str(out)],
-                    "bf16_gradients", out, PART_TIMEOUT_S)
+        launch("bench.bf16_gradients", args.ranks, ["--part", *model_flags(args), "--out", str(out)],
+               "bf16_gradients", out, PART_TIMEOUT_S)
         print_report(args, json.loads(out.read_text()))
 
 

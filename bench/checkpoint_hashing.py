@@ -23,7 +23,7 @@ from bench.engine import build_engine
 from minimind.checkpoint.manifest import file_entry, tag_files
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.presets import preset_config_kwargs
-from minimind.training.distributed.process_group import init_process_group
+from minimind.training.api import init_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"

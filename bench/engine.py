@@ -8,8 +8,7 @@ from deepspeed import DeepSpeedEngine
 from deepspeed.accelerator import get_accelerator
 
 from minimind.model import MiniMindForCausalLM
-from minimind.training.ds_config.load import BatchPlan, resolve_ds_config
-from minimind.training.parallel.autoep import install_aux_loss, resolve_expert_parallel
+from minimind.training.api import BatchPlan, install_aux_loss, resolve_ds_config, resolve_expert_parallel
 
 
 def build_engine(config_path: Path, data_parallel: int, model: MiniMindForCausalLM, micro_batch: int,

@@ -10,7 +10,7 @@ peak RSS is its own::
 and prints a markdown table with the ratios to ``ep1``. The variants train the same MoE
 model (MiniMind's 145M MoE preset layout, 4 routed experts top-2 plus 1 shared, at a smaller
 width and depth) from one seed on the same random-token micro-batches, with
-``ds_configs/zero2_fp32.json`` (ZeRO-2, fp32) and ``minimind.training.loop.steps.train_step``:
+``ds_configs/zero2_fp32.json`` (ZeRO-2, fp32) and ``minimind.training.api.train_step``:
 
 - ``plain``: no expert parallelism, the project's MoE layer (grouped GEMMs over experts sorted on the device);
 - ``ep1``: AutoEP at size 1: every rank holds all experts, no all-to-all;
@@ -27,8 +27,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,17 +36,22 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from bench.engine import build_engine
+from bench.harness import REPO_ROOT, launch
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.training.distributed.collectives import all_gather, all_reduce, barrier
-from minimind.training.distributed.process_group import init_process_group
-from minimind.training.distributed.rank_print import print0
-from minimind.training.hardware.cpu import set_cpu_threads
-from minimind.training.loop.steps import train_step
+from minimind.training.api import (
+    all_gather,
+    all_reduce,
+    barrier,
+    init_process_group,
+    print0,
+    set_cpu_threads,
+    train_step,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
 VARIANTS = {"plain": None, "ep1": 1, "ep2": 2}
 MIB = 2**20
+VARIANT_TIMEOUT_S = 1800
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,15 +82,8 @@ def run_driver(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for variant in VARIANTS:
             out = Path(folder) / f"{variant}.json"
-            command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-                       str(29500 + os.getpid() % 1000), "--module", "bench.moe_expert_parallel",
-                       "--variant", variant, "--out", str(out), *forwarded]
-            started = time.perf_counter()
-            completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-            if completed.returncode != 0:
-                print(completed.stdout[-6000:], completed.stderr[-6000:], sep="\n", file=sys.stderr)
-                raise SystemExit(f"{variant}: launcher exited with status {completed.returncode}")
-            print(f"{variant}: done in {time.perf_counter() - started:.0f} s", flush=True)
+            launch("bench.moe_expert_parallel", 2, ["--variant", variant, "--out", str(out), *forwarded], variant, out,
+                   VARIANT_TIMEOUT_S)
             results[variant] = json.loads(out.read_text())
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print_report(args, results, load_before, load_after)

@@ -9,7 +9,7 @@ starts DeepSpeed's launcher once::
 
 Each rank measures its process's resident set: just before the model is built (after the
 imports, the process group and the data) and its high-water mark (``ru_maxrss``) after a
-few optimizer steps of ``minimind.training.loop.steps.train_step`` on an engine from
+few optimizer steps of ``minimind.training.api.train_step`` on an engine from
 ``deepspeed.initialize`` with a config from ``resolve_ds_config`` (``--ds_config``, ZeRO
 stage as given). Measured = peak RSS - RSS before the model, the largest rank's: on the CPU
 accelerator everything a GPU would hold (model states, activations) is host memory, and the
@@ -40,13 +40,11 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from bench.engine import build_engine
-from bench.launch_part import launch_part
+from bench.harness import launch
 from minimind.model import MiniMindForCausalLM
 from minimind.model.precision import precision_of
 from minimind.plan import PlanSettings, model_config, plan_memory
-from minimind.training.distributed.collectives import all_gather_object, barrier
-from minimind.training.distributed.process_group import init_process_group
-from minimind.training.loop.steps import train_step
+from minimind.training.api import all_gather_object, barrier, init_process_group, train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -97,7 +95,7 @@ def run_driver(args: argparse.Namespace) -> None:
                     part += [flag, str(value)]
             if checkpointing:
                 part.append("--activation_checkpointing")
-            launch_part("bench.plan_accuracy", ranks, part, name, out, PART_TIMEOUT_S, EXIT_GRACE_S)
+            launch("bench.plan_accuracy", ranks, part, name, out, PART_TIMEOUT_S, EXIT_GRACE_S)
             measured = json.loads(out.read_text())
             rows.append((name, ranks, checkpointing, measured))
     _, _, _, floor_run = rows[0]

@@ -15,7 +15,7 @@ shipped tokenizer) with the batch arithmetic and AdamW settings of ``--ds_config
 config: the plain loop has no mixed precision to match bf16 with).
 
 ``throughput`` builds, from one seed, a DeepSpeed engine (``--ds_config``, ZeRO-2) driven by
-``minimind.training.loop.steps.train_step`` and a plain PyTorch copy (DDP, ``torch.optim.AdamW`` with
+``minimind.training.api.train_step`` and a plain PyTorch copy (DDP, ``torch.optim.AdamW`` with
 the config's hyper-parameters, the same loss normalisation and gradient clipping), and trains
 both on packed windows (``PackedWindows``) and on MiniMind's padded rows (``PaddedDocuments``),
 interleaved step by step so that a busy machine slows all four alike. Warm-up rounds are not
@@ -48,7 +48,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 
 from bench.engine import build_engine, plain_adamw
-from bench.launch_part import launch_part
+from bench.harness import launch
 from minimind.data import (
     IGNORE_INDEX,
     PackedWindows,
@@ -62,11 +62,17 @@ from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import token_cross_entropy
 from minimind.model.precision import precision_of
 from minimind.tokenizer import load_tokenizer
-from minimind.training.distributed.collectives import all_gather_object, all_reduce, barrier
-from minimind.training.distributed.process_group import init_process_group
-from minimind.training.distributed.rank_print import print0
-from minimind.training.hardware.cpu import set_cpu_threads
-from minimind.training.loop.steps import StepResult, take, train_step
+from minimind.training.api import (
+    StepResult,
+    all_gather_object,
+    all_reduce,
+    barrier,
+    init_process_group,
+    print0,
+    set_cpu_threads,
+    take,
+    train_step,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
@@ -144,8 +150,8 @@ def run_driver(args: argparse.Namespace) -> None:
         results = {}
         for name, part_args in parts.items():
             out = Path(folder) / f"{name}.json"
-            launch_part("bench.train_throughput", args.ranks, [*part_args, *forwarded, "--out", str(out)], name, out,
-                        PART_TIMEOUT_S, EXIT_GRACE_S)
+            launch("bench.train_throughput", args.ranks, [*part_args, *forwarded, "--out", str(out)], name, out,
+                   PART_TIMEOUT_S, EXIT_GRACE_S)
             results[name] = json.loads(out.read_text())
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print_report(args, results, load_before, load_after, time.perf_counter() - started)

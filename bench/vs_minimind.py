@@ -15,7 +15,7 @@ same micro-batch:
   (``PackedWindows``, the default ``--packing 1``) dealt by ``RankInvariantSampler`` through
   ``make_data_loader`` as ``minimind.data.pipeline.training_data`` builds them, a DeepSpeed engine from the JSON
   (``bench.engine.build_engine``: ZeRO-2, fp32, torch's fused AdamW, accumulation 8) stepped by
-  ``minimind.training.loop.steps.train_step``. Left out: the trainer's cosine schedule and logging
+  ``minimind.training.api.train_step``. Left out: the trainer's cosine schedule and logging
   (one scheduler call and a few reads per optimizer step).
 - **MiniMind** is its ``train_pretrain.py`` recipe rebuilt: one document per row as its
   ``PretrainDataset`` makes them (``PaddedDocuments``: bos + text + eos, truncated or padded; as
@@ -28,7 +28,7 @@ same micro-batch:
   pays nothing extra for its data; its constant learning rate leaves out MiniMind's per-step cosine.
 
 ``--deepspeed_config auto`` leaves the flag out of our command, as a user who passes only size
-flags does: the trainer then picks the precision this CPU suits (``arguments.cpu_ds_config``: bf16
+flags does: the trainer then picks the precision this CPU suits (``cpu_ds_config``: bf16
 where the processor has bf16 instructions and one decoder block trains 1.2x faster in bf16),
 while the baseline stays what MiniMind's trainer does on a CPU, fp32 (its autocast is CUDA-only).
 
@@ -73,13 +73,19 @@ from minimind.data import (
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import precision_of
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.arguments import model_config_kwargs, run_config
-from minimind.training.arguments import parse_args as parse_trainer_flags
-from minimind.training.distributed.collectives import accelerator_device, barrier
-from minimind.training.distributed.process_group import init_process_group
-from minimind.training.ds_config.load import BatchPlan
-from minimind.training.hardware.cpu import set_cpu_threads
-from minimind.training.loop.steps import take, train_step
+from minimind.training.api import (
+    BatchPlan,
+    accelerator_device,
+    barrier,
+    cpu_ds_config,
+    init_process_group,
+    model_config_kwargs,
+    parse_trainer_flags,
+    resolved_flags,
+    set_cpu_threads,
+    take,
+    train_step,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DS_CONFIG = Path("ds_configs") / "zero2_fp32.json"
@@ -113,19 +119,22 @@ def trainer_command(args: argparse.Namespace) -> list[str]:
 
 
 def trainer_flags(args: argparse.Namespace) -> argparse.Namespace:
-    """``trainer_command`` resolved as the trainer resolves it (its run config's flags, every default filled in)."""
+    """``trainer_command`` parsed by the trainer's own parser, its defaults filled in as the trainer fills them
+    (on a CPU-only machine without a config, the precision this processor runs fastest)."""
     parsed = parse_trainer_flags(trainer_command(args))
     if parsed.deepspeed_config is not None:
         parsed.deepspeed_config = str(REPO_ROOT / parsed.deepspeed_config)
-    config = run_config(parsed, cpu_only=get_accelerator().device_name() == "cpu")
-    if config.host.precision_timed:
-        print(config.host.notes[-1], flush=True)
-    return argparse.Namespace(**config.flags)
+    flags, _ = resolved_flags(vars(parsed), cpu_only=get_accelerator().device_name() == "cpu")
+    if flags["deepspeed_config"] is None:
+        flags["deepspeed_config"], line = cpu_ds_config(flags)
+        print(line, flush=True)
+    return argparse.Namespace(**flags)
 
 
 def optimizer_steps(dataset: Dataset, batch: BatchPlan, seed: int) -> Iterator[list[dict]]:
     """One process's micro-batches of ``dataset`` (``input_ids``/``targets`` (micro_batch, seq)), an
-    optimizer step's worth at a time, dealt as ``minimind.data.pipeline.training_data`` deals them; epoch after epoch."""
+    optimizer step's worth at a time, dealt as ``minimind.data.pipeline.training_data`` deals them; epoch after
+    epoch."""
     sampler = RankInvariantSampler(len(dataset), micro_batch_size=batch.micro_batch,
                                    accumulation_steps=batch.accumulation, world_size=1, rank=0, seed=seed)
     loader = make_data_loader(dataset, sampler, pin_memory=get_accelerator().device_name() != "cpu")

@@ -3,7 +3,8 @@
     python -m minimind.report out
     python -m minimind.report out --output out/report_2026-12-01
 
-Reads what a run writes in SAVE_DIR: ``metrics.jsonl`` (training and validation rows),
+Reads what a run writes in SAVE_DIR: ``metrics.jsonl`` (training and validation rows; other
+code that reads a run's metrics, the benchmarks and the tests, reads them with ``read_metrics_file``),
 ``samples.jsonl`` and ``run_settings.json`` where present. Writes ``report.png`` (the curves:
 loss against step and against tokens seen, learning rate, gradient norm, tokens/s and MFU, MoE
 aux loss when there is one) and ``report.md`` (run settings, progress, losses, throughput, the
@@ -62,6 +63,15 @@ class JoinedSeries:
     rows: list[dict]  # ascending step; a resumed segment's rows replace the earlier rows from its first step on
     resume_steps: list[int]  # first step of each resumed segment whose rows are still in ``rows``
     resumes: int  # segments that followed another, counting those a later resume replaced
+
+
+@dataclass
+class MetricsRows:
+    """A run's ``metrics.jsonl`` by kind, each in file order: a resumed run's rows follow the rows they
+    repeat (``join_segments`` joins them)."""
+
+    training: list[dict]  # one per logged step
+    validation: list[dict]  # one per evaluation
 
 
 @dataclass
@@ -130,22 +140,29 @@ def load_run(save_dir: Path) -> RunLog:
     ``metrics.jsonl`` is missing, has no training rows, or has a bad line."""
     if not save_dir.is_dir():
         raise ReportError(save_dir, None, "no such folder")
-    metrics_path = save_dir / METRICS_FILE
-    if not metrics_path.is_file():
-        raise ReportError(metrics_path, None, "no such file (is this a training run's --save_dir?)")
-    rows = read_jsonl(metrics_path)
-    training = [row for row in rows if not is_validation_record(row)]
-    if not training:
-        raise ReportError(metrics_path, None, "no training rows" if rows else "empty")
+    metrics = read_metrics_file(save_dir)
+    if not metrics.training:
+        raise ReportError(save_dir / METRICS_FILE, None, "no training rows" if metrics.validation else "empty")
     samples_path = save_dir / SAMPLES_FILE
     samples = read_jsonl(samples_path) if samples_path.is_file() else []
     return RunLog(
         save_dir=save_dir,
-        training=join_segments(training),
-        validation=join_segments([row for row in rows if is_validation_record(row)]),
+        training=join_segments(metrics.training),
+        validation=join_segments(metrics.validation),
         samples=join_segments(samples),
         settings=read_run_settings(save_dir / RUN_SETTINGS_FILE),
     )
+
+
+def read_metrics_file(save_dir: Path) -> MetricsRows:
+    """The training and validation rows of ``{save_dir}/metrics.jsonl``; ``ReportError`` when the file is
+    missing or has a bad line."""
+    metrics_path = save_dir / METRICS_FILE
+    if not metrics_path.is_file():
+        raise ReportError(metrics_path, None, "no such file (is this a training run's --save_dir?)")
+    rows = read_jsonl(metrics_path)
+    return MetricsRows(training=[row for row in rows if not is_validation_record(row)],
+                       validation=[row for row in rows if is_validation_record(row)])
 
 
 def read_run_settings(path: Path) -> dict | None:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+from minimind.report import read_metrics_file
 from minimind.training.distributed.process_group import free_local_port
-from minimind.training.run_dir.files import is_validation_record
 from tests.project_tree import REPO_ROOT
 
 DS_CONFIGS = REPO_ROOT / "ds_configs"
@@ -170,23 +170,18 @@ def started_job(ranks: int, args: list[str], env: dict | None = None, **popen_kw
 
 
 def read_metrics(save_dir: Path) -> list[dict]:
-    """The training records of ``{save_dir}/metrics.jsonl`` (one per logged step)."""
-    return [record for record in read_metrics_file(save_dir) if not is_validation_record(record)]
+    """The training records of ``{save_dir}/metrics.jsonl`` (one per logged step), as the report reads them."""
+    return read_metrics_file(save_dir).training
 
 
 def read_eval_rows(save_dir: Path) -> list[dict]:
-    """The validation records of ``{save_dir}/metrics.jsonl`` (one per evaluation)."""
-    return [record for record in read_metrics_file(save_dir) if is_validation_record(record)]
+    """The validation records of ``{save_dir}/metrics.jsonl`` (one per evaluation), as the report reads them."""
+    return read_metrics_file(save_dir).validation
 
 
 def read_samples(save_dir: Path) -> list[dict]:
     """The rows of ``{save_dir}/samples.jsonl`` (one per prompt per evaluation)."""
     return [json.loads(line) for line in (save_dir / "samples.jsonl").read_text().splitlines()]
-
-
-def read_metrics_file(save_dir: Path) -> list[dict]:
-    """Every record of ``{save_dir}/metrics.jsonl``."""
-    return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def module_weights(save_dir: Path, tag: str) -> dict:

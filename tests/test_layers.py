@@ -4,7 +4,8 @@ and inside ``training`` in the order of ``TRAINING_ORDER``.
 Every import of every module (top-level and inside functions) is read with ``ast``. A module
 may import its own layer or a lower one, never a higher one; the layers that make up the
 model and its data (``kernels``, ``model``, ``tokenizer``, ``data``) import nothing
-distributed. Command modules (``python -m ...``) and ``bench/`` are entry points.
+distributed. Command modules (``python -m ...``) and ``bench/`` are entry points; ``bench/`` reaches
+the training side through its public API only (``minimind.training.api``).
 """
 
 import ast
@@ -25,11 +26,12 @@ LOCAL = LAYERS[:5]  # the model and its data: no distribution in them
 # Inside minimind.training, bottom to top: the training position every part reads; the run's config (its
 # sections, which every part below the flags takes instead of argparse); who the rank is and how
 # ranks talk; the machine; the DeepSpeed JSON and batch; the output folder; checkpoints; AutoEP; evaluation;
-# metrics; the loop; one run's pieces; the flags; the run built from them.
+# metrics; the loop; one run's pieces; the flags; the run built from them; what code outside may import.
 TRAINING_ORDER = ("position", "config", "distributed", "hardware", "ds_config", "run_dir", "checkpoints", "parallel",
-                  "evaluation", "metrics", "loop", "run", "arguments", "pretrain")
+                  "evaluation", "metrics", "loop", "run", "arguments", "pretrain", "api")
 # Endings that make two names in one folder hard to tell apart (checkpointer, checkpointing, checkpoints).
 WORD_ENDINGS = ("ings", "ing", "ers", "er", "ors", "or", "ions", "ion", "es", "s")
+TRAINING_API = "minimind.training.api"  # what code outside the training side may import of it
 
 
 def layer_of(module: str) -> int | None:
@@ -96,6 +98,15 @@ def crossings() -> list[str]:
 def test_imports_run_one_way():
     assert len(project_modules()) > 50
     assert crossings() == []
+
+
+def test_benchmarks_reach_training_only_through_its_public_api():
+    internal = sorted(f"{import_name(path)} imports {imported}" for path in python_files("bench")
+                      for imported in imported_modules(path)
+                      if imported.startswith("minimind.training.") and imported != TRAINING_API
+                      and not imported.startswith(f"{TRAINING_API}."))
+    assert internal == []
+    assert TRAINING_API in {imported for path in python_files("bench") for imported in imported_modules(path)}
 
 
 @pytest.mark.parametrize("module, expected", [
