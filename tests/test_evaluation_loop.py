@@ -12,11 +12,11 @@ from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.ds_config.load import BatchPlan
 from minimind.training.evaluation.samples import SampleGenerator
 from minimind.training.loop.evaluation_schedule import EvalSettings, Evaluator
-from minimind.training.loop.save_schedule import Checkpointer
 from minimind.training.loop.steps import LoopSettings, run_training
 from minimind.training.metrics.logger import ThroughputMeter
 from minimind.training.position import TrainingPosition
 from tests.model_reference import greedy_full_recompute
+from tests.recorded_saves import RecordedSaves
 from tests.test_evaluation import reference_val_loss
 from tests.test_loop_exits import QuietLogger, SkippingEngine, StopAfter
 
@@ -76,8 +76,8 @@ def train(evaluate: bool, total_steps: int = 6, stop_after: int | None = None,
                                      device=CPU)
         evaluator = Evaluator(engine, eval_settings, logger, rank=0, world=1)
     stop = StopAfter(engine, stop_after) if stop_after else None
-    checkpointer = Checkpointer(lambda position: None, 100, saved_step=0)
-    end = run_training(engine, micro_batches_for_epoch, start or TrainingPosition(), settings, logger, checkpointer,
+    checkpoints = RecordedSaves(interval=100)
+    end = run_training(engine, micro_batches_for_epoch, start or TrainingPosition(), settings, logger, checkpoints,
                        CPU, stop, evaluator)
     return engine, logger, end, windows, tokenizer
 

@@ -6,10 +6,10 @@ import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.training.ds_config.load import BatchPlan
-from minimind.training.loop.save_schedule import Checkpointer
 from minimind.training.loop.steps import LoopSettings, NonFiniteStepsError, run_training
 from minimind.training.position import TrainingPosition
 from tests.plain_engine import PlainEngine
+from tests.recorded_saves import RecordedSaves
 
 
 class SkippingEngine(PlainEngine):
@@ -66,7 +66,6 @@ class StopAfter:
 
 def train(engine, total_steps: int, interval: int, max_nonfinite: int = 10, stop=None) -> tuple[list[int], object]:
     """Run the loop over random micro-batches; returns the steps saved and the end position (or the error)."""
-    saved = []
 
     def micro_batches_for_epoch(epoch: int, start_sample: int):
         generator = torch.Generator().manual_seed(epoch)
@@ -76,13 +75,13 @@ def train(engine, total_steps: int, interval: int, max_nonfinite: int = 10, stop
 
     settings = LoopSettings(epochs=1, total_steps=total_steps, batch=BatchPlan(1, 1, 1, 1.0), log_interval=1,
                             max_nonfinite_steps=max_nonfinite, flops_per_token=1.0, peak_flops_total=1.0, seq_len=8)
-    checkpointer = Checkpointer(lambda position: saved.append(position.step), interval, saved_step=0)
+    checkpoints = RecordedSaves(interval)
     try:
-        end = run_training(engine, micro_batches_for_epoch, TrainingPosition(), settings, QuietLogger(), checkpointer,
+        end = run_training(engine, micro_batches_for_epoch, TrainingPosition(), settings, QuietLogger(), checkpoints,
                            torch.device("cpu"), stop)
     except NonFiniteStepsError as error:
         end = error
-    return saved, end
+    return checkpoints.steps, end
 
 
 def test_the_last_step_is_saved_once_besides_the_interval():

@@ -1,10 +1,10 @@
 """The loop's pieces without an engine: which micro-batches make each optimizer step across
-epochs, and when the checkpointer saves."""
+epochs, and when the checkpoint manager saves."""
 
 from minimind.training.ds_config.load import BatchPlan
-from minimind.training.loop.save_schedule import Checkpointer
 from minimind.training.loop.steps import LoopSettings, optimizer_steps
 from minimind.training.position import TrainingPosition
+from tests.recorded_saves import RecordedSaves
 
 
 def settings(epochs: int, total_steps: int, batch: BatchPlan) -> LoopSettings:
@@ -53,19 +53,18 @@ def test_a_resume_mid_epoch_continues_from_its_sample():
     assert (end.epoch, end.step, end.sample_in_epoch) == (1, 8, 10)
 
 
-def test_checkpointer_saves_on_the_interval_and_once_at_the_end():
-    saved = []
-    checkpointer = Checkpointer(lambda position: saved.append(position.step), interval=4, saved_step=0)
+def test_checkpoints_are_saved_on_the_interval_and_once_at_the_end():
+    saves = RecordedSaves(interval=4)
     position = TrainingPosition()
     for _ in range(9):
         position.advance(8)
-        checkpointer.after_step(position)
-    checkpointer.close(position)
-    checkpointer.close(position)
-    assert saved == [4, 8, 9]
-    resumed = Checkpointer(lambda position: saved.append(("again", position.step)), interval=4, saved_step=9)
+        saves.after_step(position)
+    saves.close(position)
+    saves.close(position)
+    assert saves.steps == [4, 8, 9]
+    resumed = RecordedSaves(interval=4, saved_step=9)
     resumed.close(position)  # a resumed run that trained no step writes nothing
-    assert saved == [4, 8, 9]
+    assert resumed.steps == []
 
 
 def test_a_resumed_position_moves_to_the_next_micro_step_of_another_global_batch():

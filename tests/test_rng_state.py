@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from minimind.training.checkpoints.client_state import upgrade_client_state
 from minimind.training.checkpoints.tags import restore_rng_state, rng_state
 
 
@@ -45,13 +46,19 @@ def test_a_rank_saves_only_its_own_gpu_s_generator_and_restores_it_where_it_sees
     assert torch.equal(one.states[0], torch.tensor([5], dtype=torch.uint8))
 
 
-def test_a_checkpoint_holding_every_visible_gpu_s_generator_still_restores(monkeypatch):
-    """The earlier format (``get_rng_state_all``, a list): the current device's entry is taken."""
-    one = FakeGpus(count=1, current=0)
-    one.install(monkeypatch)
-    saved = {**rng_state(), "cuda": [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)]}
-    restore_rng_state(saved)
-    assert torch.equal(one.states[0], torch.tensor([7], dtype=torch.uint8))
+@pytest.mark.parametrize("current, expected", [(0, 7), (1, 8), (2, None)])
+def test_a_checkpoint_holding_every_visible_gpu_s_generator_still_restores(monkeypatch, current, expected):
+    """The earlier format (``get_rng_state_all``, a list per rank): the client-state upgrade keeps the current
+    device's entry, or none where the resuming rank has no GPU at that index."""
+    gpus = FakeGpus(count=3, current=current)
+    gpus.install(monkeypatch)
+    before = gpus.states[current].clone()
+    every_gpu = [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)]
+    saved = {"position": {"step": 1}, "rng_states": [{**rng_state(), "cuda": every_gpu}]}
+    (upgraded,) = upgrade_client_state(saved)["rng_states"]
+    restore_rng_state(upgraded)
+    restored = before if expected is None else torch.tensor([expected], dtype=torch.uint8)
+    assert torch.equal(gpus.states[current], restored)
 
 
 def test_host_generators_round_trip():

@@ -37,7 +37,6 @@ from minimind.training.evaluation.samples import read_sample_prompts
 from minimind.training.hardware.offload_build import check_host_optimizer_build
 from minimind.training.hardware.peak_flops import peak_flops, tf32_enabled
 from minimind.training.loop.evaluation_schedule import Evaluator
-from minimind.training.loop.save_schedule import Checkpointer
 from minimind.training.loop.steps import LoopSettings, run_training
 from minimind.training.loop.stop_request import StopRequest
 from minimind.training.metrics.logger import MetricsLogger, check_wandb_installed, model_flops_per_token
@@ -47,11 +46,11 @@ from minimind.training.parallel.autoep import (
 from minimind.training.parallel.moe_path import moe_dispatch_notes
 from minimind.training.position import TrainingPosition
 from minimind.training.run.announce import announce
-from minimind.training.run.checkpoint_contents import checkpoint_writer
+from minimind.training.run.checkpoint_contents import RunRecord, ScheduleRecord, checkpoint_manager
 from minimind.training.run.engine import build_engine, model_dtype
 from minimind.training.run.evaluation_plan import announce_evaluation, eval_settings
 from minimind.training.run.inputs import RunInputs
-from minimind.training.run.resume import resume_state, with_resume
+from minimind.training.run.resume import agree_on_resume, check_resume_alone, resume_state
 from minimind.training.run.settings_file import run_settings, write_run_settings
 from minimind.training.run_dir.checks import check_shared, check_writable
 from minimind.training.run_dir.files import METRICS_FILE
@@ -73,7 +72,7 @@ def pretrain(config: RunConfig) -> TrainingPosition:
     inputs = follow_rank_zero_precision(inputs)
     save_dir_lock = claim_save_dir(inputs.save_dir, overwrite=config.checkpoint.overwrite)
     try:
-        position = train(config, with_resume(config.checkpoint, inputs), samples, eval_windows)
+        position = train(config, agree_on_resume(config.checkpoint, inputs), samples, eval_windows)
     finally:
         save_dir_lock.release()
     # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
@@ -92,14 +91,15 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
                          pin_memory=not inputs.cpu_only, log=print0)
     engine, n_params = build_engine(config, inputs, data.total_steps)
     device = accelerator_device()
-    position, wandb_run_id = resume_state(config.checkpoint, engine, inputs, data)
+    checkpoints = checkpoint_manager(config, inputs, engine)
+    position, wandb_run_id = resume_state(config.checkpoint, checkpoints, inputs, data)
     recorded = run_settings(config, inputs, n_params, position, data.total_steps, data.mixture)
     write_run_settings(inputs.save_dir, recorded)
     logged_config = {**config.flags, **({"mixture": recorded["mixture"]} if "mixture" in recorded else {})}
     logger = MetricsLogger(inputs.save_dir, config.logging.use_wandb, config.logging.wandb_project, wandb_run_id,
                            logged_config, engine.monitor)
-    checkpointer = Checkpointer(checkpoint_writer(config, inputs, engine, logger.wandb_run_id, data.total_steps),
-                                config.checkpoint.save_interval, saved_step=position.step)
+    checkpoints.contribute(RunRecord(config, inputs), ScheduleRecord(data.total_steps, config.schedule.warmup_steps),
+                           logger)
     settings = LoopSettings(
         epochs=config.schedule.epochs,
         total_steps=data.total_steps,
@@ -123,7 +123,7 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
     stall_limit_s = STALL_FRACTION * config.distributed.collective_timeout
     watchdog = StallWatchdog(rank, stall_limit_s).start() if world > 1 else None
     try:
-        position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpointer, device,
+        position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpoints, device,
                                 StopRequest().install(), evaluator, watchdog)
     finally:
         if watchdog is not None:
@@ -179,7 +179,7 @@ def check_inputs(config: RunConfig) -> RunInputs:
                        fit_batch_to_corpus=not data.data_paths and (config.demo or not config.batch.chosen),
                        host_notes=host_notes, precision_timed=config.host.precision_timed,
                        eval_cache_location=eval_cache_location, sample_prompts=sample_prompts)
-    return with_resume(config.checkpoint, inputs)
+    return check_resume_alone(config.checkpoint, inputs)
 
 
 def check_kernels_run_on(impl: str, device: torch.device) -> None:

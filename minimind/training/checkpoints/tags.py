@@ -1,9 +1,9 @@
 """Saving and resuming training state with DeepSpeed's sharded checkpoints.
 
 ``engine.save_checkpoint`` writes model, optimizer (sharded per rank), scheduler and the
-client state; this module decides what goes in the client state (position, RNG of every
-rank, resolved config, tokenizer identity, wandb id), adds MiniMind's ``.pth`` and a manifest
-of every file to each tag, moves ``latest`` and prunes old tags.
+client state; this module adds the position and every rank's RNG state to the client state the
+run's parts contribute (``manager.CheckpointManager``), MiniMind's ``.pth`` and a manifest of every
+file to each tag, moves ``latest`` and prunes old tags.
 """
 
 import os
@@ -38,23 +38,12 @@ def rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Put back what ``rng_state`` captured (the GPU generator onto this rank's current device).
-
-    Checkpoints written before this format hold every visible GPU's generator (a list): the
-    entry of the current device is taken when there is one.
-    """
+    """Put back what ``rng_state`` captured (the GPU generator onto this rank's current device)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is None or not torch.cuda.is_available():
-        return
-    current = torch.cuda.current_device()
-    if isinstance(cuda, list):
-        if current >= len(cuda):
-            return
-        cuda = cuda[current]
-    torch.cuda.set_rng_state(cuda, current)
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
 
 
 def all_rng_states() -> list[dict]:
@@ -137,11 +126,8 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
 
 
 def load_training_state(engine, checkpoint_dir: Path, tag: str | None) -> dict:
-    """Load engine, optimizer and scheduler state; restore this rank's RNG; return the client state."""
+    """Load engine, optimizer and scheduler state; return the client state as it was saved."""
     load_path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
     if load_path is None:
         raise CheckpointError(f"{checkpoint_dir}: no checkpoint could be loaded (tag {tag or 'latest'})")
-    states = client_state["rng_states"]
-    if len(states) == world_size():
-        restore_rng_state(states[global_rank()])
     return client_state

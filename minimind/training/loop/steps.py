@@ -15,6 +15,7 @@ from enum import Enum
 import torch
 
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
+from minimind.training.checkpoints.manager import CheckpointManager
 from minimind.training.distributed.collectives import all_reduce
 from minimind.training.distributed.rank_print import print0
 from minimind.training.distributed.stall_watchdog import StallWatchdog
@@ -22,7 +23,6 @@ from minimind.training.distributed.world import world_size
 from minimind.training.ds_config.load import BatchPlan
 from minimind.training.loop.evaluation_schedule import Evaluator
 from minimind.training.loop.host_copy import copy_to_host_later
-from minimind.training.loop.save_schedule import Checkpointer
 from minimind.training.loop.stop_request import StopRequest
 from minimind.training.metrics.logger import MetricsLogger, StepMetrics, ThroughputMeter
 from minimind.training.position import TrainingPosition
@@ -169,7 +169,7 @@ def run_training(
     start: TrainingPosition,
     settings: LoopSettings,
     logger: MetricsLogger,
-    checkpointer: Checkpointer,
+    checkpoints: CheckpointManager,
     device: torch.device,
     stop_request: StopRequest | None = None,
     evaluator: Evaluator | None = None,
@@ -178,7 +178,7 @@ def run_training(
     """Train from ``start`` to ``settings.total_steps``; returns where training ended.
 
     ``micro_batches_for_epoch(epoch, start_sample)`` yields this rank's micro-batches of an
-    epoch from a global sample index; ``checkpointer`` saves on its interval and where the loop ends;
+    epoch from a global sample index; ``checkpoints`` saves on its interval and where the loop ends;
     ``evaluator`` (if any) evaluates on its interval and where a finished run ends, before the save of
     the same step, so that the checkpoint records the evaluation.
 
@@ -212,11 +212,11 @@ def run_training(
         with meter.paused(), paused(watchdog):  # tokens/s is training's alone
             if evaluator is not None:
                 evaluator.after_step(position)
-            checkpointer.after_step(position)
+            checkpoints.after_step(position)
     with paused(watchdog):
         if evaluator is not None and reason is StopReason.FINISHED:
             evaluator.close(position)
-        checkpointer.close(position)
+        checkpoints.close(position)
     if reason is StopReason.NONFINITE:
         raise NonFiniteStepsError(
             f"{guards.nonfinite_in_a_row} optimizer steps in a row had non-finite gradients and were skipped "

@@ -157,6 +157,10 @@ class MetricsLogger:
         if self.monitor is not None:
             self.monitor.write_events([(f"{section}/{name}", value, step) for name, value in numbers.items()])
 
+    def checkpoint_state(self) -> dict:
+        """``wandb_run_id``: a resumed run logs on into the same Weights & Biases run (a checkpoint part)."""
+        return {"wandb_run_id": self.wandb_run_id}
+
     def close(self) -> None:
         """Close the progress bar and finish the wandb run, if any."""
         if self.progress is not None:

@@ -1,44 +1,50 @@
-"""The checkpointer's ``write(position)`` for a run: what goes in a tag, and the ``.pth`` it publishes."""
+"""What a run's checkpoints hold beside the position and RNG: its record and its schedule, and the manager
+that saves and loads them with MiniMind's ``.pth`` (one file, or gathered from the expert-parallel ranks)."""
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from minimind.training.checkpoints.manager import CheckpointManager
 from minimind.training.checkpoints.pth import write_minimind_weights
-from minimind.training.checkpoints.recorded_writes import CheckpointWrites
-from minimind.training.checkpoints.tags import publish_weights, save_training_state
 from minimind.training.config import RunConfig
-from minimind.training.distributed.rank_print import print0
 from minimind.training.parallel.autoep import write_expert_parallel_weights
-from minimind.training.position import TrainingPosition
 from minimind.training.run.inputs import RunInputs
 
 
-def checkpoint_writer(config: RunConfig, inputs: RunInputs, engine, wandb_run_id: str | None,
-                      total_steps: int) -> Callable[[TrainingPosition], None]:
-    """The checkpointer's ``write(position)``: a DeepSpeed checkpoint with the client state and
-    MiniMind's ``.pth`` in the tag, the tag's manifest, then the ``.pth`` published to ``--save_dir``."""
-    checkpoint_dir = inputs.save_dir / "checkpoints"
-    client_extra = {
-        "resolved_ds_config": inputs.ds_config,
-        "args": dict(config.flags),
-        "wandb_run_id": wandb_run_id,
-        "schedule": {"total_steps": total_steps, "warmup_steps": config.schedule.warmup_steps},
-        **inputs.identity().client_state(),
-    }
-    writes = CheckpointWrites(engine)
-    name = config.model.weights_name()
+@dataclass(frozen=True)
+class RunRecord:
+    """The run as a resume and the export read it back: the resolved DeepSpeed config, every resolved flag,
+    and the identity a resumed checkpoint must share (model, tokenizer, data)."""
+
+    config: RunConfig
+    inputs: RunInputs
+
+    def checkpoint_state(self) -> dict:
+        """``resolved_ds_config``, ``args`` and the run identity's entries."""
+        return {"resolved_ds_config": self.inputs.ds_config, "args": dict(self.config.flags),
+                **self.inputs.identity().client_state()}
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """The learning-rate schedule's length and warm-up: a resume says when the new run's differs."""
+
+    total_steps: int
+    warmup_steps: int
+
+    def checkpoint_state(self) -> dict:
+        """``schedule``."""
+        return {"schedule": {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps}}
+
+
+def checkpoint_manager(config: RunConfig, inputs: RunInputs, engine) -> CheckpointManager:
+    """The run's checkpoint manager: ``--save_interval``, ``--keep_checkpoints``, ``{save_dir}/checkpoints``, and
+    MiniMind's ``.pth`` written from the engine (gathered from every rank's experts under AutoEP)."""
 
     def write_weights(tag_dir: Path) -> Path | None:
         if inputs.ep_size is None:
-            return write_minimind_weights(engine, tag_dir / name)
-        return write_expert_parallel_weights(engine, tag_dir / name)
+            return write_minimind_weights(engine, tag_dir / config.model.weights_name())
+        return write_expert_parallel_weights(engine, tag_dir / config.model.weights_name())
 
-    def write(at: TrainingPosition) -> None:
-        tag, weights = save_training_state(engine, checkpoint_dir, at, client_extra, config.checkpoint.keep_checkpoints,
-                                           writes,
-                                           write_weights)
-        if weights is not None:
-            publish_weights(weights, inputs.save_dir / name)
-        print0(f"step {at.step}: checkpoint {checkpoint_dir / tag}, weights {inputs.save_dir / name}")
-
-    return write
+    return CheckpointManager(engine, inputs.save_dir, config.model.weights_name(), config.checkpoint.save_interval,
+                             config.checkpoint.keep_checkpoints, write_weights)
