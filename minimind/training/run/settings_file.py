@@ -18,8 +18,7 @@ def run_settings(config: RunConfig, inputs: RunInputs, n_params: int, start: Tra
                  total_steps: int, mixture: MixedSamples | None = None) -> dict:
     """The command, the resolved batch and precision, the model and the data of this run (with the mixture's
     realised shares)."""
-    batch, config = inputs.batch, inputs.model_config
-    data = config.data
+    batch, model_config, data = inputs.batch, inputs.model_config, config.data
     evaluation = (f"{data.eval_fraction:g} of the documents held out" if data.eval_fraction
                   else data.eval_data_path)
     return {
@@ -35,7 +34,7 @@ def run_settings(config: RunConfig, inputs: RunInputs, n_params: int, start: Tra
         "global_batch": batch.global_batch,
         "max_seq_len": data.max_seq_len,
         "parameters": n_params,
-        "model": {name: getattr(config, name) for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+        "model": {name: getattr(model_config, name) for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                           "num_key_value_heads", "vocab_size", "use_moe")},
         "data": [str(path) for path in inputs.data.data_paths] or "the bundled corpus",
         "eval": evaluation,
