@@ -295,9 +295,10 @@ def run_pytest(check: Check, name: str, selection: list[str], env: dict) -> dict
 
 
 def gpu_marked_files() -> list[str]:
-    """The test files that mark tests ``gpu`` (collecting only those spares importing the whole suite)."""
+    """The test files with ``gpu`` tests: those that use the ``cuda_device`` fixture, which marks them
+    (``tests/conftest.py``); collecting only those spares importing the whole suite."""
     return sorted(f"tests/{path.name}" for path in (REPO_ROOT / "tests").glob("test_*.py")
-                  if "mark.gpu" in path.read_text(encoding="utf-8"))
+                  if re.search(r"\bcuda_device\b", path.read_text(encoding="utf-8")))
 
 
 def format_counts(counts: dict) -> str:

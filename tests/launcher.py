@@ -73,12 +73,19 @@ def write_corpus(path: Path, lines: int = 600, seed: int = 0) -> Path:
     return path
 
 
-# False while a test not marked ``slow`` runs (conftest): the fast tier launches no ranks.
+# False while a test not marked ``launch`` runs (conftest): the fast tier launches no ranks.
 launches_allowed = True
 
 
 class LaunchInFastTierError(AssertionError):
-    """A test of the fast tier (not marked ``slow``) tried to launch DeepSpeed ranks."""
+    """A test of the fast tier (not marked ``launch``) tried to launch DeepSpeed ranks."""
+
+
+def refuse_launch_in_fast_tier() -> None:
+    """Raise ``LaunchInFastTierError`` unless the running test is marked ``launch``."""
+    if not launches_allowed:
+        raise LaunchInFastTierError("this test launches DeepSpeed ranks: let it use the launch_dir fixture, directly "
+                                    "or through a fixture, which marks it launch (tests/conftest.py)")
 
 
 def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") -> list[str]:
@@ -88,9 +95,7 @@ def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") 
     ``deepspeed`` runner would encode; calling it directly skips the runner's own start-up
     (seconds per launch). ``tests/test_multinode.py`` goes through the runner itself.
     """
-    if not launches_allowed:
-        raise LaunchInFastTierError("this test launches DeepSpeed ranks: mark it slow, or the fixture that launches "
-                                    "(LAUNCHING_FIXTURES in tests/conftest.py)")
+    refuse_launch_in_fast_tier()
     world = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(ranks))}).encode()).decode()
     return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
             "--master_addr=127.0.0.1", "--master_port", str(free_local_port()), script, *args]
@@ -141,6 +146,7 @@ def run_job(command: list[str], port: int, env: dict | None = None, timeout: int
     """Run ``command``, a job whose ranks meet on ``port``, from the repository root, output
     captured; fails the test on a non-zero exit, or on shared-memory buffers a successful run
     left behind, unless ``check`` is False."""
+    refuse_launch_in_fast_tier()
     try:
         result = subprocess.run(command, cwd=REPO_ROOT, env=launch_env(env), capture_output=True, text=True,
                                 timeout=timeout)

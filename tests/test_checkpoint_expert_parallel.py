@@ -31,8 +31,6 @@ from minimind.model.pth_weights import load_minimind_pth
 from tests.launcher import FP32_CONFIG, TINY_MODEL, launch, read_eval_rows, read_metrics, read_samples
 from tests.test_checkpoint_commands import CLEAN_LOAD, PROMPT
 
-pytestmark = pytest.mark.slow
-
 # Every run also validates on 5% of the corpus held out and continues the default prompts, at each save and
 # at the end: AutoEP exchanges tokens inside each forward, so the ranks must evaluate in lockstep.
 TINY_MOE = [*TINY_MODEL, "--use_moe", "1", "--deepspeed_config", str(FP32_CONFIG), "--accumulation_steps", "2",

@@ -33,8 +33,6 @@ SHARD_0 = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 SHARD_1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
 MODEL_STATES = "mp_rank_00_model_states.pt"
 
-pytestmark = pytest.mark.slow  # every test resumes a launched run
-
 
 def flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())

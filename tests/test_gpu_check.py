@@ -1,5 +1,5 @@
 """``python -m bench.gpu_check``: the GPU profile's order and time limits with faked part durations, and
-``--dry-run --all``, the whole script on CPU at toy sizes (slow: the ``dry_run`` fixture launches)."""
+``--dry-run --all``, the whole script on CPU at toy sizes (marked ``launch``: the ``dry_run`` fixture launches)."""
 
 import dataclasses
 import json
@@ -22,8 +22,8 @@ TRAINING_PARTS = ("train-26m-triton", "train-26m-torch", "train-1b-zero2-ckpt", 
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    out = tmp_path_factory.mktemp("gpu_check")
+def dry_run(launch_dir) -> tuple[subprocess.CompletedProcess, Path]:
+    out = launch_dir / "gpu_check"
     result = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--all", "--out", str(out)],
                             cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,

@@ -4,7 +4,6 @@ lock is taken over, and a fresh run never lands on an earlier run's checkpoints 
 import subprocess
 import sys
 
-import pytest
 import torch.distributed as dist
 
 import pretrain_ds
@@ -32,7 +31,6 @@ def test_a_fresh_run_over_checkpoints_is_refused_before_any_work(tmp_path, capsy
     assert not dist.is_initialized() and (tmp_path / "checkpoints" / "step_4").is_dir()
 
 
-@pytest.mark.slow
 def test_a_save_dir_in_use_is_refused_and_a_killed_holder_s_lock_taken_over(tmp_path, corpus, launch_env_vars):
     save_dir = tmp_path / "run"
     earlier = save_dir / "checkpoints" / "step_5"

@@ -38,8 +38,6 @@ from tests.launcher import (
 )
 from tests.model_reference import greedy_full_recompute
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def one_rank(launch_dir, corpus, eval_corpus, launch_env_vars):
