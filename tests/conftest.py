@@ -32,9 +32,9 @@ deepspeed_triton._TRITON_AVAILABLE = swiglu_triton._TRITON_AVAILABLE = False
 
 # The suite's tiers, marked here and nowhere else (``pytest -m``; pyproject.toml describes the marks):
 # - ``launch``: every test that uses ``launch_dir``, the folder of the session's launched runs, directly or
-#   through another fixture (``reference_run``, ``corpus``, ``launch_env_vars``, ...). A test that starts
-#   DeepSpeed ranks in processes of their own writes under it, so it is marked; the fast tier
-#   (``-m "not launch"``) launches nothing, and a launch from a test without the mark fails it
+#   through another fixture (``reference_run``, ``corpus``, ``launch_env_vars``, ...): the tests that start
+#   DeepSpeed ranks in processes of their own write under it, and those that read such runs read it. The
+#   fast tier (``-m "not launch"``) launches nothing: a launch from a test without the mark fails it
 #   (``tests.launcher.refuse_launch_in_fast_tier``).
 # - ``gpu``: every test that uses ``cuda_device``; skipped where CUDA is missing.
 MARKS_BY_FIXTURE = {"launch_dir": "launch", "cuda_device": "gpu"}
