@@ -98,7 +98,7 @@ def main() -> int:
     run([*pip, "install", "--quiet", TORCH, "-e", ".[dev]"], check=True, env=env)
     freeze = run([*pip, "freeze", "--exclude-editable"], check=True, env=env, capture_output=True, text=True)
     resolved = {name: version for name, version in read_pins(freeze.stdout.splitlines()).items() if name != "torch"}
-    fast_tier = run([python, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider"], env=env)
+    fast_tier = run([python, "-m", "pytest", "-q", "-m", "not launch", "-p", "no:cacheprovider"], env=env)
     save_dir = workdir / "run"
     short_run = run(["deepspeed", "pretrain_ds.py", "--save_dir", str(save_dir)], env=env)
     direct = sorted({name for path in RANGES for line in path.read_text().splitlines()

@@ -30,23 +30,30 @@ from tests.launcher import REFERENCE_TRAINING, evaluation_flags, launch, write_c
 # tensors. In this process they take their PyTorch path, as on a CPU-only machine (a no-op there).
 deepspeed_triton._TRITON_AVAILABLE = swiglu_triton._TRITON_AVAILABLE = False
 
-# Session and module fixtures that launch DeepSpeed ranks: every test that uses one, directly or
-# through another fixture, is marked ``slow``. The fast tier (``-m "not slow"``) launches nothing:
-# a launch from a test without the mark fails it (``tests.launcher.launch_command``).
-LAUNCHING_FIXTURES = {"reference_run", "ep2_run", "ep1_run", "autoep_results", "one_rank", "dry_run"}
+# The suite's tiers, marked here and nowhere else (``pytest -m``; pyproject.toml describes the marks):
+# - ``launch``: every test that uses ``launch_dir``, the folder of the session's launched runs, directly or
+#   through another fixture (``reference_run``, ``corpus``, ``launch_env_vars``, ...): the tests that start
+#   DeepSpeed ranks in processes of their own write under it, and those that read such runs read it. The
+#   fast tier (``-m "not launch"``) launches nothing: a launch from a test without the mark fails it
+#   (``tests.launcher.refuse_launch_in_fast_tier``).
+# - ``gpu``: every test that uses ``cuda_device``; skipped where CUDA is missing.
+MARKS_BY_FIXTURE = {"launch_dir": "launch", "cuda_device": "gpu"}
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Mark ``slow`` every test that uses a launching fixture."""
+    """Mark each test by the fixtures it uses (``MARKS_BY_FIXTURE``), before ``-m`` selects."""
     for item in items:
-        if LAUNCHING_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, mark in MARKS_BY_FIXTURE.items():
+            if fixture in fixtures:
+                item.add_marker(mark)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    """Allow launches, in the test's fixtures and in the test itself, only for ``slow`` tests."""
-    launcher.launches_allowed = item.get_closest_marker("slow") is not None
+    """Allow launches, in the test's fixtures and in the test itself, only for ``launch`` tests."""
+    launcher.launches_allowed = item.get_closest_marker("launch") is not None
 
 
 def nan_filled_empty(shape, dtype, device):
@@ -64,9 +71,18 @@ def device() -> torch.device:
     pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1")
 
 
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """The CUDA device of a test that needs one (marked ``gpu``); skipped where there is none."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 @pytest.fixture(scope="session")
 def launch_dir(tmp_path_factory) -> Path:
-    """One folder for the session's launched runs, their corpus and their token cache."""
+    """One folder for the session's launched runs, their corpus and their token cache; a test that uses it
+    is marked ``launch``."""
     return tmp_path_factory.mktemp("launched")
 
 

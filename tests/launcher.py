@@ -1,8 +1,10 @@
-"""Running ``pretrain_ds.py`` (or a test entry point) through DeepSpeed's real launcher, the
-training settings the launched tests share, and reading what the runs wrote."""
+"""Running ``pretrain_ds.py`` (or a test entry point) through DeepSpeed's real launcher, or in this
+process where one rank and no launcher is the scenario, the training settings the launched tests
+share, and reading what the runs wrote."""
 
 import base64
 import contextlib
+import io
 import json
 import os
 import random
@@ -13,8 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from deepspeed.utils import groups as deepspeed_groups
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+import pretrain_ds
 from minimind.report import read_metrics_file
 from minimind.training.distributed.process_group import free_local_port
 from tests.project_tree import REPO_ROOT
@@ -73,12 +78,19 @@ def write_corpus(path: Path, lines: int = 600, seed: int = 0) -> Path:
     return path
 
 
-# False while a test not marked ``slow`` runs (conftest): the fast tier launches no ranks.
+# False while a test not marked ``launch`` runs (conftest): the fast tier launches no ranks.
 launches_allowed = True
 
 
 class LaunchInFastTierError(AssertionError):
-    """A test of the fast tier (not marked ``slow``) tried to launch DeepSpeed ranks."""
+    """A test of the fast tier (not marked ``launch``) tried to launch DeepSpeed ranks."""
+
+
+def refuse_launch_in_fast_tier() -> None:
+    """Raise ``LaunchInFastTierError`` unless the running test is marked ``launch``."""
+    if not launches_allowed:
+        raise LaunchInFastTierError("this test launches DeepSpeed ranks: let it use the launch_dir fixture, directly "
+                                    "or through a fixture, which marks it launch (tests/conftest.py)")
 
 
 def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") -> list[str]:
@@ -88,9 +100,7 @@ def launch_command(ranks: int, args: list[str], script: str = "pretrain_ds.py") 
     ``deepspeed`` runner would encode; calling it directly skips the runner's own start-up
     (seconds per launch). ``tests/test_multinode.py`` goes through the runner itself.
     """
-    if not launches_allowed:
-        raise LaunchInFastTierError("this test launches DeepSpeed ranks: mark it slow, or the fixture that launches "
-                                    "(LAUNCHING_FIXTURES in tests/conftest.py)")
+    refuse_launch_in_fast_tier()
     world = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(ranks))}).encode()).decode()
     return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
             "--master_addr=127.0.0.1", "--master_port", str(free_local_port()), script, *args]
@@ -141,6 +151,7 @@ def run_job(command: list[str], port: int, env: dict | None = None, timeout: int
     """Run ``command``, a job whose ranks meet on ``port``, from the repository root, output
     captured; fails the test on a non-zero exit, or on shared-memory buffers a successful run
     left behind, unless ``check`` is False."""
+    refuse_launch_in_fast_tier()
     try:
         result = subprocess.run(command, cwd=REPO_ROOT, env=launch_env(env), capture_output=True, text=True,
                                 timeout=timeout)
@@ -167,6 +178,48 @@ def started_job(ranks: int, args: list[str], env: dict | None = None, **popen_kw
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
         remove_shared_memory_buffers(master_port(command))
+
+
+@contextlib.contextmanager
+def one_rank_in_this_process(env: dict | None = None):
+    """A rank of a world of one in this process, started by the block (no launcher), ``env`` set while it
+    runs. Afterwards this process is as it was: no process group, DeepSpeed's cached groups released (as
+    DeepSpeed's own teardown releases them; a run tears its group down with torch's call), so that the
+    next run starts clean, and the environment (which the rendezvous fills in), the SIGTERM/SIGINT
+    handlers and torch's thread count as before."""
+    environ = dict(os.environ)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    threads = torch.get_num_threads()
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        deepspeed_groups._release_process_group_references()
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(threads)
+
+
+def main_in_process(args: list[str], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """``pretrain_ds.main(args)`` in this process (``one_rank_in_this_process``), with ``env`` set while
+    it runs; its exit status and output, as ``launch`` returns them (the output is also passed on to this
+    process's own, which pytest shows for a failed test), failing the test on a non-zero status unless
+    ``check`` is False."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with one_rank_in_this_process(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = pretrain_ds.main(args)
+    finally:
+        sys.stdout.write(stdout.getvalue())
+        sys.stderr.write(stderr.getvalue())
+    if check and status != 0:
+        raise AssertionError(f"pretrain_ds.main failed ({status}):\n{stderr.getvalue()[-4000:]}")
+    return subprocess.CompletedProcess(["pretrain_ds.main", *args], status, stdout.getvalue(), stderr.getvalue())
 
 
 def read_metrics(save_dir: Path) -> list[dict]:

@@ -32,9 +32,9 @@ def minimind_pretrain_row(text: str, tokenizer, max_seq_len: int) -> tuple[list[
     return row[:-1], next_tokens, [int(token != tokenizer.pad_token_id) for token in next_tokens]
 
 
-@pytest.mark.slow  # a whole benchmark run in a subprocess
-def test_toy_run_prints_a_ratio_and_finite_first_losses(tmp_path):
-    out = tmp_path / "figures.json"
+def test_toy_run_prints_a_ratio_and_finite_first_losses(launch_dir):
+    """A whole benchmark run in a subprocess, its figures under ``launch_dir``."""
+    out = launch_dir / "vs_minimind.json"
     result = subprocess.run([sys.executable, "-m", "bench.vs_minimind", *TOY, "--json", str(out)], cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
                             timeout=300)

@@ -25,7 +25,8 @@ from minimind.checkpoint.safe_load import checkpoint_loading, load_checkpoint_fi
 from minimind.checkpoint.standalone_code import standalone_modeling_source
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import REFERENCE_STEPS, REPO_ROOT, free_local_port, write_corpus
+from tests import universal_load_worker
+from tests.launcher import REFERENCE_STEPS, one_rank_in_this_process, write_corpus
 from tests.project_tree import WITHOUT_THE_PROJECT
 
 PROMPT = [[1, 45, 300, 77, 1200, 9, 3000, 12]]
@@ -225,12 +226,8 @@ def test_universal_destination_must_be_new(trained, universal_root, tmp_path):
 def test_universal_checkpoint_loads_on_one_rank(trained, universal_root, tmp_path):
     """2-rank ZeRO-2 -> universal -> a 1-rank engine with load_universal: weights, moments, step equal."""
     result_path = tmp_path / "loaded.pt"
-    # one rank needs no launcher: the env:// rendezvous variables are all deepspeed.init_distributed reads
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_local_port())}
-    result = subprocess.run([sys.executable, "tests/universal_load_worker.py", str(universal_root), str(result_path)],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    with one_rank_in_this_process():  # one rank needs no launcher
+        universal_load_worker.main(str(universal_root), str(result_path))
     loaded = torch.load(result_path, weights_only=False)
     source = locate_checkpoint(trained)
     assert loaded["global_steps"] == REFERENCE_STEPS and loaded["position"]["step"] == REFERENCE_STEPS

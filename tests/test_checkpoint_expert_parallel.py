@@ -3,7 +3,8 @@ conversion across world and expert-parallel sizes, and export to MiniMind's keys
 
 Module-scoped runs of a tiny MoE model (4 routed experts, ZeRO-2 fp32), each a few seconds:
 - ``ep2_run``: 2 ranks, ep_size 2, micro-batch 2, accumulation 2, 4 steps, checkpoints at 2 and 4;
-- ``ep1_run``: 1 rank, ep_size 1 (AutoEP with every expert local), micro-batch 4, otherwise the same;
+- ``ep1_run``: 1 rank (in the test's process, no launcher), ep_size 1 (AutoEP with every expert local), micro-batch
+  4, otherwise the same;
 - each converted at step 2 with ``python -m minimind.checkpoint to-universal`` and resumed at
   the other layout (2/ep2 -> 1/ep1 and 1/ep1 -> 2/ep2).
 
@@ -28,10 +29,16 @@ from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.locate import read_client_state
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.pth_weights import load_minimind_pth
-from tests.launcher import FP32_CONFIG, TINY_MODEL, launch, read_eval_rows, read_metrics, read_samples
+from tests.launcher import (
+    FP32_CONFIG,
+    TINY_MODEL,
+    launch,
+    main_in_process,
+    read_eval_rows,
+    read_metrics,
+    read_samples,
+)
 from tests.test_checkpoint_commands import CLEAN_LOAD, PROMPT
-
-pytestmark = pytest.mark.slow
 
 # Every run also validates on 5% of the corpus held out and continues the default prompts, at each save and
 # at the end: AutoEP exchanges tokens inside each forward, so the ranks must evaluate in lockstep.
@@ -43,9 +50,11 @@ EXPERT_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
 def train(launch_dir: Path, corpus: Path, env: dict, ranks: int, name: str, *extra: str):
+    """``TINY_MOE`` at the layout of ``ranks`` launched ranks, or of one process in this one (no launcher);
+    returns the save folder and the run's output."""
     save_dir = launch_dir / name
-    result = launch(ranks, [*TINY_MOE, *LAYOUTS[ranks], "--data_path", str(corpus), "--save_dir", str(save_dir),
-                            *extra], env=env)
+    args = [*TINY_MOE, *LAYOUTS[ranks], "--data_path", str(corpus), "--save_dir", str(save_dir), *extra]
+    result = launch(ranks, args, env=env) if ranks > 1 else main_in_process(args, env=env)
     return save_dir, result
 
 

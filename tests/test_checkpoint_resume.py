@@ -1,8 +1,9 @@
-"""Resuming through the real launcher (CPU ranks) from copies of the reference run's checkpoints:
-a broken tag is refused in one line before anything loads, ``--from_resume 1`` falls back past
-a broken newest tag and reproduces the uninterrupted run, a checkpoint from before manifests
-loads with a warning, a resume with another ``--max_steps`` follows the new schedule, and a
-resume on another number of ranks goes through a universal copy made once."""
+"""Resuming from copies of the reference run's checkpoints, through the real launcher (CPU ranks), or
+in the test's own process where the resume is one rank without a launcher: a broken tag is refused in
+one line before anything loads, ``--from_resume 1`` falls back past a broken newest tag and reproduces
+the uninterrupted run, a checkpoint from before manifests loads with a warning, a resume with another
+``--max_steps`` follows the new schedule, and a resume on another number of ranks goes through a
+universal copy made once."""
 
 import json
 import os
@@ -24,6 +25,7 @@ from tests.launcher import (
     assert_losses_follow,
     assert_resumed_losses_equal_the_reference,
     launch,
+    main_in_process,
     read_metrics,
     write_corpus,
 )
@@ -32,8 +34,6 @@ PEAK_LR = float(REFERENCE_TRAINING[REFERENCE_TRAINING.index("--learning_rate") +
 SHARD_0 = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 SHARD_1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
 MODEL_STATES = "mp_rank_00_model_states.pt"
-
-pytestmark = pytest.mark.slow  # every test resumes a launched run
 
 
 def flip_a_byte(path: Path) -> None:
@@ -71,10 +71,18 @@ def test_a_two_rank_save_s_manifest_names_every_file_of_the_tag(reference_run):
     assert recorded["world_size"] == 2
 
 
-@pytest.mark.parametrize("breakage", list(BREAKAGES))
-def test_a_broken_checkpoint_is_refused_in_one_line_before_anything_loads(
-        breakage, reference_run, corpus, launch_env_vars, tmp_path):
-    damage, problem = BREAKAGES[breakage]
+def assert_refused_naming_the_newest_intact_tag(error: str, checkpoints: Path, problem: str) -> None:
+    """``error``, a rank's line, refuses ``step_40`` for ``problem`` and names ``step_30`` instead."""
+    assert error.startswith(f"pretrain_ds.py: error: {checkpoints / 'step_40'}: {problem}")
+    assert error.endswith(f"the newest intact checkpoint there is {checkpoints / 'step_30'} "
+                          f"(--resume_from {checkpoints / 'step_30'})")
+
+
+def test_a_broken_checkpoint_is_refused_by_every_rank_in_one_line_before_anything_loads(
+        reference_run, corpus, launch_env_vars, tmp_path):
+    """Two launched ranks and a byte flipped in one's shard, which they find verifying the checksums
+    together: each says the same line and the job ends. (Every breakage, one process: the next test.)"""
+    damage, problem = BREAKAGES["flipped bytes"]
     checkpoints = copy_of_reference(reference_run, tmp_path / "run")
     damage(checkpoints / "step_40")
     started = time.time()
@@ -84,9 +92,25 @@ def test_a_broken_checkpoint_is_refused_in_one_line_before_anything_loads(
     errors = [line for line in result.stderr.splitlines() if line.startswith("pretrain_ds.py: error: ")]
     assert result.returncode != 0 and len(errors) == 2, result.stderr[-3000:]  # one line from each rank
     assert errors[0] == errors[1]
-    assert errors[0].startswith(f"pretrain_ds.py: error: {checkpoints / 'step_40'}: {problem}")
-    assert errors[0].endswith(f"the newest intact checkpoint there is {checkpoints / 'step_30'} "
-                              f"(--resume_from {checkpoints / 'step_30'})")
+    assert_refused_naming_the_newest_intact_tag(errors[0], checkpoints, problem)
+    assert "model:" not in result.stdout and "resumed from" not in result.stdout  # no engine, nothing loaded
+    assert elapsed < 120
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_a_broken_checkpoint_is_refused_in_one_line_before_anything_loads(
+        breakage, reference_run, corpus, launch_env_vars, tmp_path):
+    """Each breakage, resumed from by ``pretrain_ds.main`` in this process (one rank, no launcher)."""
+    damage, problem = BREAKAGES[breakage]
+    checkpoints = copy_of_reference(reference_run, tmp_path / "run")
+    damage(checkpoints / "step_40")
+    started = time.time()
+    result = main_in_process(resume_args(tmp_path / "run", corpus, "--resume_from", str(checkpoints / "step_40")),
+                             env=launch_env_vars, check=False)
+    elapsed = time.time() - started
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pretrain_ds.py: error: ")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert_refused_naming_the_newest_intact_tag(errors[0], checkpoints, problem)
     assert "model:" not in result.stdout and "resumed from" not in result.stdout  # no engine, nothing loaded
     assert elapsed < 120
 
@@ -141,20 +165,21 @@ def test_a_resume_on_another_number_of_ranks_converts_to_universal_once(
     (checkpoints / "latest").write_text("step_20")
     (tmp_path / "run" / "metrics.jsonl").unlink()
     one_rank = [*ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus), "--save_dir", str(tmp_path / "run")]
-    refused = launch(1, [*one_rank, "--from_resume", "1", "--auto_universal", "0"], env=launch_env_vars, check=False)
-    assert refused.returncode != 0 and (
+    refused = main_in_process([*one_rank, "--from_resume", "1", "--auto_universal", "0"], env=launch_env_vars,
+                              check=False)
+    assert refused.returncode == 2 and (
         f"pretrain_ds.py: error: {checkpoints / 'step_20'} was written by 2 ranks; this run has 1: resume it without "
         f"--auto_universal 0, or convert it yourself (python -m minimind.checkpoint to-universal "
         f"{checkpoints / 'step_20'} {checkpoints / 'universal'}) and resume with --resume_from "
         f"{checkpoints / 'universal' / 'step_20'}") in refused.stderr
-    result = launch(1, [*one_rank, "--from_resume", "1"], env=launch_env_vars)
+    result = main_in_process([*one_rank, "--from_resume", "1"], env=launch_env_vars)
     universal = checkpoints / "universal" / "step_20"
     assert (f"{checkpoints / 'step_20'} was written by 2 ranks; this run has 1: resuming from its universal copy "
             f"{universal} (converted now)") in result.stdout
     assert (universal / MANIFEST_NAME).is_file() and "(universal) at step 20" in result.stdout
     assert_losses_follow(read_metrics(tmp_path / "run"), read_metrics(reference_run)[20:], exact_steps=3, rel=1e-5)
-    again = launch(1, [*one_rank, "--resume_from", str(checkpoints / "step_20"), "--max_steps", "21"],
-                   env=launch_env_vars)
+    again = main_in_process([*one_rank, "--resume_from", str(checkpoints / "step_20"), "--max_steps", "21"],
+                            env=launch_env_vars)
     assert f"resuming from its universal copy {universal} (converted before)" in again.stdout
 
 
@@ -180,8 +205,8 @@ def test_a_resume_on_one_rank_crosses_an_epoch_boundary_as_the_uninterrupted_run
         if tag.name != "step_3":
             shutil.rmtree(tag)
     (checkpoints / "latest").write_text("step_3")
-    launch(1, [*two_ranks, "--batch_size", "4", "--save_dir", str(tmp_path / "one"), "--from_resume", "1"],
-           env=launch_env_vars)
+    main_in_process([*two_ranks, "--batch_size", "4", "--save_dir", str(tmp_path / "one"), "--from_resume", "1"],
+                    env=launch_env_vars)
     resumed = read_metrics(tmp_path / "one")
     assert {m["epoch"] for m in resumed} == {0, 1}
     assert_losses_follow(resumed, reference[3:], exact_steps=3, rel=1e-5)

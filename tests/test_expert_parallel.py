@@ -145,8 +145,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def autoep_results(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("autoep")
+def autoep_results(launch_dir):
+    folder = launch_dir / "autoep"
+    folder.mkdir()
     cases = [dict(case) for case in CASES]
     cases[0]["checkpoint_dir"] = str(folder / "checkpoints")
     cases[0]["weights_path"] = str(folder / "pretrain_32_moe.pth")
@@ -156,7 +157,6 @@ def autoep_results(tmp_path_factory):
     return torch.load(folder / "results.pt", weights_only=False), folder
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_expert_parallel_matches_plain_model(autoep_results, case):
     results, _ = autoep_results
@@ -176,7 +176,6 @@ def test_expert_parallel_matches_plain_model(autoep_results, case):
     assert torch.equal(actual["tokens_per_expert"].long(), expected["tokens_per_expert"])
 
 
-@pytest.mark.slow
 def test_forced_routing_sends_every_token_to_the_same_experts(autoep_results):
     results, _ = autoep_results
     tokens_per_expert = results["forced_routing"]["tokens_per_expert"]
@@ -185,7 +184,6 @@ def test_forced_routing_sends_every_token_to_the_same_experts(autoep_results):
     assert (choices == choices[0]).all()
 
 
-@pytest.mark.slow
 def test_resumed_training_reproduces_the_uninterrupted_steps(autoep_results):
     results, _ = autoep_results
     uninterrupted, resumed = results["seq_aux_accumulation"], results["seq_aux_accumulation"]["resumed"]
@@ -198,7 +196,6 @@ def test_resumed_training_reproduces_the_uninterrupted_steps(autoep_results):
             assert relative_difference(resumed["grads"][step - 1][name], grad) < 1e-6, (step, name)
 
 
-@pytest.mark.slow
 def test_minimind_weights_file_holds_every_expert(autoep_results):
     case = CASES[0]
     model = load_minimind_pth(MiniMindForCausalLM(MiniMindConfig(**case["config"])),
@@ -209,7 +206,6 @@ def test_minimind_weights_file_holds_every_expert(autoep_results):
         torch.testing.assert_close(param, trained[name], rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_checkpoint_at_another_expert_parallel_size_is_refused(autoep_results):
     checkpoint_dir = autoep_results[1] / "checkpoints"
     check_resume_expert_parallel(checkpoint_dir, None, 2, {})

@@ -1,6 +1,6 @@
 """``python -m bench.gpu_check``: the GPU profile's order and time limits with faked part durations, the
 dry-run profile's parts named for what they run, and ``--dry-run --all``, the whole check on CPU at toy
-sizes (slow: the ``dry_run`` fixture launches)."""
+sizes (marked ``launch``: the ``dry_run`` fixture launches)."""
 
 import dataclasses
 import json
@@ -27,8 +27,8 @@ GPU_PRESETS = ("26m", "1b", "145m")  # what the GPU profile's training parts are
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    out = tmp_path_factory.mktemp("gpu_check")
+def dry_run(launch_dir) -> tuple[subprocess.CompletedProcess, Path]:
+    out = launch_dir / "gpu_check"
     result = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--all", "--out", str(out)],
                             cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,

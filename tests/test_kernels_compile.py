@@ -195,9 +195,7 @@ def test_triton_ops_expose_their_kernels_when_compiled():
     ]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_inductor_calls_the_kernels_itself():
+def test_inductor_calls_the_kernels_itself(cuda_device):
     """On CUDA inductor traces into the triton_ops: its generated code launches the kernels."""
     if triton_interpreted():
         pytest.skip("kernels are interpreted (TRITON_INTERPRET=1); rerun with TRITON_INTERPRET=0")
@@ -205,7 +203,7 @@ def test_inductor_calls_the_kernels_itself():
 
     torch._dynamo.reset()
     compiled = torch.compile(every_kernel, fullgraph=True)
-    inputs = every_kernel_inputs(torch.device("cuda"), seed=0)
+    inputs = every_kernel_inputs(cuda_device, seed=0)
     _, codes = run_and_get_code(lambda: value_and_grads(compiled, inputs, 2, "triton"))
     generated = "\n".join(codes)
     for kernel in ("_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rope_kernel"):

@@ -180,12 +180,11 @@ def test_probe_kernel_copies_under_the_interpreter(compile_probe):
     compile_probe.run_compile_probe(CPU)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the real compile probe needs a CUDA device")
-def test_real_compile_probe(compiled_triton):
+def test_real_compile_probe(compiled_triton, cuda_device):
     if triton_interpreted():
         pytest.skip("TRITON_INTERPRET=1 was set, so kernels here are interpreted, not compiled")
-    assert dispatch.triton_compile_failure(torch.cuda.current_device()) is None
-    assert resolve_impl("auto", torch.device("cuda")) == "triton"
+    assert dispatch.triton_compile_failure(cuda_device.index) is None
+    assert resolve_impl("auto", cuda_device) == "triton"
 
 
 def test_guard_selects_the_tensors_gpu(monkeypatch):
@@ -247,8 +246,10 @@ def test_guard_is_a_no_op_on_cpu(monkeypatch):
     assert_triton_matches_reference(CPU)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices to launch on the non-current one")
+@pytest.mark.usefixtures("cuda_device")
 def test_kernels_launch_on_their_tensors_gpu():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices to launch on the non-current one")
     torch.cuda.set_device(0)
     assert_triton_matches_reference(torch.device("cuda", 1))
     assert torch.cuda.current_device() == 0  # the guard restores the current device

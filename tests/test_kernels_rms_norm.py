@@ -286,15 +286,12 @@ def test_residual_variant_without_sum_gradient(device):
     torch.testing.assert_close(y_api, y_torch, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("hidden", [512, 768, 4096, 8192])
-def test_llm_sizes_on_gpu(hidden):
+def test_llm_sizes_on_gpu(hidden, cuda_device):
     if triton_interpreted():
         pytest.skip("kernels are interpreted (TRITON_INTERPRET=1); rerun with TRITON_INTERPRET=0")
-    cuda = torch.device("cuda")
-    check_against_reference(*make_inputs((16384, hidden), torch.bfloat16, torch.bfloat16, cuda))
-    x, weight, dy = make_inputs((16384, hidden), torch.bfloat16, torch.float32, cuda)
+    check_against_reference(*make_inputs((16384, hidden), torch.bfloat16, torch.bfloat16, cuda_device))
+    x, weight, dy = make_inputs((16384, hidden), torch.bfloat16, torch.float32, cuda_device)
     _, _, dw_a = run_triton(x, weight, dy)
     _, _, dw_b = run_triton(x, weight, dy)
     assert torch.equal(dw_a, dw_b)

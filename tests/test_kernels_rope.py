@@ -215,12 +215,9 @@ def test_bad_arguments_raise(device):
         apply_rotary_triton(q, k, cos.requires_grad_(), sin)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("shape", [(32, 340, 8, 2, 64), (4, 2048, 32, 8, 128)], ids=str)
-def test_llm_sizes_on_gpu(shape):
+def test_llm_sizes_on_gpu(shape, cuda_device):
     if triton_interpreted():
         pytest.skip("kernels are interpreted (TRITON_INTERPRET=1); rerun with TRITON_INTERPRET=0")
-    cuda = torch.device("cuda")
-    cos, sin = rope_tables(4096, shape[-1], cuda)
-    check_against_reference(*make_qk(shape, torch.bfloat16, cuda), cos, sin, offset=7)
+    cos, sin = rope_tables(4096, shape[-1], cuda_device)
+    check_against_reference(*make_qk(shape, torch.bfloat16, cuda_device), cos, sin, offset=7)

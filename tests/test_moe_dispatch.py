@@ -181,10 +181,8 @@ def test_unaligned_widths_fall_back_to_the_loop_with_the_same_results():
     compare_with_reference(moe, torch.randn(2, 5, 18), 2, True, 1)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_grouped_dispatch_never_synchronizes():
-    device = torch.device("cuda", torch.cuda.current_device())
+def test_cuda_grouped_dispatch_never_synchronizes(cuda_device):
+    device = cuda_device
     if not grouped_mm_supported(device, torch.bfloat16):
         pytest.skip("no sync-free grouped GEMM on this GPU (bfloat16 on compute capability 9.x)")
     moe = moe_layer(hidden=64, intermediate=128).to(device, torch.bfloat16).train()

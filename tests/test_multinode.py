@@ -43,8 +43,6 @@ from tests.launcher import (
     run_job,
 )
 
-pytestmark = pytest.mark.slow
-
 NODE_TIMEOUT_S = 240
 
 

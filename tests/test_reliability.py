@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 import torch
 
 from tests.launcher import (
@@ -32,8 +31,6 @@ from tests.launcher import (
     started_job,
     write_corpus,
 )
-
-pytestmark = pytest.mark.slow
 
 
 def launch_failing_reference_training(save_dir: Path, corpus: Path, env: dict,
@@ -147,21 +144,23 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(launch_dir, corpus, 
     assert_resumed_losses_equal_the_reference(save_dir, reference_run, from_step=stopped_at)
 
 
-def test_a_token_cache_build_longer_than_the_collective_timeout_does_not_stop_the_job(tmp_path):
+def test_a_token_cache_build_longer_than_the_collective_timeout_does_not_stop_the_job(launch_dir):
     """The two ranks tokenize a corpus's work units for several collective timeouts, each waiting on the
     other's unit and the assembly by lock files, not in a collective; the job then trains. (Waiting in a
     barrier, a rank's gloo timeout used to end the job; NCCL's watchdog would do the same.)"""
     timeout_s = 4
-    corpus = write_corpus(tmp_path / "part.jsonl", lines=100_000)
-    big = tmp_path / "big.jsonl"
+    folder = launch_dir / "long_tokenization"  # a token cache of its own: the build is what this test times
+    folder.mkdir()
+    corpus = write_corpus(folder / "part.jsonl", lines=100_000)
+    big = folder / "big.jsonl"
     with big.open("wb") as out:
         for _ in range(5):  # ~110 MB: about 17 s of tokenization on this project's 2-core machine
             out.write(corpus.read_bytes())
     result = launch(2, [*short_training(FP32_CONFIG, max_steps=2), "--data_path", str(big), "--save_dir",
-                        str(tmp_path / "out"), "--collective_timeout", str(timeout_s)],
-                    env={"MINIMIND_CACHE_DIR": str(tmp_path / "cache")})
+                        str(folder / "out"), "--collective_timeout", str(timeout_s)],
+                    env={"MINIMIND_CACHE_DIR": str(folder / "cache")})
     # rank 0 says how many units it tokenized (the other rank the rest) and for how long
     (done,) = re.findall(r"token cache: (\d+) of (\d+) units tokenized by this process in ([\d.]+) s, the others by "
                          r"other processes", result.stdout)
     assert 0 < int(done[0]) < int(done[1]) and float(done[2]) > 2 * timeout_s, done
-    assert len(read_metrics(tmp_path / "out")) == 2
+    assert len(read_metrics(folder / "out")) == 2

@@ -1,7 +1,8 @@
-"""End-to-end training through DeepSpeed's launcher on CPU ranks (gloo).
+"""End-to-end training through DeepSpeed's launcher on CPU ranks (gloo), or in the test's own process
+where the run is one rank without a launcher.
 
 Most tests read the session's ``reference_run`` (2 ranks, ZeRO-2 fp32, micro-batch 2,
-accumulation 2, 40 steps, checkpoints every 10); the others launch the one variation they test.
+accumulation 2, 40 steps, checkpoints every 10); the others run the one variation they test.
 """
 
 import json
@@ -29,6 +30,7 @@ from tests.launcher import (
     evaluation_flags,
     free_local_port,
     launch,
+    main_in_process,
     module_weights,
     read_eval_rows,
     read_metrics,
@@ -38,18 +40,15 @@ from tests.launcher import (
 )
 from tests.model_reference import greedy_full_recompute
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def one_rank(launch_dir, corpus, eval_corpus, launch_env_vars):
-    """The whole batch in one process started as MiniMind's users start its trainer, with no
-    launcher at all: ``python pretrain_ds.py ...``; it evaluates as the reference run does."""
+    """The whole batch in one process with no launcher at all, as MiniMind's users start its trainer
+    (``pretrain_ds.main`` in this process; ``python pretrain_ds.py`` is ``tests/test_wandb_run.py``'s);
+    it evaluates as the reference run does."""
     save_dir = launch_dir / "one_rank"
-    port = free_local_port()  # where the single process's group meets (the run picks one itself otherwise)
-    result = run_job([sys.executable, "pretrain_ds.py", *ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus),
-                      *evaluation_flags(eval_corpus), "--save_dir", str(save_dir)], port,
-                     env={**launch_env_vars, "MASTER_PORT": str(port)})
+    result = main_in_process([*ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus), *evaluation_flags(eval_corpus),
+                              "--save_dir", str(save_dir)], env=launch_env_vars)
     assert "launcher: none, a single process (rank 0 of 1)" in result.stdout
     return save_dir
 
@@ -195,7 +194,7 @@ def test_universal_checkpoint_resumes_at_another_world_size(launch_dir, corpus, 
     universal = launch_dir / "universal"
     assert checkpoint_main(["to-universal", str(reference_run / "checkpoints" / "step_20"), str(universal)]) == 0
     save_dir = launch_dir / "universal_one_rank"
-    result = launch(1, [*ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus), "--save_dir", str(save_dir),
-                        "--resume_from", str(universal)], env=launch_env_vars)
+    result = main_in_process([*ONE_RANK_WHOLE_BATCH, "--data_path", str(corpus), "--save_dir", str(save_dir),
+                              "--resume_from", str(universal)], env=launch_env_vars)
     assert "(universal) at step 20" in result.stdout
     assert_losses_follow(read_metrics(save_dir), read_metrics(reference_run)[20:], exact_steps=3, rel=1e-5)

@@ -15,8 +15,6 @@ from wandb.proto import wandb_internal_pb2
 
 from tests.launcher import free_local_port, read_eval_rows, read_metrics, read_samples, run_job, short_training
 
-pytestmark = pytest.mark.slow
-
 BLOCK = 32 * 1024
 FILE_HEADER = 7  # ":W&B", a 2-byte magic number, a version byte
 CHUNK_HEADER = 7

@@ -1,14 +1,12 @@
 """Rank side of ``test_checkpoint_commands.py``: load a universal checkpoint into a fresh engine.
 
-Launched as ``deepspeed --num_gpus N tests/universal_load_worker.py UNIVERSAL_ROOT RESULT`` (or, for
-one rank, as a plain ``python`` process with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set).
+``main`` runs in the test's own process, a world of one (``tests.launcher.one_rank_in_this_process``).
 Builds the model from the checkpoint's recorded ``model_config`` and a ZeRO-2 fp32 engine
 from ``ds_configs/zero2_fp32.json`` at this world size with ``"checkpoint": {"load_universal":
 true}``, loads ``UNIVERSAL_ROOT`` (tag from ``latest_universal``) and rank 0 writes every
 parameter's full fp32 value, Adam moments and step, plus the engine's step count, to RESULT.
 """
 
-import sys
 from pathlib import Path
 
 import deepspeed
@@ -27,6 +25,7 @@ DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_fp32.json"
 
 
 def main(universal_root: str, result_path: str) -> None:
+    """Load ``universal_root`` into a fresh engine; rank 0 writes what it holds to ``result_path``."""
     location = locate_checkpoint(universal_root)
     config = MiniMindConfig.from_dict(model_config_dict(location, read_client_state(location)))
     init_process_group()
@@ -47,8 +46,3 @@ def main(universal_root: str, result_path: str) -> None:
     if dist.get_rank() == 0:
         torch.save(result, result_path)
     barrier()
-
-
-if __name__ == "__main__":
-    positional = [arg for arg in sys.argv[1:] if not arg.startswith("--local_rank")]
-    main(*positional)

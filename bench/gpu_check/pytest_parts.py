@@ -1,6 +1,7 @@
 """The parts that run the project's tests: the gpu-marked tests with compiled kernels, and the kernel
 test files (opt-in), each through ``pytest`` with a JUnit report that gives the counts."""
 
+import re
 import sys
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
@@ -41,9 +42,10 @@ def run_pytest(check: Check, name: str, selection: list[str], env: dict) -> dict
 
 
 def gpu_marked_files() -> list[str]:
-    """The test files that mark tests ``gpu`` (collecting only those spares importing the whole suite)."""
+    """The test files with ``gpu`` tests: those that use the ``cuda_device`` fixture, which marks them
+    (``tests/conftest.py``); collecting only those spares importing the whole suite."""
     return sorted(f"tests/{path.name}" for path in (REPO_ROOT / "tests").glob("test_*.py")
-                  if "mark.gpu" in path.read_text(encoding="utf-8"))
+                  if re.search(r"\bcuda_device\b", path.read_text(encoding="utf-8")))
 
 
 def kernel_test_files() -> list[str]:

@@ -34,8 +34,8 @@ def run_settings(config: RunConfig, inputs: RunInputs, n_params: int, start: Tra
         "global_batch": batch.global_batch,
         "max_seq_len": data.max_seq_len,
         "parameters": n_params,
-        "model": {name: getattr(model_config, name) for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                          "num_key_value_heads", "vocab_size", "use_moe")},
+        "model": {name: getattr(model_config, name) for name in (
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size", "use_moe")},
         "data": [str(path) for path in inputs.data.data_paths] or "the bundled corpus",
         "eval": evaluation,
         **({"mixture": mixture.summary(), "mixture_exhaust": mixture.exhaust} if mixture is not None else {}),
