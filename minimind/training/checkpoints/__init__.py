@@ -1,2 +1,2 @@
-"""Checkpoint tags: what they hold and how they are written, recorded and pruned, MiniMind's .pth, the tag a
-resume chooses, whether it fits the run, and its universal copy."""
+"""Checkpoints: the manager that saves and loads them (when, what a tag holds), the client state's format and its
+upgrade, the tag files, MiniMind's .pth, the tag a resume chooses, whether it fits the run, its universal copy."""
