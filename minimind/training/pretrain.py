@@ -98,7 +98,7 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
     logged_config = {**config.flags, **({"mixture": recorded["mixture"]} if "mixture" in recorded else {})}
     logger = MetricsLogger(inputs.save_dir, config.logging.use_wandb, config.logging.wandb_project, wandb_run_id,
                            logged_config, engine.monitor)
-    checkpoints.contribute(RunRecord(config, inputs), ScheduleRecord(data.total_steps, config.schedule.warmup_steps),
+    checkpoints.contribute(RunRecord.of(config, inputs), ScheduleRecord(data.total_steps, config.schedule.warmup_steps),
                            logger)
     settings = LoopSettings(
         epochs=config.schedule.epochs,

@@ -14,15 +14,20 @@ from minimind.training.run.inputs import RunInputs
 @dataclass(frozen=True)
 class RunRecord:
     """The run as a resume and the export read it back: the resolved DeepSpeed config, every resolved flag,
-    and the identity a resumed checkpoint must share (model, tokenizer, data)."""
+    and the identity a resumed checkpoint must share (model, tokenizer, data). Built once (``of``): the
+    tokenizer's fingerprint serialises the whole tokenizer, which no save should repeat."""
 
-    config: RunConfig
-    inputs: RunInputs
+    state: dict
+
+    @classmethod
+    def of(cls, config: RunConfig, inputs: RunInputs) -> "RunRecord":
+        """The record of the run ``config`` and ``inputs`` describe."""
+        return cls({"resolved_ds_config": inputs.ds_config, "args": dict(config.flags),
+                    **inputs.identity().client_state()})
 
     def checkpoint_state(self) -> dict:
         """``resolved_ds_config``, ``args`` and the run identity's entries."""
-        return {"resolved_ds_config": self.inputs.ds_config, "args": dict(self.config.flags),
-                **self.inputs.identity().client_state()}
+        return self.state
 
 
 @dataclass(frozen=True)
