@@ -10,8 +10,9 @@ machine); a 2-rank ZeRO-2 fp32 run of a tiny model; the same run stopped after 1
 resumed with ``--from_resume 1`` to 30; a 2-rank MoE run. What is kept of each logged row is what
 training computes (loss, auxiliary loss, learning rate, gradient norm, validation loss, tokens
 seen), never a time. JSON keeps every float exactly, so equal files mean bitwise equal numbers.
-A CPU-only run of the flag-less job picks its precision by timing the processor: compare files
-made on the same machine.
+A CPU-only run of the flag-less job picks its precision by timing the processor, which a busy
+machine can sway: the file records each run's precision, and the comparison calls runs trained in
+different precisions not comparable rather than different.
 """
 
 import argparse
@@ -21,12 +22,13 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import REPO_ROOT, run_logged
-from minimind.report import read_metrics_file
-from minimind.training.api import free_local_port
+from minimind.report import read_metrics_file, read_run_settings
+from minimind.training.api import RUN_SETTINGS_FILE, free_local_port
 
 TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "32", "--log_interval", "1",
         "--batch_size", "2", "--accumulation_steps", "2", "--learning_rate", "3e-3",
         "--deepspeed_config", str(REPO_ROOT / "ds_configs" / "zero2_fp32.json")]
+PRECISIONS = "precision"  # the key of the file's {run: precision it trained in}
 KEPT = ("step", "loss", "aux_loss", "lr", "grad_norm", "tokens_seen", "skipped_steps", "loss_scale", "val_loss")
 TIMEOUT_S = 3600
 
@@ -60,8 +62,8 @@ def pretrain(ranks: int, flags: list[str], save_dir: Path, log_path: Path, env: 
         raise SystemExit(f"{save_dir.name}: status {finished.status}{why}, see {log_path}")
 
 
-def reference_runs(work: Path) -> dict[str, list[dict]]:
-    """The four runs, in ``work`` (with a token cache of their own)."""
+def reference_runs(work: Path) -> dict[str, list[dict] | dict[str, str]]:
+    """The four runs' rows, in ``work`` (with a token cache of their own), and the precision each trained in."""
     env = {"MINIMIND_CACHE_DIR": str(work / "cache")}
     pretrain(1, [], work / "flagless", work / "flagless.log", env)
     pretrain(2, [*TINY, "--max_steps", "30", "--save_interval", "10"], work / "zero2", work / "zero2.log", env)
@@ -69,19 +71,26 @@ def reference_runs(work: Path) -> dict[str, list[dict]]:
     pretrain(2, [*TINY, "--max_steps", "30", "--save_interval", "10", "--from_resume", "1"], work / "resume",
              work / "resume_2.log", env)
     pretrain(2, [*TINY, "--use_moe", "1", "--max_steps", "20"], work / "moe", work / "moe.log", env)
-    return {name: kept(work / folder) for name, folder in
-            (("flag-less", "flagless"), ("zero2", "zero2"), ("resume", "resume"), ("moe", "moe"))}
+    folders = {"flag-less": "flagless", "zero2": "zero2", "resume": "resume", "moe": "moe"}
+    precisions = {name: read_run_settings(work / folder / RUN_SETTINGS_FILE)["precision"]
+                  for name, folder in folders.items()}
+    return {**{name: kept(work / folder) for name, folder in folders.items()}, PRECISIONS: precisions}
 
 
 def compare(before: Path, after: Path) -> int:
     """Print, run by run, whether the numbers are bitwise the same; 1 where any differs."""
     old, new = json.loads(before.read_text()), json.loads(after.read_text())
+    old_precisions, new_precisions = old.pop(PRECISIONS, {}), new.pop(PRECISIONS, {})
     status = 0
     for name in sorted(old.keys() | new.keys()):
         same = old.get(name) == new.get(name)
         status |= not same
-        print(f"{name}: {'bitwise the same' if same else 'DIFFERENT'} ({len(old.get(name) or [])} rows before, "
-              f"{len(new.get(name) or [])} after)")
+        counts = f"({len(old.get(name) or [])} rows before, {len(new.get(name) or [])} after)"
+        precisions = (old_precisions.get(name), new_precisions.get(name))
+        if not same and None not in precisions and precisions[0] != precisions[1]:
+            print(f"{name}: not comparable, trained in {precisions[0]} before and {precisions[1]} after {counts}")
+        else:
+            print(f"{name}: {'bitwise the same' if same else 'DIFFERENT'} {counts}")
     return status
 
 
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reference_runs_") as work:
         runs = reference_runs(Path(work))
     args.out.write_text(json.dumps(runs, indent=1) + "\n")
-    print(f"{sum(len(rows) for rows in runs.values())} rows of {len(runs)} runs in {args.out}")
+    rows = [runs[name] for name in runs if name != PRECISIONS]
+    print(f"{sum(map(len, rows))} rows of {len(rows)} runs in {args.out}")
     return 0
 
 

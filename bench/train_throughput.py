@@ -58,6 +58,7 @@ from minimind.data import (
     default_corpus_path,
     make_data_loader,
 )
+from minimind.data.pipeline import take
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import token_cross_entropy
 from minimind.model.precision import precision_of
@@ -70,7 +71,6 @@ from minimind.training.api import (
     init_process_group,
     print0,
     set_cpu_threads,
-    take,
     train_step,
 )
 

@@ -43,10 +43,10 @@ each side and prints the ops with the most self CPU time.
 """
 
 import argparse
-import itertools
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,6 +70,7 @@ from minimind.data import (
     default_corpus_path,
     make_data_loader,
 )
+from minimind.data.pipeline import TrainingData
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import precision_of
 from minimind.tokenizer.loader import load_tokenizer
@@ -83,7 +84,6 @@ from minimind.training.api import (
     parse_trainer_flags,
     resolved_flags,
     set_cpu_threads,
-    take,
     train_step,
 )
 
@@ -138,11 +138,9 @@ def optimizer_steps(dataset: Dataset, batch: BatchPlan, seed: int) -> Iterator[l
     sampler = RankInvariantSampler(len(dataset), micro_batch_size=batch.micro_batch,
                                    accumulation_steps=batch.accumulation, world_size=1, rank=0, seed=seed)
     loader = make_data_loader(dataset, sampler, pin_memory=get_accelerator().device_name() != "cpu")
-    for epoch in itertools.count():
-        sampler.set_epoch(epoch)
-        micro_batches = iter(loader)
-        while len(step := take(micro_batches, batch.accumulation)) == batch.accumulation:
-            yield step
+    data = TrainingData(sampler, loader, epochs=sys.maxsize, total_steps=sys.maxsize,
+                        accumulation=batch.accumulation, log=print)
+    return (micro_batches for _, micro_batches in data.optimizer_steps(0, 0))
 
 
 def minimind_rows(batch: dict, pad_id: int) -> dict:

@@ -183,9 +183,9 @@ def started_job(ranks: int, args: list[str], env: dict | None = None, **popen_kw
 @contextlib.contextmanager
 def one_rank_in_this_process(env: dict | None = None):
     """A rank of a world of one in this process, started by the block (no launcher), ``env`` set while it
-    runs. Afterwards this process is as it was: no process group, DeepSpeed's cached groups released (as
-    DeepSpeed's own teardown releases them; a run tears its group down with torch's call), so that the
-    next run starts clean, and the environment (which the rendezvous fills in), the SIGTERM/SIGINT
+    runs. Afterwards this process is as it was: no process group and DeepSpeed's cached groups released
+    (a finished run releases both itself; one that failed leaves them), so that the next run starts clean,
+    and the environment (which the rendezvous fills in), the SIGTERM/SIGINT
     handlers and torch's thread count as before."""
     environ = dict(os.environ)
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}

@@ -18,7 +18,7 @@ from minimind.training.position import TrainingPosition
 from tests.model_reference import greedy_full_recompute
 from tests.recorded_saves import RecordedSaves
 from tests.test_evaluation import reference_val_loss
-from tests.test_loop_exits import QuietLogger, SkippingEngine, StopAfter
+from tests.test_loop_exits import QuietLogger, RandomSteps, SkippingEngine, StopAfter
 
 PROMPTS = ["Return the number of", "x"]
 CPU = torch.device("cpu")
@@ -60,15 +60,9 @@ def train(evaluate: bool, total_steps: int = 6, stop_after: int | None = None,
     """Train the stand-in on seeded random batches; returns the engine, the logger and the end position."""
     engine, logger, tokenizer = TrainingEngine(), RecordingLogger(), load_tokenizer()
 
-    def micro_batches_for_epoch(epoch: int, start_sample: int):
-        generator = torch.Generator().manual_seed(epoch)
-        for _ in range(100):
-            tokens = torch.randint(3, 6400, (2, 13), generator=generator)
-            yield {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}
-
     windows = PackedWindows(torch.randint(3, 6400, (100,), generator=torch.Generator().manual_seed(9)).numpy(), 12)
-    settings = LoopSettings(epochs=1, total_steps=total_steps, batch=BatchPlan(2, 1, 1, 1.0), log_interval=1,
-                            max_nonfinite_steps=10, flops_per_token=1.0, peak_flops_total=1.0, seq_len=12)
+    settings = LoopSettings(batch=BatchPlan(2, 1, 1, 1.0), log_interval=1, max_nonfinite_steps=10,
+                            flops_per_token=1.0, peak_flops_total=1.0, seq_len=12)
     evaluator = None
     if evaluate:
         samples = SampleGenerator(engine, tokenizer, PROMPTS, max_new_tokens=5, device=CPU)
@@ -77,8 +71,8 @@ def train(evaluate: bool, total_steps: int = 6, stop_after: int | None = None,
         evaluator = Evaluator(engine, eval_settings, logger, rank=0, world=1)
     stop = StopAfter(engine, stop_after) if stop_after else None
     checkpoints = RecordedSaves(interval=100)
-    end = run_training(engine, micro_batches_for_epoch, start or TrainingPosition(), settings, logger, checkpoints,
-                       CPU, stop, evaluator)
+    data = RandomSteps(total_steps, rows=2, seq=12, vocab=6400)
+    end = run_training(engine, data, start or TrainingPosition(), settings, logger, checkpoints, CPU, stop, evaluator)
     return engine, logger, end, windows, tokenizer
 
 

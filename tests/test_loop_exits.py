@@ -42,6 +42,20 @@ class SkippingEngine(PlainEngine):
         return False
 
 
+class RandomSteps:
+    """The loop's ``StepSource`` for a stand-in engine: ``total_steps``, and one micro-batch per step of seeded
+    random tokens (``rows`` rows, ``seq`` inputs each, ids in [3, ``vocab``)), drawn anew for each epoch."""
+
+    def __init__(self, total_steps: int, rows: int, seq: int, vocab: int):
+        self.total_steps, self.rows, self.seq, self.vocab = total_steps, rows, seq, vocab
+
+    def optimizer_steps(self, epoch: int, sample_in_epoch: int):
+        generator = torch.Generator().manual_seed(epoch)
+        for _ in range(100):
+            tokens = torch.randint(3, self.vocab, (self.rows, self.seq + 1), generator=generator)
+            yield epoch, [{"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}]
+
+
 class QuietLogger:
     def start_progress(self, total_steps, start_step):
         pass
@@ -66,19 +80,12 @@ class StopAfter:
 
 def train(engine, total_steps: int, interval: int, max_nonfinite: int = 10, stop=None) -> tuple[list[int], object]:
     """Run the loop over random micro-batches; returns the steps saved and the end position (or the error)."""
-
-    def micro_batches_for_epoch(epoch: int, start_sample: int):
-        generator = torch.Generator().manual_seed(epoch)
-        for _ in range(100):
-            tokens = torch.randint(3, 64, (1, 9), generator=generator)
-            yield {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}
-
-    settings = LoopSettings(epochs=1, total_steps=total_steps, batch=BatchPlan(1, 1, 1, 1.0), log_interval=1,
-                            max_nonfinite_steps=max_nonfinite, flops_per_token=1.0, peak_flops_total=1.0, seq_len=8)
+    settings = LoopSettings(batch=BatchPlan(1, 1, 1, 1.0), log_interval=1, max_nonfinite_steps=max_nonfinite,
+                            flops_per_token=1.0, peak_flops_total=1.0, seq_len=8)
     checkpoints = RecordedSaves(interval)
     try:
-        end = run_training(engine, micro_batches_for_epoch, TrainingPosition(), settings, QuietLogger(), checkpoints,
-                           torch.device("cpu"), stop)
+        end = run_training(engine, RandomSteps(total_steps, rows=1, seq=8, vocab=64), TrainingPosition(), settings,
+                           QuietLogger(), checkpoints, torch.device("cpu"), stop)
     except NonFiniteStepsError as error:
         end = error
     return checkpoints.steps, end

@@ -13,6 +13,7 @@ import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+import pretrain_ds
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.data.default_corpus import SAMPLE_PROMPTS
@@ -20,10 +21,12 @@ from minimind.model.pth_weights import load_minimind_pth
 from minimind.tokenizer.loader import load_tokenizer
 from tests.launcher import (
     FAULT_INJECTION_ENTRY,
+    FP32_CONFIG,
     ONE_RANK_WHOLE_BATCH,
     REFERENCE_STEPS,
     REFERENCE_TRAINING,
     SAMPLE_TOKENS,
+    TINY_MODEL,
     assert_losses_follow,
     assert_weights_file_holds_the_masters,
     config_with_updates,
@@ -32,11 +35,13 @@ from tests.launcher import (
     launch,
     main_in_process,
     module_weights,
+    one_rank_in_this_process,
     read_eval_rows,
     read_metrics,
     read_samples,
     run_job,
     short_training,
+    write_corpus,
 )
 from tests.model_reference import greedy_full_recompute
 
@@ -198,3 +203,19 @@ def test_universal_checkpoint_resumes_at_another_world_size(launch_dir, corpus, 
                               "--resume_from", str(universal)], env=launch_env_vars)
     assert "(universal) at step 20" in result.stdout
     assert_losses_follow(read_metrics(save_dir), read_metrics(reference_run)[20:], exact_steps=3, rel=1e-5)
+
+
+def test_two_runs_in_one_process_train_alike(tmp_path):
+    """``pretrain`` releases DeepSpeed's cached groups with its process group: a second MoE run in the same
+    process (a notebook, a sweep) starts clean and logs the first run's losses."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", lines=200)
+    runs = [tmp_path / "first", tmp_path / "second"]
+    with one_rank_in_this_process({"MINIMIND_CACHE_DIR": str(tmp_path / "cache"), "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(free_local_port())}):
+        for save_dir in runs:
+            args = [*TINY_MODEL, "--use_moe", "1", "--data_path", str(corpus), "--max_steps", "3", "--batch_size", "4",
+                    "--deepspeed_config", str(FP32_CONFIG),
+                    "--save_dir", str(save_dir)]
+            assert pretrain_ds.main(args) == 0
+    first, second = ([row["loss"] for row in read_metrics(save_dir)] for save_dir in runs)
+    assert len(first) == 3 and second == first

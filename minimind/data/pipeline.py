@@ -9,7 +9,7 @@ and counts the optimizer steps. Rank, world and worker counts come in as paramet
 here asks the process group or imports the training side.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +74,16 @@ class DataSettings:
 
 @dataclass
 class TrainingData:
-    """The sampler and loader of one rank, how many optimizer steps the run trains, and its mixture (if any)."""
+    """One rank's share of the training samples: its sampler and loader, the epochs and optimizer steps the
+    run trains, the micro-batches of one step, and the mixture (if any). It owns the epochs: ``optimizer_steps``
+    deals each epoch in turn and drops an epoch's tail smaller than one global batch."""
 
     sampler: RankInvariantSampler
     loader: torch.utils.data.DataLoader
+    epochs: int
     total_steps: int
+    accumulation: int
+    log: Callable[[str], None]
     mixture: MixedSamples | None = None
 
     def start_epoch(self, epoch: int, start_sample: int) -> list[str]:
@@ -89,6 +94,27 @@ class TrainingData:
             return []
         self.mixture.set_epoch(epoch)
         return self.mixture.describe_repeats()
+
+    def optimizer_steps(self, epoch: int, sample_in_epoch: int) -> Iterator[tuple[int, list[dict]]]:
+        """This rank's micro-batches one optimizer step at a time, each with its epoch, from global sample
+        ``sample_in_epoch`` of ``epoch`` to the end of the last epoch. Nothing is read ahead: the caller stops
+        pulling at its last step, and the next epoch is not dealt before its first step is asked for."""
+        for current in range(epoch, self.epochs):
+            for line in self.start_epoch(current, sample_in_epoch if current == epoch else 0):
+                self.log(line)
+            batches = iter(self.loader)
+            while len(micro_batches := take(batches, self.accumulation)) == self.accumulation:
+                yield current, micro_batches
+
+
+def take(iterator: Iterator[dict], count: int) -> list[dict]:
+    """Up to ``count`` items from ``iterator``."""
+    items = []
+    for item in iterator:
+        items.append(item)
+        if len(items) == count:
+            break
+    return items
 
 
 def cache_location(path: Path, tokenizer: PreTrainedTokenizerFast, settings: DataSettings) -> TokenCacheLocation:
@@ -199,4 +225,4 @@ def training_data(dataset: Dataset, settings: DataSettings, micro_batch: int, ac
     total_steps = sampler.steps_per_epoch * epochs
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
-    return TrainingData(sampler, loader, total_steps, mixture)
+    return TrainingData(sampler, loader, epochs, total_steps, accumulation, log, mixture)

@@ -23,8 +23,10 @@ The DeepSpeed engine and its optimizer step:
   (micro-batch, accumulation, data-parallel ranks, gradient clipping);
 - ``resolve_expert_parallel``, ``install_aux_loss``: AutoEP's size from the config and flags, and
   MiniMind's aux loss hooked onto the engine's AutoEP model;
-- ``train_step``: one optimizer step of the engine over a list of micro-batches (a ``StepResult``);
-  ``take``: up to ``count`` items of an iterator (a step's micro-batches from a loader).
+- ``train_step``: one optimizer step of the engine over a list of micro-batches (a ``StepResult``).
+
+What a run leaves in its folder: ``RUN_SETTINGS_FILE``, the run's command and resolved settings (read it
+with ``minimind.report.read_run_settings``).
 """
 
 from minimind.training.arguments import cpu_ds_config, model_config_kwargs, resolved_flags, run_config
@@ -40,10 +42,12 @@ from minimind.training.distributed.process_group import free_local_port, init_pr
 from minimind.training.distributed.rank_print import print0
 from minimind.training.ds_config.load import BatchPlan, resolve_ds_config
 from minimind.training.hardware.cpu import set_cpu_threads
-from minimind.training.loop.steps import StepResult, take, train_step
+from minimind.training.loop.steps import StepResult, train_step
 from minimind.training.parallel.autoep import install_aux_loss, resolve_expert_parallel
+from minimind.training.run_dir.files import RUN_SETTINGS_FILE
 
 __all__ = [
+    "RUN_SETTINGS_FILE",
     "BatchPlan",
     "StepResult",
     "accelerator_device",
@@ -63,6 +67,5 @@ __all__ = [
     "resolved_flags",
     "run_config",
     "set_cpu_threads",
-    "take",
     "train_step",
 ]

@@ -76,9 +76,10 @@ def pretrain(config: RunConfig) -> TrainingPosition:
     finally:
         save_dir_lock.release()
     # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
-    # can abort the process ("terminate called without an active exception").
+    # can abort the process ("terminate called without an active exception"). DeepSpeed's call
+    # also drops the groups DeepSpeed cached, so that a second run in this process starts clean.
     barrier()
-    dist.destroy_process_group()
+    deepspeed.comm.destroy_process_group()
     return position
 
 
@@ -101,8 +102,6 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
     checkpoints.contribute(RunRecord.of(config, inputs), ScheduleRecord(data.total_steps, config.schedule.warmup_steps),
                            logger)
     settings = LoopSettings(
-        epochs=config.schedule.epochs,
-        total_steps=data.total_steps,
         batch=inputs.batch,
         log_interval=config.logging.log_interval,
         max_nonfinite_steps=config.logging.max_nonfinite_steps,
@@ -114,16 +113,11 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
     rank, world = participants()
     evaluator = Evaluator(engine, eval_settings(config, inputs, engine, eval_windows, device), logger, rank, world)
 
-    def micro_batches_for_epoch(epoch: int, start_sample: int):
-        for line in data.start_epoch(epoch, start_sample):
-            print0(line)
-        return iter(data.loader)
-
     # a stuck collective ends this rank with the status-5 line before NCCL's watchdog aborts it
     stall_limit_s = STALL_FRACTION * config.distributed.collective_timeout
     watchdog = StallWatchdog(rank, stall_limit_s).start() if world > 1 else None
     try:
-        position = run_training(engine, micro_batches_for_epoch, position, settings, logger, checkpoints, device,
+        position = run_training(engine, data, position, settings, logger, checkpoints, device,
                                 StopRequest().install(), evaluator, watchdog)
     finally:
         if watchdog is not None:

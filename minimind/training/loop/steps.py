@@ -7,10 +7,11 @@ micro-steps), so the step's loss is exactly what one process holding the global 
 would compute, however the batch is split.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Protocol
 
 import torch
 
@@ -90,16 +91,6 @@ def train_step(engine, micro_batches: list[dict], device: torch.device, stop_req
     return StepResult(sums, accumulation * world, bool(stopping()))
 
 
-def take(iterator: Iterator[dict], count: int) -> list[dict]:
-    """Up to ``count`` items from ``iterator``."""
-    items = []
-    for item in iterator:
-        items.append(item)
-        if len(items) == count:
-            break
-    return items
-
-
 class NonFiniteStepsError(RuntimeError):
     """Too many consecutive optimizer steps were skipped for non-finite gradients."""
 
@@ -135,8 +126,6 @@ class StopGuards:
 class LoopSettings:
     """What the loop needs to know besides the engine and the data."""
 
-    epochs: int
-    total_steps: int
     batch: BatchPlan
     log_interval: int
     max_nonfinite_steps: int
@@ -145,27 +134,19 @@ class LoopSettings:
     seq_len: int  # tokens per sample, counted into the tokens seen
 
 
-def optimizer_steps(
-    micro_batches_for_epoch: Callable[[int, int], Iterator[dict]], position: TrainingPosition, settings: LoopSettings
-) -> Iterator[list[dict]]:
-    """This rank's micro-batches, one optimizer step's worth at a time, from ``position`` to
-    ``settings.total_steps``; moves ``position`` into each new epoch. An epoch's tail smaller than
-    one global batch is dropped."""
-    for epoch in range(position.epoch, settings.epochs):
-        position.begin_epoch(epoch)
-        batches = micro_batches_for_epoch(epoch, position.sample_in_epoch)
-        while position.step < settings.total_steps:
-            micro_batches = take(batches, settings.batch.accumulation)
-            if len(micro_batches) < settings.batch.accumulation:
-                break
-            yield micro_batches
-        if position.step >= settings.total_steps:
-            return
+class StepSource(Protocol):
+    """Where the loop's optimizer steps come from (``minimind.data.pipeline.TrainingData``): how many the run
+    trains, and this rank's micro-batches of each, with its epoch, from a position in an epoch on."""
+
+    total_steps: int
+
+    def optimizer_steps(self, epoch: int, sample_in_epoch: int) -> Iterator[tuple[int, list[dict]]]:
+        """Each optimizer step's ``(epoch, micro_batches)`` from global sample ``sample_in_epoch`` of ``epoch``."""
 
 
 def run_training(
     engine,
-    micro_batches_for_epoch: Callable[[int, int], Iterator[dict]],
+    data: StepSource,
     start: TrainingPosition,
     settings: LoopSettings,
     logger: MetricsLogger,
@@ -175,10 +156,10 @@ def run_training(
     evaluator: Evaluator | None = None,
     watchdog: StallWatchdog | None = None,
 ) -> TrainingPosition:
-    """Train from ``start`` to ``settings.total_steps``; returns where training ended.
+    """Train from ``start`` to ``data.total_steps``; returns where training ended.
 
-    ``micro_batches_for_epoch(epoch, start_sample)`` yields this rank's micro-batches of an
-    epoch from a global sample index; ``checkpoints`` saves on its interval and where the loop ends;
+    ``data`` deals this rank's micro-batches, epoch after epoch; the loop is the one writer of the
+    position (into each new epoch, one step on). ``checkpoints`` saves on its interval and where the loop ends;
     ``evaluator`` (if any) evaluates on its interval and where a finished run ends, before the save of
     the same step, so that the checkpoint records the evaluation.
 
@@ -191,19 +172,23 @@ def run_training(
     """
     engine.train()
     position = replace(start)
-    logger.start_progress(settings.total_steps, position.step)
+    total_steps = data.total_steps
+    logger.start_progress(total_steps, position.step)
     meter = ThroughputMeter(position.step)
     guards = StopGuards(settings.max_nonfinite_steps)
     reason = StopReason.FINISHED
-    for micro_batches in optimizer_steps(micro_batches_for_epoch, position, settings):
+    steps = data.optimizer_steps(position.epoch, position.sample_in_epoch)
+    while position.step < total_steps and (step := next(steps, None)) is not None:
+        epoch, micro_batches = step
+        position.begin_epoch(epoch)
         lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
         skipped_before = engine.skipped_steps
         result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
         position.advance(settings.batch.global_batch, settings.seq_len)
         meter.count(result.target_count)
         logger.advance()
-        if position.step % settings.log_interval == 0 or position.step == settings.total_steps:
-            logger.log(step_metrics(engine, position, settings, result, lr, *meter.read(position.step)))
+        if position.step % settings.log_interval == 0 or position.step == total_steps:
+            logger.log(step_metrics(engine, position, total_steps, settings, result, lr, *meter.read(position.step)))
         reason = guards.check(skipped=engine.skipped_steps > skipped_before, stop_voted=result.stop)
         if reason is not StopReason.FINISHED:
             break
@@ -233,13 +218,13 @@ def paused(watchdog: StallWatchdog | None):
     return watchdog.paused() if watchdog is not None else nullcontext()
 
 
-def step_metrics(engine, position, settings, result, lr, tokens_per_s, seconds_per_step) -> StepMetrics:
+def step_metrics(engine, position, total_steps, settings, result, lr, tokens_per_s, seconds_per_step) -> StepMetrics:
     """Collect one step's numbers from the engine and the step result."""
     grad_norm = engine.get_global_grad_norm()
     scaler = getattr(engine.optimizer, "cur_scale", None) if engine.fp16_enabled() else None
     return StepMetrics(
         step=position.step,
-        total_steps=settings.total_steps,
+        total_steps=total_steps,
         epoch=position.epoch,
         loss=result.loss,
         aux_loss=result.aux_loss,
@@ -250,5 +235,5 @@ def step_metrics(engine, position, settings, result, lr, tokens_per_s, seconds_p
         mfu=settings.flops_per_token * tokens_per_s / settings.peak_flops_total,
         loss_scale=float(scaler) if scaler is not None else None,
         skipped_steps=int(engine.skipped_steps),
-        eta_s=seconds_per_step * (settings.total_steps - position.step),
+        eta_s=seconds_per_step * (total_steps - position.step),
     )
