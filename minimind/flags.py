@@ -45,3 +45,11 @@ def number_at_least(minimum: float, kind: type = int, maximum: float | None = No
 
 POSITIVE = number_at_least(1)
 SEED = number_at_least(0, maximum=2**32 - 1)  # what NumPy's seeding accepts
+
+
+def weight_prefix(text: str) -> str:
+    """An argparse ``type``: a ``--save_weight``/``--from_weight`` prefix, a plain file-name part (no path
+    separator, not empty, not starting with a dot) so that ``{prefix}_{hidden}.pth`` stays in the save folder."""
+    if not text or text.startswith(".") or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"must be a file-name prefix such as pretrain or full_sft, got {text!r}")
+    return text

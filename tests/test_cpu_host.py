@@ -9,7 +9,7 @@ import torch
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
 from minimind.training import pretrain
-from minimind.training.arguments import CPU_DS_CONFIGS, cpu_ds_config, parse_args, resolved_flags
+from minimind.training.arguments import PRECISION_DS_CONFIGS, cpu_ds_config, parse_args, resolved_flags
 from minimind.training.hardware import cpu as cpu_host
 from minimind.training.run.inputs import RunInputs
 
@@ -86,7 +86,7 @@ def test_a_cpu_run_without_a_config_takes_the_chosen_precision(monkeypatch):
 
     monkeypatch.setattr("minimind.training.arguments.choose_cpu_precision", choose)
     path, line = cpu_ds_config(flags)
-    assert path == str(CPU_DS_CONFIGS["bf16"])
+    assert path == str(PRECISION_DS_CONFIGS["bf16"])
     assert seen == {"hidden": 64, "layers": 8, "micro_batch": 3, "seq_len": 340}
     assert line == "precision bf16: a stated reason (--deepspeed_config chooses another)"
 
@@ -100,7 +100,7 @@ def run_inputs(ds_config: dict, precision_timed: bool) -> RunInputs:
 @pytest.mark.parametrize("mine, rank_zero", [("fp32", "bf16"), ("bf16", "fp32"), ("bf16", "bf16")])
 def test_every_rank_trains_in_the_precision_rank_zero_timed(monkeypatch, mine, rank_zero):
     monkeypatch.setattr(pretrain, "broadcast_object", lambda obj: rank_zero)
-    config = json.loads(CPU_DS_CONFIGS[mine].read_text())
+    config = json.loads(PRECISION_DS_CONFIGS[mine].read_text())
     agreed = pretrain.follow_rank_zero_precision(run_inputs(config, precision_timed=True))
     assert precision_of(agreed.ds_config) == rank_zero
     other_keys = {key: value for key, value in config.items() if key != "bf16"}

@@ -100,10 +100,10 @@ def load_checkpoint_model(location: CheckpointLocation) -> tuple[MiniMindForCaus
     return model.eval(), client_state
 
 
-def export_pth(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype) -> Path:
-    """MiniMind's ``.pth`` (``destination`` a file, or a folder receiving ``pretrain_{hidden}[_moe].pth``)."""
+def export_pth(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype, save_weight: str) -> Path:
+    """MiniMind's ``.pth`` (``destination`` a file, or a folder receiving ``{save_weight}_{hidden}[_moe].pth``)."""
     if destination.is_dir():
-        destination = destination / minimind_weights_name(model.config.hidden_size, model.config.use_moe)
+        destination = destination / minimind_weights_name(save_weight, model.config.hidden_size, model.config.use_moe)
     return save_minimind_state(model.state_dict(), destination, dtype)
 
 
@@ -164,9 +164,10 @@ def export_checkpoint(source: CheckpointLocation, destination: str | Path, fmt: 
     model, client_state = load_checkpoint_model(source)
     destination = Path(destination)
     try:
-        if fmt == "pth":
-            return export_pth(model, destination, PRECISION_DTYPES[dtype])
-        tokenizer_path = (client_state.get("args") or {}).get("tokenizer_path")
+        args = client_state.get("args") or {}
+        if fmt == "pth":  # runs from before --save_weight published pretrain_*.pth
+            return export_pth(model, destination, PRECISION_DTYPES[dtype], args.get("save_weight", "pretrain"))
+        tokenizer_path = args.get("tokenizer_path")
         return export_hf(model, destination, PRECISION_DTYPES[dtype], tokenizer_path)
     except OSError as error:  # the destination cannot be written: a file in its path, no space, no permission
         raise CheckpointError(f"{destination}: cannot write the export ({first_line(error)})") from None

@@ -50,6 +50,7 @@ class DataSettings:
     mixture_exhaust: str  # what a mixture does when a source runs out (mixture.EXHAUST_POLICIES)
     seed: int
     tokenize_workers: int  # processes (cores) this rank tokenizes with
+    loader_workers: int = 0  # DataLoader worker processes of this rank (0: the rank reads its samples itself)
 
     @property
     def data_paths(self) -> tuple[Path, ...]:
@@ -215,7 +216,7 @@ def training_data(dataset: Dataset, settings: DataSettings, micro_batch: int, ac
         len(dataset), micro_batch_size=micro_batch, accumulation_steps=accumulation,
         world_size=world, rank=rank, seed=settings.seed,
     )
-    loader = make_data_loader(dataset, sampler, pin_memory=pin_memory)
+    loader = make_data_loader(dataset, sampler, num_workers=settings.loader_workers, pin_memory=pin_memory)
     mixture = dataset if isinstance(dataset, MixedSamples) else None
     log(f"data: {len(dataset)} {'packed windows' if settings.packing else 'padded documents'}"
         f"{f' per epoch, mixed ({EXHAUST_MEANINGS[settings.mixture_exhaust]})' if mixture else ''}, "

@@ -5,6 +5,8 @@ which one a config trains in. The one table every layer uses (training, checkpoi
 import torch
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# MiniMind's --dtype names for them.
+DTYPE_PRECISIONS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 PRECISION_BYTES = {name: dtype.itemsize for name, dtype in PRECISION_DTYPES.items()}
 # What mixed-precision Adam keeps per parameter besides the module copy: the fp32 master
 # weight and Adam's two fp32 moments.

@@ -43,20 +43,38 @@ def load_minimind_pth(model: nn.Module, path: str | Path) -> nn.Module:
     The file is read with ``weights_only=True`` (no code runs). Tensors are cast to the
     model's parameter dtype. A mismatch raises ``WeightsMismatchError`` naming the file.
     """
+    state = read_pth_state(path)
+    check_state_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_pth_fits(model: nn.Module, path: str | Path) -> None:
+    """Raise ``WeightsMismatchError`` naming ``path`` unless it is a ``.pth`` that loads strictly into ``model``
+    (which may sit on the meta device). The tensors are memory-mapped, not read: a check before heavy work."""
+    check_state_fits(model, read_pth_state(path, mmap=True), path)
+
+
+def read_pth_state(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of a ``.pth`` file, read with ``weights_only=True`` (``mmap``: memory-mapped);
+    ``WeightsMismatchError`` naming the file when it is missing or not a state dict of tensors."""
     path = Path(path)
     if not path.is_file():
         raise WeightsMismatchError(f"{path}: no such weights file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # unpickling refuses anything but tensors and containers
         raise WeightsMismatchError(f"{path}: not a tensor state dict ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict):
         raise WeightsMismatchError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise ``WeightsMismatchError`` naming ``path`` unless ``state`` loads strictly into ``model``."""
     mismatch = state_dict_mismatch(model, state)
     if mismatch is not None:
         raise WeightsMismatchError(f"{path}: {mismatch}")
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
@@ -75,9 +93,9 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str
     return None
 
 
-def minimind_weights_name(hidden_size: int, use_moe: bool) -> str:
-    """MiniMind's weights file name: ``pretrain_{hidden}[_moe].pth``."""
-    return f"pretrain_{hidden_size}{'_moe' if use_moe else ''}.pth"
+def minimind_weights_name(save_weight: str, hidden_size: int, use_moe: bool) -> str:
+    """MiniMind's weights file name, ``{save_weight}_{hidden}[_moe].pth`` (``pretrain_512.pth``)."""
+    return f"{save_weight}_{hidden_size}{'_moe' if use_moe else ''}.pth"
 
 
-WEIGHTS_GLOB = "pretrain_*.pth"  # every name minimind_weights_name gives
+WEIGHTS_GLOB = "*.pth"  # every name minimind_weights_name gives (DeepSpeed's own files end in .pt)

@@ -18,13 +18,15 @@ from minimind.data import DataSource, data_sources
 from minimind.data.mixture import EXHAUST_POLICIES
 from minimind.data.pipeline import DataSettings
 from minimind.errors import ConfigError
-from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
+from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least, weight_prefix
 from minimind.model.config import MiniMindConfig
+from minimind.model.precision import DTYPE_PRECISIONS, precision_of
 from minimind.model.presets import PRESETS, preset_config_kwargs
 from minimind.training.config import (
     BUNDLED_CORPUS_EVALUATION,
     CPU_DEMO,
     CPU_DEMO_TRIGGERS,
+    DEFAULT_SAVE_WEIGHT,
     MINIMIND_DEFAULTS,
     BatchSection,
     CheckpointSection,
@@ -41,9 +43,10 @@ from minimind.training.hardware.cpu import choose_cpu_precision, cores_per_rank,
 from minimind_kernels.dispatch import IMPLEMENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2_bf16.json"
-# Without --deepspeed_config a CPU run takes one of these, as its processor suits (``cpu_host``).
-CPU_DS_CONFIGS = {"fp32": REPO_ROOT / "ds_configs" / "zero2_fp32.json", "bf16": DEFAULT_DS_CONFIG}
+# Without --deepspeed_config a run takes the ZeRO-2 config of its --dtype (MiniMind's default: bfloat16); a
+# CPU-only run without --dtype takes the one its processor runs fastest (``cpu_host``).
+PRECISION_DS_CONFIGS = {precision: REPO_ROOT / "ds_configs" / f"zero2_{precision}.json"
+                        for precision in ("bf16", "fp16", "fp32")}
 
 # Longest wait a timeout flag accepts: beyond it torch's timedelta overflows, and no job waits a month.
 MAX_TIMEOUT_S = 30 * 24 * 3600
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ep_size", type=POSITIVE, default=None,
                        help="MoE expert-parallel size (DeepSpeed AutoEP); overrides the JSON's expert_parallel")
     model.add_argument("--kernels", choices=IMPLEMENTATIONS, default="auto", help="RMSNorm/RoPE implementation")
-    model.add_argument("--compile", type=int, choices=(0, 1), default=0,
+    model.add_argument("--use_compile", "--compile", dest="compile", type=int, choices=(0, 1), default=0,
                        help="1: torch.compile the model through DeepSpeed's engine.compile() (with AutoEP: all but "
                             "the expert layers); slower on the project's CPU machine, unmeasured on GPUs")
 
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max_seq_len", type=number_at_least(2), default=None, help="tokens per sample (MiniMind: 340)")
     data.add_argument("--packing", type=int, choices=(0, 1), default=1, help="1: pack documents; 0: pad each")
     data.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSON lines, counted")
+    data.add_argument("--num_workers", type=number_at_least(0), default=0,
+                      help="DataLoader worker processes per rank (MiniMind: 8); samples are slices of a memory-mapped "
+                           "token cache, so 0 (the rank reads them itself) is usually as fast")
     data.add_argument("--tokenize_workers", type=number_at_least(0), default=0,
                       help="processes (cores) per rank that tokenize data files without a token cache yet (1: the "
                            "rank itself, one thread); 0: the rank's share of the node's cores")
@@ -120,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--save_dir", default="out", help="checkpoints, weights and metrics go here")
+    run.add_argument("--save_weight", type=weight_prefix, default=DEFAULT_SAVE_WEIGHT,
+                     help="prefix of the published weights, {save_dir}/{save_weight}_{hidden}[_moe].pth; a stage "
+                          f"other than {DEFAULT_SAVE_WEIGHT!r} keeps its checkpoints and metrics in "
+                          "{save_dir}/{save_weight}/")
+    run.add_argument("--from_weight", type=weight_prefix, default="none",
+                     help="start from {save_dir}/{from_weight}_{hidden}[_moe].pth with a fresh optimizer and "
+                          "schedule (continued pretraining, fine-tuning); 'none': from scratch")
     run.add_argument("--log_interval", type=POSITIVE, default=None, help="optimizer steps between logs (100)")
     run.add_argument("--save_interval", type=POSITIVE, default=None, help="optimizer steps between saves (1000)")
     run.add_argument("--keep_checkpoints", type=POSITIVE, default=3, help="recent checkpoints kept")
@@ -146,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_nonfinite_steps", type=POSITIVE, default=20,
                      help="stop (with a checkpoint of the last good state) after this many consecutive "
                           "optimizer steps skipped for non-finite gradients")
+    run.add_argument("--dtype", choices=tuple(DTYPE_PRECISIONS), default=None,
+                     help="training precision when no --deepspeed_config is given (MiniMind: bfloat16; a CPU-only "
+                          "machine without it times its processor); with a config, it must agree with it")
+    run.add_argument("--device", default=None,
+                     help="accepted for MiniMind's command lines; under DeepSpeed the launcher gives each rank its "
+                          "device (--include/--num_gpus, or DS_ACCELERATOR=cpu for the CPU)")
     run.add_argument("--tf32", type=int, choices=(0, 1), default=1,
                      help="1: fp32 training on CUDA runs its matmuls on TF32 tensor cores; 0: full fp32 matmuls")
     run.add_argument("--use_wandb", action="store_true")
@@ -169,6 +188,10 @@ def run_config(args: argparse.Namespace, cpu_only: bool) -> RunConfig:
     batch_chosen = args.batch_size is not None or args.accumulation_steps is not None
     flags, demo = resolved_flags(vars(args), cpu_only)
     notes = (set_cpu_threads(),) if cpu_only else ()
+    if flags["device"] is not None:
+        notes += (f"--device {flags['device']}: under DeepSpeed the launcher gives each rank its device (local rank "
+                  "LOCAL_RANK of the accelerator; choose GPUs with --include or --num_gpus, the CPU with "
+                  "DS_ACCELERATOR=cpu)",)
     precision_timed = flags["deepspeed_config"] is None
     if precision_timed:
         flags["deepspeed_config"], line = cpu_ds_config(flags)
@@ -186,13 +209,15 @@ def run_config(args: argparse.Namespace, cpu_only: bool) -> RunConfig:
             eval_fraction=flags["eval_fraction"], eval_data_path=flags["eval_data_path"],
             skip_bad_lines=flags["skip_bad_lines"], text_field=flags["text_field"],
             mixture_exhaust=flags["mixture_exhaust"], seed=flags["seed"],
-            tokenize_workers=flags["tokenize_workers"] or cores_per_rank()),
+            tokenize_workers=flags["tokenize_workers"] or cores_per_rank(), loader_workers=flags["num_workers"]),
         batch=BatchSection(micro_batch=flags["batch_size"], accumulation=flags["accumulation_steps"],
                            grad_clip=flags["grad_clip"], learning_rate=flags["learning_rate"], chosen=batch_chosen),
         schedule=ScheduleSection(epochs=flags["epochs"], max_steps=flags["max_steps"],
                                  warmup_steps=flags["warmup_steps"], seed=flags["seed"]),
         checkpoint=CheckpointSection(
-            save_dir=flags["save_dir"], save_interval=flags["save_interval"],
+            save_dir=flags["save_dir"], save_weight=flags["save_weight"],
+            from_weight=None if flags["from_weight"] == "none" else flags["from_weight"],
+            save_interval=flags["save_interval"],
             keep_checkpoints=flags["keep_checkpoints"], from_resume=bool(flags["from_resume"]),
             resume_from=flags["resume_from"], overwrite=flags["overwrite"],
             auto_universal=bool(flags["auto_universal"]),
@@ -217,8 +242,9 @@ def resolved_flags(parsed: Mapping, cpu_only: bool) -> tuple[dict, bool]:
 
     The demo applies on a CPU-only machine when none of its model, batch or schedule flags
     was given; any flag given by the user keeps its value. Otherwise MiniMind's defaults fill
-    in. An unset ``--deepspeed_config`` becomes ``ds_configs/zero2_bf16.json`` on an accelerator
-    and stays unset on a CPU-only machine, where ``cpu_ds_config`` picks it.
+    in. An unset ``--deepspeed_config`` becomes the ZeRO-2 config of ``--dtype`` (bf16 where unset) on an
+    accelerator, and on a CPU-only machine where ``--dtype`` is given; else ``cpu_ds_config`` picks it. A
+    ``--dtype`` that contradicts the given config is a ``ConfigError``.
     """
     flags = dict(parsed)
     demo = cpu_only and all(flags[name] is None for name in CPU_DEMO_TRIGGERS)
@@ -226,8 +252,10 @@ def resolved_flags(parsed: Mapping, cpu_only: bool) -> tuple[dict, bool]:
         for name, value in CPU_DEMO.items():
             if flags[name] is None:
                 flags[name] = value
-    if flags["deepspeed_config"] is None and not cpu_only:
-        flags["deepspeed_config"] = str(DEFAULT_DS_CONFIG)
+    if flags["deepspeed_config"] is None and (flags["dtype"] is not None or not cpu_only):
+        flags["deepspeed_config"] = str(PRECISION_DS_CONFIGS[DTYPE_PRECISIONS[flags["dtype"] or "bfloat16"]])
+    elif flags["dtype"] is not None:
+        check_dtype_agrees(flags["dtype"], flags["deepspeed_config"])
     preset = preset_config_kwargs(flags["preset"]) if flags["preset"] else {}
     for name, value in (("hidden_size", preset.get("hidden_size")), ("num_hidden_layers",
                         preset.get("num_hidden_layers")), ("use_moe", int(preset.get("use_moe", False)))):
@@ -238,6 +266,14 @@ def resolved_flags(parsed: Mapping, cpu_only: bool) -> tuple[dict, bool]:
             flags[name] = value
     apply_evaluation_defaults(flags)
     return flags, demo
+
+
+def check_dtype_agrees(dtype: str, ds_config_path: str) -> None:
+    """Raise ``ConfigError`` when ``--dtype`` names another precision than the DeepSpeed JSON trains in."""
+    precision = precision_of(read_ds_config(ds_config_path))
+    if DTYPE_PRECISIONS[dtype] != precision:
+        raise ConfigError(f"--dtype {dtype} contradicts {ds_config_path}, which trains in {precision}: drop --dtype "
+                          "or pass a config in that precision")
 
 
 def apply_evaluation_defaults(flags: dict) -> None:
@@ -259,9 +295,9 @@ def cpu_ds_config(flags: Mapping) -> tuple[str, str]:
     """On a CPU-only machine without ``--deepspeed_config``: the ZeRO-2 config in the precision this processor
     runs fastest (``cpu_host.choose_cpu_precision``), and the line that says why."""
     config = MiniMindConfig(**{**model_config_kwargs(flags), "kernel_impl": "torch"})
-    micro_batch = flags["batch_size"] or read_ds_config(CPU_DS_CONFIGS["fp32"])["train_micro_batch_size_per_gpu"]
+    micro_batch = flags["batch_size"] or read_ds_config(PRECISION_DS_CONFIGS["fp32"])["train_micro_batch_size_per_gpu"]
     choice = choose_cpu_precision(config, micro_batch, flags["max_seq_len"])
-    return str(CPU_DS_CONFIGS[choice.precision]), (f"precision {choice.precision}: {choice.reason} "
+    return str(PRECISION_DS_CONFIGS[choice.precision]), (f"precision {choice.precision}: {choice.reason} "
                                                    "(--deepspeed_config chooses another)")
 
 

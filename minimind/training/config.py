@@ -40,6 +40,10 @@ CPU_DEMO_TRIGGERS = ("preset", "hidden_size", "num_hidden_layers", "max_seq_len"
                      "learning_rate", "max_steps")
 
 
+# MiniMind's pretraining stage's --save_weight: its records stay in the save folder itself.
+DEFAULT_SAVE_WEIGHT = "pretrain"
+
+
 # What a run on the bundled corpus evaluates when no evaluation flag is given.
 BUNDLED_CORPUS_EVALUATION = {"eval_fraction": 0.01, "sample_prompts": "default"}
 
@@ -58,10 +62,6 @@ class ModelSection:
     compile: bool
     tokenizer_path: str | None  # None: the shipped tokenizer
     config_kwargs: Mapping  # MiniMindConfig's arguments (the preset's, overridden by the size flags)
-
-    def weights_name(self) -> str:
-        """MiniMind's ``.pth`` name for this model."""
-        return minimind_weights_name(self.hidden_size, self.use_moe)
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,17 @@ class ScheduleSection:
 
 @dataclass(frozen=True)
 class CheckpointSection:
-    """Where the run saves, how often, what it keeps, and what it resumes from."""
+    """Where the run saves, how often, what it keeps, and what it resumes or starts from.
+
+    MiniMind's stages share one ``save_dir``: each publishes ``{save_weight}_{hidden}[_moe].pth`` there, and
+    the next starts from one with ``--from_weight``. Each ``save_weight`` keeps its own checkpoints, metrics
+    and lock (``records_dir``): in the folder itself for ``pretrain`` (where they always were), in
+    ``{save_dir}/{save_weight}/`` for any other, so that stages never take each other's records for their own.
+    """
 
     save_dir: str
+    save_weight: str  # the published .pth's prefix (MiniMind's --save_weight)
+    from_weight: str | None  # start from {save_dir}/{from_weight}_{hidden}[_moe].pth; None: from scratch
     save_interval: int
     keep_checkpoints: int
     from_resume: bool
@@ -103,6 +111,23 @@ class CheckpointSection:
     def resolved_dir(self) -> Path:
         """``save_dir`` as an absolute path."""
         return Path(self.save_dir).resolve()
+
+    @property
+    def records_dir(self) -> Path:
+        """Where this stage keeps its checkpoints, metrics, run settings and lock (absolute)."""
+        if self.save_weight == DEFAULT_SAVE_WEIGHT:
+            return self.resolved_dir
+        return self.resolved_dir / self.save_weight
+
+    def weights_path(self, hidden_size: int, use_moe: bool) -> Path:
+        """The ``.pth`` this stage publishes: ``{save_dir}/{save_weight}_{hidden}[_moe].pth``."""
+        return self.resolved_dir / minimind_weights_name(self.save_weight, hidden_size, use_moe)
+
+    def from_weight_path(self, hidden_size: int, use_moe: bool) -> Path | None:
+        """The ``.pth`` the run starts from (``--from_weight``), or None for a start from scratch."""
+        if self.from_weight is None:
+            return None
+        return self.resolved_dir / minimind_weights_name(self.from_weight, hidden_size, use_moe)
 
     @property
     def resuming(self) -> bool:
@@ -165,3 +190,11 @@ class RunConfig:
     logging: LoggingSection
     demo: bool  # the CPU demonstration's settings apply (a CPU-only machine, no size or batch flag)
     flags: Mapping  # every flag's resolved value, by flag name
+
+    def weights_path(self) -> Path:
+        """The ``.pth`` this run publishes (``CheckpointSection.weights_path`` of this model)."""
+        return self.checkpoint.weights_path(self.model.hidden_size, self.model.use_moe)
+
+    def from_weight_path(self) -> Path | None:
+        """The ``.pth`` this run starts from, or None (``CheckpointSection.from_weight_path`` of this model)."""
+        return self.checkpoint.from_weight_path(self.model.hidden_size, self.model.use_moe)

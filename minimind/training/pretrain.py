@@ -21,8 +21,9 @@ from minimind.data import (
 )
 from minimind.data.pipeline import cache_location, load_samples, training_data
 from minimind.errors import ConfigError
-from minimind.model import MiniMindConfig
+from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import precision_of
+from minimind.model.pth_weights import WeightsMismatchError, check_pth_fits
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.checkpoints.resume_choice import resume_request
 from minimind.training.config import RunConfig
@@ -125,7 +126,7 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
     logger.close()
     print0(
         f"done at step {position.step}: checkpoints in {inputs.save_dir / 'checkpoints'} (resume with "
-        f"--from_resume 1), MiniMind weights in {inputs.save_dir / config.model.weights_name()}, "
+        f"--from_resume 1), MiniMind weights in {config.weights_path()}, "
         f"metrics in {inputs.save_dir / METRICS_FILE}"
     )
     print0(f"plots and a summary of the run: python -m minimind.report {inputs.save_dir}")
@@ -145,12 +146,13 @@ def check_inputs(config: RunConfig) -> RunInputs:
         learning_rate=config.batch.learning_rate,
     )
     check_host_optimizer_build(ds_config, config.host.deepspeed_config)
-    save_dir = config.checkpoint.resolved_dir
+    save_dir = config.checkpoint.records_dir
     check_writable(save_dir)
     refuse_fresh_run_over_checkpoints(save_dir, resuming=config.checkpoint.resuming,
                                       overwrite=config.checkpoint.overwrite)
     tokenizer = load_tokenizer(config.model.tokenizer_path)
     model_config = MiniMindConfig(**config.model.config_kwargs, vocab_size=max(len(tokenizer), 6400))
+    check_from_weight(config, model_config)
     data = config.data
     if data.max_seq_len > model_config.max_position_embeddings:
         raise ConfigError(f"--max_seq_len {data.max_seq_len} exceeds the model's max_position_embeddings "
@@ -174,6 +176,21 @@ def check_inputs(config: RunConfig) -> RunInputs:
                        host_notes=host_notes, precision_timed=config.host.precision_timed,
                        eval_cache_location=eval_cache_location, sample_prompts=sample_prompts)
     return check_resume_alone(config.checkpoint, inputs)
+
+
+def check_from_weight(config: RunConfig, model_config: MiniMindConfig) -> None:
+    """Raise ``ConfigError`` naming ``--from_weight`` when its ``.pth`` is missing or does not fit the model (its
+    tensors memory-mapped, the model on the meta device: nothing heavy is read or built)."""
+    path = config.from_weight_path()
+    if path is None:
+        return
+    with torch.device("meta"):
+        model = MiniMindForCausalLM(model_config)
+    try:
+        check_pth_fits(model, path)
+    except WeightsMismatchError as error:
+        raise ConfigError(f"--from_weight {config.checkpoint.from_weight}: {error} (MiniMind's stages read "
+                          "{save_dir}/{from_weight}_{hidden}[_moe].pth of the same model size)") from None
 
 
 def check_kernels_run_on(impl: str, device: torch.device) -> None:

@@ -39,15 +39,15 @@ class CheckpointManager:
     the last good state before too many non-finite steps) unless that step was just saved; a resumed run
     does not save again at the step it resumed from. Keeps the ``keep`` newest tags.
 
-    ``write_weights(tag_dir)`` writes MiniMind's ``.pth`` into a tag (collective; returns the file on rank 0).
+    ``write_weights(tag_dir)`` writes MiniMind's ``.pth`` into a tag (collective; returns the file on rank 0),
+    which each save then publishes as ``weights_path``.
     """
 
-    def __init__(self, engine, save_dir: Path, weights_name: str, interval: int, keep: int,
+    def __init__(self, engine, save_dir: Path, weights_path: Path, interval: int, keep: int,
                  write_weights: Callable[[Path], Path | None]):
         self.engine = engine
-        self.save_dir = save_dir
         self.checkpoint_dir = save_dir / "checkpoints"
-        self.weights_name = weights_name
+        self.weights_path = weights_path
         self.interval = interval
         self.keep = keep
         self.write_weights = write_weights
@@ -75,8 +75,8 @@ class CheckpointManager:
         self.saved_step = position.step
 
     def write(self, position: TrainingPosition) -> None:
-        """Tag ``step_{step}`` with the parts' client state and the ``.pth``, then the ``.pth`` published to
-        ``save_dir``. Collective."""
+        """Tag ``step_{step}`` with the parts' client state and the ``.pth``, then the ``.pth`` published as
+        ``weights_path``. Collective."""
         if self.writes is None:
             self.writes = CheckpointWrites(self.engine)
         client_extra = {FORMAT_KEY: FORMAT_VERSION}
@@ -85,9 +85,8 @@ class CheckpointManager:
         tag, weights = save_training_state(self.engine, self.checkpoint_dir, position, client_extra, self.keep,
                                            self.writes, self.write_weights)
         if weights is not None:
-            publish_weights(weights, self.save_dir / self.weights_name)
-        print0(f"step {position.step}: checkpoint {self.checkpoint_dir / tag}, "
-               f"weights {self.save_dir / self.weights_name}")
+            publish_weights(weights, self.weights_path)
+        print0(f"step {position.step}: checkpoint {self.checkpoint_dir / tag}, weights {self.weights_path}")
 
     def load(self, location: CheckpointLocation) -> dict:
         """Load ``location`` into the engine (model, optimizer, scheduler), restore this rank's RNG state, and

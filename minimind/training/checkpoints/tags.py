@@ -93,7 +93,7 @@ def save_training_state(
 
 
 def publish_weights(weights: Path, destination: Path) -> Path:
-    """Make ``destination`` (``{save_dir}/pretrain_*.pth``) a copy of the newest tag's ``.pth``,
+    """Make ``destination`` (``{save_dir}/{save_weight}_*.pth``) a copy of the newest tag's ``.pth``,
     atomically. A copy, not a link: a tool that rewrites that file in place (MiniMind's scripts
     save to the same name) must not change the checkpoint's bytes under its manifest."""
     partial = destination.with_name(f"{destination.name}.partial")

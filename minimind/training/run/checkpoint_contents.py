@@ -48,8 +48,8 @@ def checkpoint_manager(config: RunConfig, inputs: RunInputs, engine) -> Checkpoi
 
     def write_weights(tag_dir: Path) -> Path | None:
         if inputs.ep_size is None:
-            return write_minimind_weights(engine, tag_dir / config.model.weights_name())
-        return write_expert_parallel_weights(engine, tag_dir / config.model.weights_name())
+            return write_minimind_weights(engine, tag_dir / config.weights_path().name)
+        return write_expert_parallel_weights(engine, tag_dir / config.weights_path().name)
 
-    return CheckpointManager(engine, inputs.save_dir, config.model.weights_name(), config.checkpoint.save_interval,
+    return CheckpointManager(engine, inputs.save_dir, config.weights_path(), config.checkpoint.save_interval,
                              config.checkpoint.keep_checkpoints, write_weights)

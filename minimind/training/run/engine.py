@@ -1,4 +1,5 @@
-"""The model and DeepSpeed's engine around it: the schedule, compilation, AutoEP's auxiliary loss."""
+"""The model (from scratch or ``--from_weight``) and DeepSpeed's engine around it: the schedule, compilation,
+AutoEP's auxiliary loss."""
 
 import deepspeed
 import torch
@@ -6,6 +7,7 @@ from deepspeed.accelerator import get_accelerator
 
 from minimind.model import MiniMindForCausalLM
 from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precision_of
+from minimind.model.pth_weights import load_minimind_pth
 from minimind.training.config import RunConfig
 from minimind.training.distributed.rank_print import print0
 from minimind.training.loop.lr_schedule import minimind_scheduler
@@ -18,6 +20,7 @@ def build_engine(config: RunConfig, inputs: RunInputs, total_steps: int):
     """The model and ``deepspeed.initialize``'s engine around it (schedule, AutoEP aux loss,
     checkpoint-write reporting); returns the engine and the parameter count."""
     model = MiniMindForCausalLM(inputs.model_config)
+    start_weights(model, config, inputs)
     if config.model.activation_checkpointing:
         model.activation_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
@@ -48,6 +51,19 @@ def build_engine(config: RunConfig, inputs: RunInputs, total_steps: int):
         print0(f"expert parallelism: AutoEP size {inputs.ep_size}, "
                f"{inputs.model_config.n_routed_experts // inputs.ep_size} routed experts per rank")
     return engine, n_params
+
+
+def start_weights(model: MiniMindForCausalLM, config: RunConfig, inputs: RunInputs) -> None:
+    """Load ``--from_weight``'s ``.pth`` into ``model`` (as MiniMind's ``init_model`` does; the optimizer and the
+    schedule start fresh), unless the run resumes from a checkpoint, which holds its own weights."""
+    path = config.from_weight_path()
+    if path is None:
+        return
+    if inputs.resume is not None:
+        print0(f"--from_weight {config.checkpoint.from_weight}: not used, the run resumes from its checkpoint")
+        return
+    load_minimind_pth(model, path)
+    print0(f"weights: {path} (--from_weight {config.checkpoint.from_weight}); fresh optimizer and schedule")
 
 
 def model_dtype(ds_config: dict) -> torch.dtype:
