@@ -14,8 +14,7 @@ from pathlib import Path
 from minimind.data.pipeline import DataSettings
 from minimind.model.pth_weights import minimind_weights_name
 
-MINIMIND_DEFAULTS = {
-    "hidden_size": 512,
+MINIMIND_DEFAULTS = {  # the width is the model family's (minimind.model.config.FAMILY_DEFAULTS)
     "num_hidden_layers": 8,
     "max_seq_len": 340,
     "log_interval": 100,
@@ -49,6 +48,7 @@ class ModelSection:
     """The model's size and how it runs: MiniMind's size flags (a preset's values where unset)."""
 
     preset: str | None
+    model_family: str  # minimind2 | minimind3 (minimind.model.config.MODEL_FAMILIES)
     hidden_size: int
     num_hidden_layers: int
     use_moe: bool
