@@ -128,7 +128,7 @@ class MiniMindConfig(PretrainedConfig):
             family["intermediate_size"] = default_intermediate_size(hidden_size, model_family)
         if family["head_dim"] is None:
             family["head_dim"] = hidden_size // num_attention_heads
-        if family.get("moe_intermediate_size", 0) is None:
+        if model_family == "minimind3" and family["moe_intermediate_size"] is None:
             family["moe_intermediate_size"] = family["intermediate_size"]
         self.model_family = model_family
         self.dropout = dropout
