@@ -36,12 +36,14 @@ from transformers.utils import logging as hf_logging
 from minimind.errors import ConfigError, UserInputError, first_line
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model.config import MODEL_FAMILIES
 from minimind.model.generation import generate_tokens, new_tokens_that_fit, prompt_token_ids
 from minimind.model.precision import PRECISION_DTYPES
 from minimind.model.pth_weights import WeightsMismatchError, load_minimind_pth
 from minimind.tokenizer.loader import load_tokenizer, tokenizer_fingerprint
 
-SIZE_FLAGS = ("hidden_size", "num_hidden_layers", "use_moe")  # a bare .pth's; MiniMindConfig's defaults otherwise
+# A bare .pth's architecture and sizes; MiniMindConfig's defaults otherwise.
+SIZE_FLAGS = ("model_family", "hidden_size", "num_hidden_layers", "use_moe")
 HF_CONFIG = "config.json"
 SAVE_DIR_CHECKPOINTS = "checkpoints"  # where a training run's save folder keeps its checkpoints
 FINGERPRINT_SHOWN = 12  # hex digits of a tokenizer fingerprint shown in an error
@@ -87,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="precision to run in (default: bf16 on a GPU that has it, else fp32)")
     parser.add_argument("--device", type=device_flag, default=None, help="default: cuda if available, else cpu")
     sizes = parser.add_argument_group("sizes of a .pth without config.json beside it (MiniMind's defaults)")
-    sizes.add_argument("--hidden_size", type=POSITIVE, default=None, help="model width (512)")
+    sizes.add_argument("--model_family", choices=MODEL_FAMILIES, default=None, help="architecture (minimind2)")
+    sizes.add_argument("--hidden_size", type=POSITIVE, default=None, help="model width (512; minimind3: 768)")
     sizes.add_argument("--num_hidden_layers", type=POSITIVE, default=None, help="number of blocks (8)")
     sizes.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="1: MoE MLPs (0)")
     parser.add_argument("--trust_checkpoint", action="store_true",
@@ -246,7 +249,9 @@ def load_pth(path: Path, size_flags: dict, tokenizer_path: str | None) -> Loaded
     else:
         config = MiniMindConfig(**{name: bool(value) if name == "use_moe" else value
                                    for name, value in size_flags.items()})
-        sized_by = " ".join(f"--{name} {int(getattr(config, name))}" for name in SIZE_FLAGS)
+        values = {name: getattr(config, name) for name in SIZE_FLAGS}
+        sized_by = " ".join(f"--{name} {int(value) if isinstance(value, bool) else value}"
+                            for name, value in values.items())
     try:
         model = load_minimind_pth(MiniMindForCausalLM(config), path)
     except WeightsMismatchError as error:

@@ -274,9 +274,9 @@ def block_activation_bytes_per_token(config: MiniMindConfig, act_bytes: int) -> 
     h, f = config.hidden_size, config.intermediate_size
     attention = act_bytes * 7 * h + 4 * config.num_attention_heads
     if config.use_moe:
-        k = config.num_experts_per_tok
-        mlp = act_bytes * (2 * h + 4 * f * config.n_shared_experts + k * (2 * h + 4 * f))
-        mlp += 4 * config.n_routed_experts
+        k, expert = config.num_experts_per_tok, config.expert_intermediate_size
+        mlp = act_bytes * (2 * h + 4 * f * config.shared_expert_count + k * (2 * h + 4 * expert))
+        mlp += 4 * config.expert_count
     else:
         mlp = act_bytes * (2 * h + 4 * f)
     norm_fp32_copies = 2 * 4 * h if act_bytes != 4 else 0
@@ -309,8 +309,8 @@ def plan_memory(config: MiniMindConfig, settings: PlanSettings, counts: Paramete
     """The per-rank memory plan of training ``config`` under ``settings``."""
     if counts is None:
         counts = count_parameters(config)
-    if config.use_moe and config.n_routed_experts % settings.ep_size:
-        raise ConfigError(f"ep_size {settings.ep_size} must divide n_routed_experts {config.n_routed_experts}")
+    if config.use_moe and config.expert_count % settings.ep_size:
+        raise ConfigError(f"ep_size {settings.ep_size} must divide the {config.expert_count} routed experts")
     param, grad, optimizer = model_state_bytes(counts, settings)
     estimate = deepspeed_estimate(counts, settings)
     if estimate is not None:

@@ -1,10 +1,14 @@
 """The client state's format version and the one upgrade of older layouts, against layouts written by hand as
-the project's earlier versions wrote them."""
+the project's earlier versions wrote them; and the run identity's model family, absent from older ones."""
 
 import pytest
 
 from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.locate import CheckpointLocation
+from minimind.errors import ConfigError
+from minimind.model import MiniMindConfig
 from minimind.training.checkpoints.client_state import FORMAT_KEY, FORMAT_VERSION, upgrade_client_state
+from minimind.training.checkpoints.identity import RunIdentity, check_resume_fits
 from minimind.training.position import TrainingPosition
 
 
@@ -44,3 +48,19 @@ def test_the_current_version_is_read_as_it_is_and_the_input_is_left_alone():
 def test_a_checkpoint_from_a_newer_version_is_one_line():
     with pytest.raises(CheckpointError, match=rf"format {FORMAT_VERSION + 1}, written by a newer version"):
         upgrade_client_state({FORMAT_KEY: FORMAT_VERSION + 1, "position": {}})
+
+
+def test_a_checkpoint_without_a_model_family_resumes_as_minimind2(tmp_path):
+    location = CheckpointLocation(tmp_path, "step_1")
+    old = {"model_config": {key: value for key, value in MiniMindConfig().to_dict().items()
+                            if key not in ("model_family", "head_dim")}}
+
+    def run(**config) -> RunIdentity:
+        return RunIdentity(MiniMindConfig(**config).to_dict(), "tokenizer", {})
+
+    check_resume_fits(location, old, run())
+    with pytest.raises(ConfigError, match="model_family minimind2 \\(checkpoint\\) vs minimind3 \\(this run\\)"):
+        check_resume_fits(location, old, run(model_family="minimind3", hidden_size=512))
+    recorded = {"model_config": MiniMindConfig(model_family="minimind3").to_dict()}
+    with pytest.raises(ConfigError, match="num_key_value_heads 4 \\(checkpoint\\) vs 2"):
+        check_resume_fits(location, recorded, run(model_family="minimind3", num_key_value_heads=2))

@@ -223,7 +223,7 @@ def with_autoep_layers(model: MiniMindForCausalLM, model_config: MiniMindConfig)
     replaces them (at size 1 without a process group), and MiniMind's aux loss hooked on."""
     ds_config = {}
     resolve_expert_parallel(ds_config, 1, model_config, 1, "test")
-    auto_ep = AutoEP(model, parse_autoep_config(ds_config))
+    auto_ep = AutoEP(model, parse_autoep_config(ds_config["expert_parallel"]))
     auto_ep.replace_moe_layers(auto_ep.ep_parser(), ep_size=1, ep_rank=0)
     ExpertParallelAuxLoss(model, model_config)
     return model
@@ -326,3 +326,44 @@ def test_bad_combinations_are_one_line_errors(ds_config, ep_size, world, overrid
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")) as error:
         resolve(json.loads(json.dumps(ds_config)), ep_size, world=world, **overrides)
     assert "\n" not in str(error.value)
+
+
+def tiny_minimind3_moe_config(**overrides) -> dict:
+    config = dict(model_family="minimind3", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=96, moe_intermediate_size=40,
+                  max_position_embeddings=64, use_moe=True, num_experts=4, router_aux_loss_coef=0.1,
+                  kernel_impl="torch")
+    config.update(overrides)
+    return config
+
+
+def test_minimind3_section_has_no_shared_experts_and_normalises_top_1():
+    section = minimind_autoep_section(MiniMindConfig(**tiny_minimind3_moe_config()))
+    assert section["num_experts_attr"] == "num_experts" and section["has_shared_experts"] is False
+    assert "shared_experts_pattern" not in section and section["route_norm"] is True
+    unnormalised = MiniMindConfig(**tiny_minimind3_moe_config(norm_topk_prob=False))
+    assert minimind_autoep_section(unnormalised)["route_norm"] is False
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_minimind3_autoep_layers_match_the_plain_model(top_k):
+    """AutoEP's layers (size 1, in this process) on a minimind3 MoE model: the same logits, aux loss
+    (upstream's formula, recomputed by the hooks) and gradients as the plain model, in float32."""
+    config = MiniMindConfig(**tiny_minimind3_moe_config(num_experts_per_tok=top_k))
+    torch.manual_seed(0)
+    plain = MiniMindForCausalLM(config).train()
+    autoep = with_autoep_layers(copy.deepcopy(plain), config)
+    assert len(autoep_layers(autoep)) == config.num_hidden_layers
+    ids = torch.randint(0, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for model in (plain, autoep):
+        output = model(input_ids=ids, labels=ids)
+        (output.loss + output.aux_loss).backward()
+        outputs.append(output)
+    torch.testing.assert_close(outputs[1].logits, outputs[0].logits, rtol=RELATIVE_TOLERANCE, atol=1e-6)
+    assert outputs[0].aux_loss > 0
+    torch.testing.assert_close(outputs[1].aux_loss, outputs[0].aux_loss, rtol=RELATIVE_TOLERANCE, atol=0)
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_norm.weight",
+                 "model.layers.1.self_attn.k_norm.weight"):
+        torch.testing.assert_close(autoep.get_parameter(name).grad, plain.get_parameter(name).grad,
+                                   rtol=RELATIVE_TOLERANCE, atol=1e-7)

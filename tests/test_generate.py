@@ -276,6 +276,18 @@ def test_pth_sized_by_flags_and_prompt_from_stdin(tmp_path, capsys, monkeypatch)
     assert out == expected_output(model, load_tokenizer(), "Once upon a time")
 
 
+def test_minimind3_pth_sized_by_flags(tmp_path, capsys):
+    model = cli_model(3, model_family="minimind3", use_moe=True)
+    save_minimind_pth(model, tmp_path / "pretrain_64_moe.pth", torch.float32)
+    status, out, err = run_generate(tmp_path / "pretrain_64_moe.pth", capsys, "--model_family", "minimind3",
+                                    "--hidden_size", "64", "--num_hidden_layers", "2", "--use_moe", "1")
+    assert status == 0, err
+    assert out == expected_output(model, load_tokenizer())
+    err = one_line_error(capsys, [str(tmp_path / "pretrain_64_moe.pth"), "--prompt", "x", "--hidden_size", "64",
+                                  "--num_hidden_layers", "2", "--use_moe", "1"])
+    assert "keys do not match" in err and "--model_family minimind2 --hidden_size 64" in err
+
+
 def test_hugging_face_export_folder(tmp_path, capsys):
     model = cli_model(2)
     export_hf(copy.deepcopy(model), tmp_path / "hf", torch.float32, tokenizer_path=None)

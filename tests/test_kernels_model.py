@@ -16,10 +16,11 @@ def counted(function, calls: dict, key: str):
     return wrapper
 
 
-def build(kernel_impl: str, use_moe: bool, device: torch.device) -> MiniMindForCausalLM:
+def build(kernel_impl: str, use_moe: bool, device: torch.device, family: str = "minimind2") -> MiniMindForCausalLM:
     torch.manual_seed(0)
     config = MiniMindConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-                            vocab_size=97, max_position_embeddings=64, use_moe=use_moe, kernel_impl=kernel_impl)
+                            vocab_size=97, max_position_embeddings=64, use_moe=use_moe, kernel_impl=kernel_impl,
+                            model_family=family)
     model = MiniMindForCausalLM(config).to(device).train()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -28,8 +29,10 @@ def build(kernel_impl: str, use_moe: bool, device: torch.device) -> MiniMindForC
     return model
 
 
+@pytest.mark.parametrize("family, norms_per_block", [("minimind2", 2), ("minimind3", 4)])  # minimind3: q/k norms
 @pytest.mark.parametrize("use_moe", [False, True])
-def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, monkeypatch, device):
+def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, family, norms_per_block, monkeypatch,
+                                                                     device):
     calls = {"rms_norm": 0, "rope": 0}
     launchers = [
         (fused_rms_norm, "rms_norm_triton", "rms_norm"),
@@ -41,12 +44,12 @@ def test_triton_and_torch_kernels_give_the_same_logits_and_gradients(use_moe, mo
     ids = torch.randint(0, 97, (2, 11), device=device)
     results = {}
     for impl in ("torch", "triton"):
-        model = build(impl, use_moe, device)
+        model = build(impl, use_moe, device, family)
         output = model(ids, labels=ids)
         (output.loss + output.aux_loss).backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         results[impl] = (output.logits.detach(), output.loss.detach(), grads)
-    assert calls == {"rms_norm": 5, "rope": 2}  # 2 per block + the final norm; one rotary launch per block
+    assert calls == {"rms_norm": 2 * norms_per_block + 1, "rope": 2}  # + the final norm; one rotary launch a block
     (logits_t, loss_t, grads_t), (logits_k, loss_k, grads_k) = results["torch"], results["triton"]
     # fp32 end to end: both paths accumulate in fp32 in a different order, so agreement is to ~1e-5
     torch.testing.assert_close(logits_k, logits_t, rtol=1e-5, atol=1e-5)

@@ -86,6 +86,16 @@ def test_every_flag_of_minimind_is_accepted_with_its_meaning(version, cpu_only, 
     assert any(note.startswith("--device cuda:0: under DeepSpeed the launcher") for note in config.host.notes)
 
 
+@pytest.mark.parametrize("family, hidden, epochs", [("minimind2", 512, 1), ("minimind3", 768, 2)])
+def test_each_family_takes_its_trainers_defaults(family, hidden, epochs):
+    """Without size or schedule flags, each family has its version's width and epochs (e119db8: 512 and 1,
+    today's: 768 and 2); MiniMind's command lines name both, so they run alike either way."""
+    config = run_config(parse_args(["--model_family", family]), cpu_only=False)
+    assert (config.model.model_family, config.model.hidden_size, config.schedule.epochs) == (family, hidden, epochs)
+    built = MiniMindConfig(**config.model.config_kwargs)
+    assert (built.model_family, built.hidden_size) == (family, hidden)
+
+
 @pytest.mark.parametrize("dtype, precision", [("float32", "fp32"), ("float16", "fp16"), ("bfloat16", "bf16")])
 def test_dtype_picks_the_precision_without_a_config(dtype, precision):
     config = run_config(parse_args(["--dtype", dtype]), cpu_only=True)
@@ -109,7 +119,8 @@ def test_minimind_command_line_trains(version, tmp_path):
     corpus = write_corpus(tmp_path / "corpus.jsonl", lines=200)
     small = [*TINY_MODEL, "--batch_size", "4", "--accumulation_steps", "1", "--max_steps", "2",
              "--log_interval", "1", "--num_workers", "1", "--dtype", "float32"]
-    argv = [*command_line(version, save_dir=tmp_path / "out", data_path=corpus), *small]
+    family = ["--model_family", "minimind3"] if version == "d65ef2c" else []  # today's model, by one flag
+    argv = [*command_line(version, save_dir=tmp_path / "out", data_path=corpus), *family, *small]
     result = main_in_process(argv, env={"MINIMIND_CACHE_DIR": str(tmp_path / "cache")})
     assert "--device cuda:0: under DeepSpeed" in result.stdout
     assert len(read_metrics(tmp_path / "out")) == 2 and (tmp_path / "out" / "pretrain_64.pth").is_file()

@@ -62,6 +62,58 @@ def test_intermediate_size_formula(hidden):
     assert default_intermediate_size(hidden) == 64 * math.ceil(int(hidden * 8 / 3) / 64)
 
 
+def test_minimind3_defaults_match_upstream():
+    config = MiniMindConfig(model_family="minimind3")
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 8, 8)
+    assert (config.num_key_value_heads, config.head_dim, config.intermediate_size) == (4, 96, 2432)
+    assert (config.max_position_embeddings, config.rms_norm_eps, config.rope_theta) == (32768, 1e-6, 1e6)
+    assert (config.num_experts, config.num_experts_per_tok, config.moe_intermediate_size) == (4, 1, 2432)
+    assert (config.router_aux_loss_coef, config.norm_topk_prob, config.shared_expert_count) == (5e-4, True, 0)
+    assert config.tie_word_embeddings and not config.inference_rope_scaling and config.qk_norm
+    assert not any(hasattr(config, name) for name in ("n_routed_experts", "n_shared_experts", "aux_loss_alpha"))
+
+
+@pytest.mark.parametrize("hidden", [512, 640, 768, 100])
+def test_minimind3_intermediate_size_formula(hidden):
+    assert default_intermediate_size(hidden, "minimind3") == math.ceil(hidden * math.pi / 64) * 64
+
+
+def test_a_config_without_a_family_is_minimind2_and_each_family_round_trips():
+    recorded = {key: value for key, value in MiniMindConfig(hidden_size=64).to_dict().items()
+                if key not in ("model_family", "head_dim")}  # as written before the families existed
+    assert MiniMindConfig.from_dict(recorded).to_dict() == MiniMindConfig(hidden_size=64).to_dict()
+    minimind3 = MiniMindConfig(model_family="minimind3", hidden_size=64, head_dim=24, use_moe=True, num_experts=6)
+    assert MiniMindConfig.from_dict(minimind3.to_dict()).to_dict() == minimind3.to_dict()
+
+
+@pytest.mark.parametrize("family, options, message", [
+    ("minimind3", {"n_shared_experts": 1}, "n_shared_experts: not an option of model_family 'minimind3'"),
+    ("minimind3", {"aux_loss_alpha": 0.1, "seq_aux": False}, "aux_loss_alpha, seq_aux: not an option"),
+    ("minimind2", {"num_experts": 8}, "num_experts: not an option of model_family 'minimind2'"),
+    ("minimind2", {"router_aux_loss_coef": 0.1}, "router_aux_loss_coef: not an option"),
+    ("minimind2", {"head_dim": 32}, "head_dim 32 is not hidden_size / num_attention_heads"),
+    ("minimind3", {"head_dim": 15}, "head_dim 15 must be even"),
+    ("minimind4", {}, "model_family must be one of minimind2, minimind3, got 'minimind4'"),
+])
+def test_options_of_the_other_family_are_one_line_errors(family, options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as error:
+        MiniMindConfig(model_family=family, **options)
+    assert "\n" not in str(error.value)
+
+
+def test_minimind3_head_dim_need_not_split_the_width():
+    model = MiniMindForCausalLM(tiny_config(model_family="minimind3", head_dim=10))
+    attention = model.model.layers[0].self_attn
+    assert attention.q_proj.weight.shape == (60, 48) and attention.o_proj.weight.shape == (48, 60)
+    assert attention.q_norm.weight.shape == attention.k_norm.weight.shape == (10,)
+    assert model(torch.randint(0, 97, (1, 5))).logits.shape == (1, 5, 97)
+
+
+def test_untied_embeddings_are_separate_weights():
+    model = MiniMindForCausalLM(tiny_config(model_family="minimind3", tie_word_embeddings=False))
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 7), (3, 5, 48), (2, 11, 130)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_rms_norm_against_reference(shape, dtype):

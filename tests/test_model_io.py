@@ -1,10 +1,13 @@
 """State-dict keys, MiniMind .pth and Hugging Face round-trips, KV-cache generation."""
 
+import importlib.util
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.checkpoint.export import export_hf
 from minimind.model.pth_weights import WeightsMismatchError, load_minimind_pth, save_minimind_pth
 from tests.test_model_components import tiny_config
 
@@ -78,13 +81,15 @@ def test_pth_refuses_pickled_code(tmp_path):
         load_minimind_pth(MiniMindForCausalLM(tiny_config()), tmp_path / "evil.pth")
 
 
+@pytest.mark.parametrize("family", ["minimind2", "minimind3"])
 @pytest.mark.parametrize("use_moe", [False, True])
-def test_hugging_face_round_trip_and_auto_classes(tmp_path, use_moe):
+def test_hugging_face_round_trip_and_auto_classes(tmp_path, use_moe, family):
     torch.manual_seed(1)
-    model = MiniMindForCausalLM(tiny_config(use_moe=use_moe)).eval()
+    model = MiniMindForCausalLM(tiny_config(use_moe=use_moe, model_family=family)).eval()
     model.save_pretrained(tmp_path)
     config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(config, MiniMindConfig) and config.use_moe == use_moe
+    assert {**config.to_dict(), "_name_or_path": ""} == model.config.to_dict()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, MiniMindForCausalLM)
     ids = torch.randint(0, 97, (2, 10))
@@ -98,11 +103,12 @@ def greedy_without_cache(model, ids, new_tokens):
     return ids
 
 
+@pytest.mark.parametrize("family", ["minimind2", "minimind3"])
 @pytest.mark.parametrize("use_moe", [False, True])
 @pytest.mark.parametrize("sdpa", [True, False])
-def test_kv_cache_generation_equals_full_recomputation(use_moe, sdpa):
+def test_kv_cache_generation_equals_full_recomputation(use_moe, sdpa, family):
     torch.manual_seed(2)
-    model = MiniMindForCausalLM(tiny_config(use_moe=use_moe, flash_attn=sdpa)).eval()
+    model = MiniMindForCausalLM(tiny_config(use_moe=use_moe, flash_attn=sdpa, model_family=family)).eval()
     with torch.no_grad():  # sharpen the logits so greedy choices are far from ties
         model.model.embed_tokens.weight.mul_(20)
     ids = torch.randint(3, 97, (2, 7))
@@ -112,12 +118,28 @@ def test_kv_cache_generation_equals_full_recomputation(use_moe, sdpa):
     assert torch.equal(generated, expected)
 
 
-def test_incremental_decoding_logits_match_full_forward():
+@pytest.mark.parametrize("family", ["minimind2", "minimind3"])
+def test_incremental_decoding_logits_match_full_forward(family):
     torch.manual_seed(3)
-    model = MiniMindForCausalLM(tiny_config()).eval()
+    model = MiniMindForCausalLM(tiny_config(model_family=family)).eval()
     ids = torch.randint(0, 97, (1, 15))
     with torch.no_grad():
         full = model(ids).logits
         first = model(ids[:, :9], use_cache=True)
         rest = model(ids[:, 9:], cache=first.cache, use_cache=True)
     torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_minimind3_export_records_its_family_and_its_bundled_code_gives_the_same_logits(tmp_path):
+    """``export_hf``'s standalone ``modeling_minimind.py`` carries the minimind3 architecture (q/k norms, head_dim,
+    MoE without shared experts)."""
+    torch.manual_seed(4)
+    model = MiniMindForCausalLM(tiny_config(model_family="minimind3", head_dim=10, use_moe=True)).eval()
+    folder = export_hf(model, tmp_path / "hf", torch.float32, None)
+    spec = importlib.util.spec_from_file_location("exported_minimind3", folder / "modeling_minimind.py")
+    bundled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundled)
+    loaded = bundled.MiniMindForCausalLM.from_pretrained(folder).eval()
+    assert loaded.config.model_family == "minimind3"
+    ids = torch.randint(0, 97, (2, 9))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)

@@ -1,7 +1,7 @@
 """MoE token dispatch: grouped GEMMs and the per-expert loop against a float64 per-token reference.
 
 The reference is written here from the spec (softmax router, top-k, weights normalised when
-k > 1, each chosen expert's SwiGLU weighted and summed, plus the shared experts), one token
+k > 1 (minimind3: for any k), each chosen expert's SwiGLU weighted and summed, plus the shared experts), one token
 and one chosen expert at a time, on float64 copies of the layer's parameters; autograd on
 those copies gives the reference gradients.
 """
@@ -58,7 +58,7 @@ def swiglu(x, params, prefix):
     return (F.silu(gate) * (x @ params[f"{prefix}.up_proj.weight"].T)) @ params[f"{prefix}.down_proj.weight"].T
 
 
-def reference(x, params, top_k, norm, n_shared):
+def reference(x, params, top_k, norm, n_shared, normalize_top_1=False):
     """Spec MoE output (batch, seq, hidden) in float64, one token and one chosen expert at a time."""
     tokens = x.reshape(-1, x.shape[-1])
     scores = torch.softmax(tokens @ params["gate.weight"].T, -1)
@@ -66,7 +66,7 @@ def reference(x, params, top_k, norm, n_shared):
     for t in range(tokens.shape[0]):
         chosen = scores[t].argsort(descending=True)[:top_k]
         weights = scores[t, chosen]
-        if top_k > 1 and norm:
+        if norm and (top_k > 1 or normalize_top_1):
             weights = weights / (weights.sum() + 1e-20)
         row = sum(w * swiglu(tokens[t], params, f"experts.{int(e)}") for w, e in zip(weights, chosen, strict=True))
         rows.append(row + sum(swiglu(tokens[t], params, f"shared_experts.{s}") for s in range(n_shared)))
@@ -78,11 +78,11 @@ def grad_or_zeros(param: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(param) if param.grad is None else param.grad
 
 
-def compare_with_reference(moe, x, top_k, norm, n_shared):
+def compare_with_reference(moe, x, top_k, norm, n_shared, normalize_top_1=False):
     """The layer's float32 output and every gradient against the reference's; returns the layer's grads."""
     params = {name: p.detach().double().requires_grad_() for name, p in moe.named_parameters()}
     x_ref = x.double().requires_grad_()
-    expected = reference(x_ref, params, top_k, norm, n_shared)
+    expected = reference(x_ref, params, top_k, norm, n_shared, normalize_top_1)
     grad_out = torch.randn_like(expected)
     expected.backward(grad_out)
     x = x.clone().requires_grad_()
@@ -123,6 +123,22 @@ def test_output_and_gradients_match_the_reference(path, training, top_k, norm, s
         for name in ("gate_proj", "up_proj", "down_proj"):
             grad = grads[f"experts.{idle}.{name}.weight"]
             assert grad is not None and not grad.any(), name
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("top_k, norm", [(1, True), (1, False), (2, True)])
+def test_minimind3_layer_matches_the_reference(path, training, top_k, norm):
+    """minimind3's layer: experts moe_intermediate_size wide, no shared experts, weights normalised at k = 1 too."""
+    torch.manual_seed(0)
+    config = MiniMindConfig(model_family="minimind3", hidden_size=20, intermediate_size=64, moe_intermediate_size=44,
+                            use_moe=True, num_experts=5, num_experts_per_tok=top_k, norm_topk_prob=norm,
+                            router_aux_loss_coef=0.0, num_attention_heads=1, num_key_value_heads=1)
+    moe = MOEFeedForward(config).train(training)
+    assert moe.shared_experts is None and moe.experts[0].gate_proj.weight.shape == (44, 20)
+    x = inputs_leaving_an_expert_idle(moe, idle=3)
+    if path == "grouped":
+        assert grouped_experts_usable(x.reshape(-1, 20), moe.experts)
+    compare_with_reference(moe, x, top_k, norm, 0, normalize_top_1=True)
 
 
 def test_bfloat16_grouped_gemms_match_the_loop(monkeypatch):

@@ -240,6 +240,22 @@ def test_presets_fill_the_model_and_size_flags_override_them():
     assert model_config_kwargs(flags)["use_moe"] is False
 
 
+def test_model_family_flag_builds_minimind3_and_defaults_to_minimind2():
+    flags, _ = resolved_flags(vars(parse_args([])), cpu_only=False)
+    assert flags["model_family"] == "minimind2" and MiniMindConfig(**model_config_kwargs(flags)).hidden_size == 512
+    flags, _ = resolved_flags(vars(parse_args(["--model_family", "minimind3"])), cpu_only=False)
+    assert flags["hidden_size"] == 768  # minimind3's width, as upstream's trainer
+    flags, _ = resolved_flags(vars(parse_args(["--hidden_size", "768", "--model_family", "minimind3"])), cpu_only=False)
+    config = MiniMindConfig(**model_config_kwargs(flags))
+    assert (config.model_family, config.num_key_value_heads, config.head_dim, config.intermediate_size) == (
+        "minimind3", 4, 96, 2432)
+    assert (config.rms_norm_eps, config.qk_norm) == (1e-6, True)
+    flags, _ = resolved_flags(vars(parse_args(["--preset", "minimind-3-moe"])), cpu_only=False)
+    assert flags["model_family"] == "minimind3" and model_config_kwargs(flags)["use_moe"] is True
+    with pytest.raises(ConfigError, match="--model_family minimind2: preset minimind-3 is a minimind3 model"):
+        resolved_flags(vars(parse_args(["--preset", "minimind-3", "--model_family", "minimind2"])), cpu_only=False)
+
+
 def test_entry_point_rejects_an_unbuildable_model_in_one_line(tmp_path, capsys):
     status, err = run_main(["--save_dir", str(tmp_path), "--hidden_size", "100"], capsys)
     assert status == 2 and err.count("\n") == 0

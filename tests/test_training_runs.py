@@ -138,6 +138,24 @@ def test_zero3_trains_a_moe_model_as_zero2_does(launch_dir, corpus, launch_env_v
     assert samples[3] == samples[2] and len(samples[3]) == 3
 
 
+def test_zero3_with_activation_checkpointing_trains_a_minimind3_moe_model_as_zero2_does(launch_dir, corpus,
+                                                                                       launch_env_vars, tmp_path):
+    """The minimind3 family under ZeRO-3 (its per-head q/k norms and router partitioned too) with every block
+    recomputed in the backward, against ZeRO-2 without recomputation: one rank in this process, fp32."""
+    save_dirs = {}
+    for stage, extra in ((2, []), (3, ["--activation_checkpointing"])):
+        config = config_with_updates("zero3_bf16.json", tmp_path / f"zero{stage}.json",
+                                     {"bf16": {"enabled": False}, "zero_optimization": {"stage": stage}})
+        save_dirs[stage] = launch_dir / f"minimind3_moe_zero{stage}"
+        main_in_process([*short_training(config, 3), *extra, "--model_family", "minimind3", "--use_moe", "1",
+                         "--data_path", str(corpus), "--save_dir", str(save_dirs[stage])], env=launch_env_vars)
+    losses = {stage: read_metrics(save_dir) for stage, save_dir in save_dirs.items()}
+    assert_losses_follow(losses[3], losses[2], exact_steps=3, rel=1e-5)
+    assert all(m["aux_loss"] > 0 for m in losses[3])
+    weights = torch.load(next((save_dirs[3]).glob("pretrain_*_moe.pth")), weights_only=True)
+    assert "model.layers.0.self_attn.q_norm.weight" in weights and not any("shared_experts" in k for k in weights)
+
+
 def test_torchrun_trains_as_deepspeed_s_launcher_does(reference_run, launch_dir, corpus, launch_env_vars):
     save_dir = launch_dir / "torchrun"
     port = free_local_port()

@@ -4,8 +4,9 @@ from minimind.checkpoint.autoep_names import saved_expert_parallel_size
 from minimind.checkpoint.locate import CheckpointLocation, read_client_state
 from minimind.model.precision import precision_of
 
-SUMMARY_CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                         "vocab_size", "intermediate_size", "use_moe", "n_routed_experts", "num_experts_per_tok")
+SUMMARY_CONFIG_FIELDS = ("model_family", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "num_key_value_heads", "head_dim", "vocab_size", "intermediate_size", "use_moe",
+                         "n_routed_experts", "num_experts", "moe_intermediate_size", "num_experts_per_tok")
 
 
 def describe_checkpoint(location: CheckpointLocation) -> list[str]:

@@ -1,5 +1,8 @@
 """The dense building blocks of a MiniMind layer: RMSNorm, attention and the SwiGLU MLP.
 
+minimind3's attention also normalizes each head's queries and keys (``q_norm``, ``k_norm`` over
+head_dim) before RoPE; minimind2's has no such norms.
+
 RMSNorm and RoPE go through the kernels' functional module (the seam that swaps PyTorch for the
 fused Triton kernels); everything else is plain PyTorch.
 """
@@ -48,7 +51,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Causal grouped-query self-attention with rotate-half RoPE and an optional KV cache."""
+    """Causal grouped-query self-attention with rotate-half RoPE and an optional KV cache; with the
+    config's ``qk_norm`` (minimind3), RMSNorm of every query and key head before RoPE."""
 
     def __init__(self, config: MiniMindConfig, layer_idx: int):
         super().__init__()
@@ -62,6 +66,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.kernel_impl)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.kernel_impl)
+        self.qk_norm = config.qk_norm
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
@@ -78,6 +86,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         past = cache.get_seq_length(self.layer_idx) if cache is not None else 0
         cos, sin = rope
         q, k = kernel_ops.apply_rotary(q, k, cos, sin, position_offset=past, impl=self.kernel_impl)
@@ -132,13 +142,14 @@ def causal_allowed(seq: int, past: int, device: torch.device) -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
-    """SwiGLU MLP: ``down(act(gate(x)) * up(x))``."""
+    """SwiGLU MLP: ``down(act(gate(x)) * up(x))``, ``intermediate_size`` wide (the config's when None)."""
 
-    def __init__(self, config: MiniMindConfig):
+    def __init__(self, config: MiniMindConfig, intermediate_size: int | None = None):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        width = config.intermediate_size if intermediate_size is None else intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.dropout = nn.Dropout(config.dropout)
         self.act_fn = ACT2FN[config.hidden_act]
 

@@ -12,7 +12,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from minimind.model.config import MiniMindConfig
 from minimind.model.layers import Attention, FeedForward, RMSNorm
 from minimind.model.loss import token_cross_entropy
-from minimind.model.moe import MOEFeedForward
+from minimind.model.moe import MOEFeedForward, MoEGate
 from minimind.model.rope import rope_tables
 
 
@@ -47,6 +47,8 @@ class MiniMindPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, MoEGate) and self.config.model_family == "minimind2":
+            return  # minimind2's router keeps its kaiming init: MiniMind's is no nn.Linear, which transformers re-inits
         super()._init_weights(module)
         if isinstance(module, MiniMindModel):
             cos, sin = module.rope_tables()
@@ -107,7 +109,7 @@ class MiniMindCausalLMOutput(CausalLMOutputWithPast):
 
 
 class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
-    """MiniMind language model with tied input/output embeddings.
+    """MiniMind language model, its input and output embeddings tied unless ``tie_word_embeddings`` is off.
 
     ``loss`` is the cross-entropy of shifted tokens (``IGNORE_INDEX`` labels skipped);
     ``aux_loss`` is reported separately, as MiniMind's trainer adds it: ``loss + aux_loss``.

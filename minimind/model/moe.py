@@ -2,7 +2,9 @@
 
 Module and parameter names follow MiniMind (``gate.weight``, ``experts.{e}.*``,
 ``shared_experts.{s}.*``) so that a MiniMind checkpoint loads as it is and DeepSpeed's
-AutoEP can find the router, the experts and the shared experts by name.
+AutoEP can find the router, the experts and the shared experts by name. The two families
+differ in the experts' width, the shared experts (minimind3 has none), when the top-k weights
+are normalized and the load-balancing loss (``MoEGate``); the dispatch is the same.
 
 Tokens reach their experts without any expert's token count being read on the host (on a GPU,
 a device sync per layer, twice under activation checkpointing): the (token, slot) pairs are
@@ -15,7 +17,6 @@ which reads the counts on the host: the static-shape alternative, every expert o
 token, costs n_routed_experts / top_k times the experts' work, more than one sync per layer.
 """
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -45,29 +46,29 @@ def router_scores(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
-class MoEGate(nn.Module):
-    """Softmax router: picks the top-k experts of every token and MiniMind's aux loss.
+class MoEGate(nn.Linear):
+    """Softmax router, a bias-free ``nn.Linear`` from hidden to experts: picks the top-k experts of every
+    token and the family's load-balancing loss.
 
-    ``weight``: (n_routed_experts, hidden). ``forward`` takes (batch, seq, hidden) and returns
+    ``weight``: (experts, hidden). ``forward`` takes (batch, seq, hidden) and returns
     ``(topk_idx (tokens, k), topk_weight (tokens, k), aux_loss scalar)``; the weights and the
     loss are float32 (float64 in a float64 model), whatever the model's dtype.
     """
 
     def __init__(self, config: MiniMindConfig):
-        super().__init__()
+        super().__init__(config.hidden_size, config.expert_count, bias=False)
         self.top_k = config.num_experts_per_tok
-        self.n_routed_experts = config.n_routed_experts
-        self.alpha = config.aux_loss_alpha
-        self.seq_aux = config.seq_aux
-        self.norm_topk_prob = config.norm_topk_prob
-        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.n_routed_experts = config.expert_count
+        self.alpha = config.aux_loss_coef
+        self.normalize = config.topk_weights_normalized
+        # minimind3's loss counts each top-k slot's choices apart; minimind2's per sequence or over all slots
+        self.balance = "slot" if config.model_family == "minimind3" else "sequence" if config.seq_aux else "token"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, seq, hidden = x.shape
         scores = router_scores(F.linear(x.reshape(-1, hidden), self.weight))  # (tokens, experts)
         topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
-        if self.top_k > 1 and self.norm_topk_prob:
+        if self.normalize:
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
         if self.training and self.alpha > 0.0:
             aux_loss = self.auxiliary_loss(scores.view(batch, seq, -1), topk_idx.view(batch, seq * self.top_k))
@@ -76,9 +77,12 @@ class MoEGate(nn.Module):
         return topk_idx, topk_weight, aux_loss
 
     def auxiliary_loss(self, scores: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        """MiniMind's load-balancing loss from scores (batch, seq, experts) and chosen ids (batch, seq * k)."""
+        """The family's load-balancing loss from scores (batch, seq, experts) and chosen ids (batch, seq * k)."""
         batch, seq, n_experts = scores.shape
-        if self.seq_aux:
+        if self.balance == "slot":  # upstream minimind3: one_hot(topk_idx).mean(0) is (k, experts)
+            load = F.one_hot(chosen.reshape(batch * seq, self.top_k), num_classes=n_experts).to(scores.dtype).mean(0)
+            return (load * scores.reshape(-1, n_experts).mean(0)).sum() * n_experts * self.alpha
+        if self.balance == "sequence":
             counts = torch.zeros(batch, n_experts, device=scores.device, dtype=scores.dtype)
             counts.scatter_add_(1, chosen, torch.ones_like(chosen, dtype=scores.dtype))
             load = counts / (seq * self.top_k / n_experts)  # (batch, experts)
@@ -131,7 +135,7 @@ def grouped_dispatch_planned(config: MiniMindConfig, device: torch.device, dtype
     """Whether the MoE layers of ``config``, in ``dtype`` on ``device`` without autocast, will run grouped GEMMs
     (no host read); False: the per-expert loop, a device sync per layer on a GPU. What
     ``grouped_experts_usable`` decides at every forward, known before the model is built."""
-    widths = (config.hidden_size, config.intermediate_size)
+    widths = (config.hidden_size, config.expert_intermediate_size)
     return rows_aligned(widths, dtype.itemsize) and grouped_mm_supported(device, dtype)
 
 
@@ -184,11 +188,16 @@ class MOEFeedForward(nn.Module):
 
     def __init__(self, config: MiniMindConfig):
         super().__init__()
-        self.n_routed_experts = config.n_routed_experts
+        self.n_routed_experts = config.expert_count
         self.num_experts_per_tok = config.num_experts_per_tok
-        self.experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_routed_experts)])
+        width = config.expert_intermediate_size
+        self.experts = nn.ModuleList([FeedForward(config, width) for _ in range(config.expert_count)])
         self.gate = MoEGate(config)
-        self.shared_experts = SharedExperts(FeedForward(config) for _ in range(config.n_shared_experts))
+        # minimind3 has no shared experts, not even an empty list: AutoEP looks them up by name
+        if config.model_family == "minimind2":
+            self.shared_experts = SharedExperts(FeedForward(config) for _ in range(config.n_shared_experts))
+        else:
+            self.shared_experts = None
         self.aux_loss = torch.zeros(())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,7 +205,7 @@ class MOEFeedForward(nn.Module):
         topk_idx, topk_weight, self.aux_loss = self.gate(x)
         tokens = x.reshape(-1, hidden)
         routed = self.route(tokens, topk_idx, topk_weight).view(batch, seq, hidden)
-        if len(self.shared_experts) > 0:
+        if self.shared_experts:
             routed = routed + self.shared_experts(x)
         return routed
 

@@ -19,7 +19,7 @@ from minimind.data.mixture import EXHAUST_POLICIES
 from minimind.data.pipeline import DataSettings
 from minimind.errors import ConfigError
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least, weight_prefix
-from minimind.model.config import MiniMindConfig
+from minimind.model.config import FAMILY_DEFAULTS, MODEL_FAMILIES, MiniMindConfig
 from minimind.model.precision import DTYPE_PRECISIONS, precision_of
 from minimind.model.presets import PRESETS, preset_config_kwargs
 from minimind.training.config import (
@@ -27,6 +27,7 @@ from minimind.training.config import (
     CPU_DEMO,
     CPU_DEMO_TRIGGERS,
     DEFAULT_SAVE_WEIGHT,
+    FAMILY_TRAINER_DEFAULTS,
     MINIMIND_DEFAULTS,
     BatchSection,
     CheckpointSection,
@@ -62,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default=None,
                        help="named model size (see minimind/model/presets.py); size flags still override it")
-    model.add_argument("--hidden_size", type=POSITIVE, default=None, help="model width (MiniMind: 512)")
+    model.add_argument("--model_family", choices=MODEL_FAMILIES, default=None,
+                       help="architecture: minimind2 (default) or minimind3 (per-head q/k norm, MoE without shared "
+                            "experts); a preset's family where unset")
+    model.add_argument("--hidden_size", type=POSITIVE, default=None,
+                       help="model width (MiniMind: 512 in minimind2, 768 in minimind3)")
     model.add_argument("--num_hidden_layers", type=POSITIVE, default=None, help="number of blocks (MiniMind: 8)")
     model.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="1: MoE MLPs (default 0)")
     model.add_argument("--activation_checkpointing", action="store_true",
@@ -120,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--learning_rate", type=number_at_least(0, float), default=None,
                        help="peak learning rate (MiniMind: 5e-4)")
     optim.add_argument("--warmup_steps", type=number_at_least(0), default=0, help="linear warm-up before the cosine")
-    optim.add_argument("--epochs", type=POSITIVE, default=1)
+    optim.add_argument("--epochs", type=POSITIVE, default=None,
+                       help="passes over the data (MiniMind: 1 for minimind2, 2 for minimind3)")
     optim.add_argument("--max_steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
     optim.add_argument("--seed", type=SEED, default=42)
 
@@ -200,7 +206,8 @@ def run_config(args: argparse.Namespace, cpu_only: bool) -> RunConfig:
     flags["mixture_exhaust"] = mixture_exhaust(flags["mixture_exhaust"], sources)
     return RunConfig(
         model=ModelSection(
-            preset=flags["preset"], hidden_size=flags["hidden_size"], num_hidden_layers=flags["num_hidden_layers"],
+            preset=flags["preset"], model_family=flags["model_family"], hidden_size=flags["hidden_size"],
+            num_hidden_layers=flags["num_hidden_layers"],
             use_moe=bool(flags["use_moe"]), activation_checkpointing=flags["activation_checkpointing"],
             ep_size=flags["ep_size"], kernels=flags["kernels"], compile=bool(flags["compile"]),
             tokenizer_path=flags["tokenizer_path"], config_kwargs=MappingProxyType(model_config_kwargs(flags))),
@@ -257,11 +264,14 @@ def resolved_flags(parsed: Mapping, cpu_only: bool) -> tuple[dict, bool]:
     elif flags["dtype"] is not None:
         check_dtype_agrees(flags["dtype"], flags["deepspeed_config"])
     preset = preset_config_kwargs(flags["preset"]) if flags["preset"] else {}
+    flags["model_family"] = model_family(flags["model_family"], flags["preset"], preset)
     for name, value in (("hidden_size", preset.get("hidden_size")), ("num_hidden_layers",
                         preset.get("num_hidden_layers")), ("use_moe", int(preset.get("use_moe", False)))):
         if flags[name] is None:
             flags[name] = value
-    for name, value in MINIMIND_DEFAULTS.items():
+    if flags["hidden_size"] is None:
+        flags["hidden_size"] = FAMILY_DEFAULTS[flags["model_family"]]["hidden_size"]
+    for name, value in {**MINIMIND_DEFAULTS, **FAMILY_TRAINER_DEFAULTS[flags["model_family"]]}.items():
         if flags[name] is None:
             flags[name] = value
     apply_evaluation_defaults(flags)
@@ -274,6 +284,15 @@ def check_dtype_agrees(dtype: str, ds_config_path: str) -> None:
     if DTYPE_PRECISIONS[dtype] != precision:
         raise ConfigError(f"--dtype {dtype} contradicts {ds_config_path}, which trains in {precision}: drop --dtype "
                           "or pass a config in that precision")
+
+
+def model_family(flag: str | None, preset_name: str | None, preset: Mapping) -> str:
+    """``--model_family``, else the preset's family, else minimind2; a flag that contradicts the preset is a
+    ``ConfigError``."""
+    preset_family = preset.get("model_family", "minimind2")
+    if flag is not None and preset_name is not None and flag != preset_family:
+        raise ConfigError(f"--model_family {flag}: preset {preset_name} is a {preset_family} model")
+    return flag or preset_family
 
 
 def apply_evaluation_defaults(flags: dict) -> None:
@@ -313,6 +332,7 @@ def mixture_exhaust(flag: str | None, sources: tuple[DataSource, ...]) -> str:
 def model_config_kwargs(flags: Mapping) -> dict:
     """``MiniMindConfig`` arguments from the preset (if any) overridden by the size flags."""
     kwargs = preset_config_kwargs(flags["preset"]) if flags["preset"] else {}
-    kwargs.update(hidden_size=flags["hidden_size"], num_hidden_layers=flags["num_hidden_layers"],
-                  use_moe=bool(flags["use_moe"]), kernel_impl=flags["kernels"])
+    kwargs.update(model_family=flags["model_family"], hidden_size=flags["hidden_size"],
+                  num_hidden_layers=flags["num_hidden_layers"], use_moe=bool(flags["use_moe"]),
+                  kernel_impl=flags["kernels"])
     return kwargs

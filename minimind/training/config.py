@@ -14,13 +14,14 @@ from pathlib import Path
 from minimind.data.pipeline import DataSettings
 from minimind.model.pth_weights import minimind_weights_name
 
-MINIMIND_DEFAULTS = {
-    "hidden_size": 512,
+MINIMIND_DEFAULTS = {  # the width is the model family's (minimind.model.config.FAMILY_DEFAULTS)
     "num_hidden_layers": 8,
     "max_seq_len": 340,
     "log_interval": 100,
     "save_interval": 1000,
 }
+# Where the two versions of MiniMind's trainer differ besides the model: its epochs (e119db8's 1, today's 2).
+FAMILY_TRAINER_DEFAULTS = {"minimind2": {"epochs": 1}, "minimind3": {"epochs": 2}}
 
 # What a flag-less run trains on a machine without an accelerator: a model small enough
 # for the loss to fall visibly within a few minutes on two cores.
@@ -53,6 +54,7 @@ class ModelSection:
     """The model's size and how it runs: MiniMind's size flags (a preset's values where unset)."""
 
     preset: str | None
+    model_family: str  # minimind2 | minimind3 (minimind.model.config.MODEL_FAMILIES)
     hidden_size: int
     num_hidden_layers: int
     use_moe: bool

@@ -13,10 +13,13 @@ from minimind.checkpoint.locate import CheckpointLocation
 from minimind.errors import ConfigError
 from minimind.training.distributed.rank_print import print0
 
-# The config fields that decide the shapes and names of the model's parameters.
-MODEL_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                      "intermediate_size", "vocab_size", "use_moe", "n_routed_experts", "n_shared_experts",
+# The config fields that decide the architecture and the shapes and names of the model's parameters.
+MODEL_SHAPE_FIELDS = ("model_family", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size", "use_moe",
+                      "n_routed_experts", "n_shared_experts", "num_experts", "moe_intermediate_size",
                       "num_experts_per_tok", "tie_word_embeddings")
+# What a checkpoint that does not record a field had (runs from before the field existed).
+UNRECORDED_DEFAULTS = {"model_family": "minimind2"}
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,11 @@ def data_identity(source: str, content_digest: str | None, packing: bool, max_se
 
 def check_resume_fits(location: CheckpointLocation, client_state: dict, run: RunIdentity) -> None:
     """Refuse (``ConfigError``) a checkpoint whose model or tokenizer differs from ``run``'s. Fields
-    a checkpoint does not record (older runs) are not compared."""
+    a checkpoint does not record (older runs) are not compared, except the model family: a checkpoint
+    without one is minimind2's."""
     saved_model = client_state.get("model_config") or {}
+    if saved_model:
+        saved_model = {**UNRECORDED_DEFAULTS, **saved_model}
     differences = [
         f"{field} {saved_model[field]} (checkpoint) vs {run.model_config.get(field)} (this run)"
         for field in MODEL_SHAPE_FIELDS

@@ -206,7 +206,7 @@ def model_flops_per_token(config, n_params: int, seq_len: int) -> float:
     """
     active = n_params
     if config.use_moe:
-        expert = 3 * config.hidden_size * config.intermediate_size
-        idle = config.n_routed_experts - config.num_experts_per_tok
+        expert = 3 * config.hidden_size * config.expert_intermediate_size
+        idle = config.expert_count - config.num_experts_per_tok
         active -= idle * expert * config.num_hidden_layers
     return 6.0 * active + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len

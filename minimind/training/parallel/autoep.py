@@ -32,7 +32,7 @@ from minimind.model.moe import MoEGate, router_scores
 from minimind.training.checkpoints.pth import master_weights_state_dict, save_weights_file
 from minimind.training.distributed.collectives import all_gather
 
-# Where AutoEP finds MiniMind's pieces (module and config attribute names of minimind/model).
+# Where AutoEP finds MiniMind's pieces (module and config attribute names of minimind/model), both families.
 MINIMIND_AUTOEP_NAMES = {
     "moe_layer_pattern": r"model\.layers\.\d+\.mlp",
     "router_pattern": "gate",
@@ -40,22 +40,26 @@ MINIMIND_AUTOEP_NAMES = {
     "expert_w1": "gate_proj",
     "expert_w2": "down_proj",
     "expert_w3": "up_proj",
-    "num_experts_attr": "n_routed_experts",
     "top_k_attr": "num_experts_per_tok",
     "score_func": "softmax",
-    "has_shared_experts": True,
-    "shared_experts_pattern": "shared_experts",
+}
+# What differs by family: the config attribute holding the expert count, and the shared experts
+# (minimind3 has none, so AutoEP must not look for them).
+FAMILY_AUTOEP_NAMES = {
+    "minimind2": {"num_experts_attr": "n_routed_experts", "has_shared_experts": True,
+                  "shared_experts_pattern": "shared_experts"},
+    "minimind3": {"num_experts_attr": "num_experts", "has_shared_experts": False},
 }
 
 
 def minimind_autoep_section(model_config: MiniMindConfig) -> dict:
-    """The ``expert_parallel`` keys that make AutoEP route exactly as MiniMind does.
+    """The ``expert_parallel`` keys that make AutoEP route exactly as the model's family does.
 
-    MiniMind normalises the top-k weights only when k > 1 (and ``norm_topk_prob``), so
-    ``route_norm`` follows that rule; no capacity, no load-balance bias.
+    ``route_norm`` follows the family's rule for normalising the top-k weights (minimind2: only
+    when k > 1, minimind3: always, with ``norm_topk_prob``); no capacity, no load-balance bias.
     """
-    route_norm = model_config.num_experts_per_tok > 1 and bool(model_config.norm_topk_prob)
-    return {**MINIMIND_AUTOEP_NAMES, "route_norm": route_norm}
+    return {**MINIMIND_AUTOEP_NAMES, **FAMILY_AUTOEP_NAMES[model_config.model_family],
+            "route_norm": model_config.topk_weights_normalized}
 
 
 def resolve_expert_parallel(
@@ -85,9 +89,10 @@ def resolve_expert_parallel(
     size = ep_size if ep_size is not None else section.get("autoep_size", 1)
     if not isinstance(size, int) or size < 1:
         raise ConfigError(f"{source}: expert_parallel.autoep_size must be a positive integer, got {size!r}")
-    experts = model_config.n_routed_experts
+    experts = model_config.expert_count
+    experts_field = FAMILY_AUTOEP_NAMES[model_config.model_family]["num_experts_attr"]
     if experts % size:
-        raise ConfigError(f"expert-parallel size {size} does not divide n_routed_experts {experts} "
+        raise ConfigError(f"expert-parallel size {size} does not divide {experts_field} {experts} "
                           f"(each rank must hold the same number of experts)")
     if world_size % size:
         raise ConfigError(f"expert-parallel size {size} does not divide the world size {world_size}")
@@ -96,7 +101,7 @@ def resolve_expert_parallel(
                           "(AutoEP's experts apply none); use dropout 0, MiniMind's default")
     if section.get("load_balance_coeff") is not None:
         raise ConfigError(f"{source}: expert_parallel.load_balance_coeff is not MiniMind's balancing; remove it "
-                          "(MiniMind's aux loss, aux_loss_alpha, is added by this trainer)")
+                          "(MiniMind's aux loss, aux_loss_alpha or router_aux_loss_coef, is added by this trainer)")
     for key, value in minimind_autoep_section(model_config).items():
         if key in section and section[key] != value:
             raise ConfigError(f"{source}: expert_parallel.{key} is {section[key]!r}, but MiniMind needs {value!r} "
@@ -112,8 +117,8 @@ class ExpertParallelAuxLoss:
 
     Hooks on each ``AutoEPMoELayer`` record the input's (batch, seq), the router gate's
     logits (in the autograd graph) and the router's chosen experts, and compute the
-    layer's loss with ``MoEGate.auxiliary_loss`` (both seq_aux modes, only in training and
-    when ``aux_loss_alpha`` > 0, as MiniMind). A hook on the whole model writes their sum
+    layer's loss with ``MoEGate.auxiliary_loss`` (the family's formula, only in training and
+    when its coefficient is > 0, as MiniMind). A hook on the whole model writes their sum
     into ``output.aux_loss``, so callers see the same output as with the plain model.
     """
 

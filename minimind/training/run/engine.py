@@ -49,7 +49,7 @@ def build_engine(config: RunConfig, inputs: RunInputs, total_steps: int):
     if inputs.ep_size is not None:
         install_aux_loss(engine, inputs.model_config)
         print0(f"expert parallelism: AutoEP size {inputs.ep_size}, "
-               f"{inputs.model_config.n_routed_experts // inputs.ep_size} routed experts per rank")
+               f"{inputs.model_config.expert_count // inputs.ep_size} routed experts per rank")
     return engine, n_params
 
 
