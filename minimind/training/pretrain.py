@@ -21,9 +21,8 @@ from minimind.data import (
 )
 from minimind.data.pipeline import cache_location, load_samples, training_data
 from minimind.errors import ConfigError
-from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
-from minimind.model.pth_weights import WeightsMismatchError, check_pth_fits
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.checkpoints.resume_choice import resume_request
 from minimind.training.config import RunConfig
@@ -53,6 +52,7 @@ from minimind.training.run.evaluation_plan import announce_evaluation, eval_sett
 from minimind.training.run.inputs import RunInputs
 from minimind.training.run.resume import agree_on_resume, check_resume_alone, resume_state
 from minimind.training.run.settings_file import run_settings, write_run_settings
+from minimind.training.run.start_weights import check_from_weight
 from minimind.training.run_dir.checks import check_shared, check_writable
 from minimind.training.run_dir.files import METRICS_FILE
 from minimind.training.run_dir.owner import claim_save_dir, refuse_fresh_run_over_checkpoints
@@ -176,21 +176,6 @@ def check_inputs(config: RunConfig) -> RunInputs:
                        host_notes=host_notes, precision_timed=config.host.precision_timed,
                        eval_cache_location=eval_cache_location, sample_prompts=sample_prompts)
     return check_resume_alone(config.checkpoint, inputs)
-
-
-def check_from_weight(config: RunConfig, model_config: MiniMindConfig) -> None:
-    """Raise ``ConfigError`` naming ``--from_weight`` when its ``.pth`` is missing or does not fit the model (its
-    tensors memory-mapped, the model on the meta device: nothing heavy is read or built)."""
-    path = config.from_weight_path()
-    if path is None:
-        return
-    with torch.device("meta"):
-        model = MiniMindForCausalLM(model_config)
-    try:
-        check_pth_fits(model, path)
-    except WeightsMismatchError as error:
-        raise ConfigError(f"--from_weight {config.checkpoint.from_weight}: {error} (MiniMind's stages read "
-                          "{save_dir}/{from_weight}_{hidden}[_moe].pth of the same model size)") from None
 
 
 def check_kernels_run_on(impl: str, device: torch.device) -> None:

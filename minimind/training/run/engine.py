@@ -7,12 +7,12 @@ from deepspeed.accelerator import get_accelerator
 
 from minimind.model import MiniMindForCausalLM
 from minimind.model.precision import PRECISION_BYTES, PRECISION_DTYPES, precision_of
-from minimind.model.pth_weights import load_minimind_pth
 from minimind.training.config import RunConfig
 from minimind.training.distributed.rank_print import print0
 from minimind.training.loop.lr_schedule import minimind_scheduler
 from minimind.training.parallel.autoep import install_aux_loss
 from minimind.training.run.inputs import RunInputs
+from minimind.training.run.start_weights import start_weights
 from minimind.training.run_dir.checks import disk_space_warning
 
 
@@ -51,19 +51,6 @@ def build_engine(config: RunConfig, inputs: RunInputs, total_steps: int):
         print0(f"expert parallelism: AutoEP size {inputs.ep_size}, "
                f"{inputs.model_config.expert_count // inputs.ep_size} routed experts per rank")
     return engine, n_params
-
-
-def start_weights(model: MiniMindForCausalLM, config: RunConfig, inputs: RunInputs) -> None:
-    """Load ``--from_weight``'s ``.pth`` into ``model`` (as MiniMind's ``init_model`` does; the optimizer and the
-    schedule start fresh), unless the run resumes from a checkpoint, which holds its own weights."""
-    path = config.from_weight_path()
-    if path is None:
-        return
-    if inputs.resume is not None:
-        print0(f"--from_weight {config.checkpoint.from_weight}: not used, the run resumes from its checkpoint")
-        return
-    load_minimind_pth(model, path)
-    print0(f"weights: {path} (--from_weight {config.checkpoint.from_weight}); fresh optimizer and schedule")
 
 
 def model_dtype(ds_config: dict) -> torch.dtype:
