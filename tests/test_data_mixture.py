@@ -4,9 +4,11 @@ launcher: ``test_checkpoint_resume``'s resume on one rank across an epoch bounda
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from minimind.data import (
     IGNORE_INDEX,
@@ -18,7 +20,7 @@ from minimind.data import (
     data_sources,
     token_cache_location,
 )
-from minimind.data.pipeline import DataSettings, load_samples
+from minimind.data.pipeline import DataSettings, load_samples, training_data
 from minimind.model import MiniMindConfig
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.checkpoints.identity import data_position_applies
@@ -222,3 +224,22 @@ def test_a_resume_with_other_weights_policy_seed_or_text_field_restarts_the_data
                     identity([f"{web}:0.7", f"{code}:0.3"], text_field="content"), identity([str(web), str(code)])):
         assert not data_position_applies({"data": saved.data}, changed)
         assert "the data position restarts" in capsys.readouterr().out
+
+
+def test_loader_workers_deal_every_epoch_of_a_mixture_as_the_rank_itself(tmp_path, monkeypatch):
+    """``--num_workers``: worker processes hold copies of the mixture, yet each epoch's steps are the samples the
+    rank reads itself (the epoch set on the main process reaches them)."""
+    monkeypatch.setenv("MINIMIND_CACHE_DIR", str(tmp_path / "cache"))
+    web = write_corpus(tmp_path / "web.jsonl", lines=120, seed=5)
+    code = write_corpus(tmp_path / "code.jsonl", lines=40, seed=6)
+    settings = mixture_settings([f"{web}:0.7", f"{code}:0.3"])
+    samples, _ = load_samples(settings, load_tokenizer(None), (None, None), None, local_rank=0, log=print)
+    steps = {}
+    for workers in (0, 2):
+        data = training_data(samples, replace(settings, loader_workers=workers), 4, 1, 1, 0, epochs=3,
+                             max_steps=None, pin_memory=False, log=lambda line: None)
+        steps[workers] = [(epoch, [batch["input_ids"] for batch in micro_batches])
+                          for epoch, micro_batches in data.optimizer_steps(0, 0)]
+    assert [epoch for epoch, _ in steps[2]] == [epoch for epoch, _ in steps[0]] and steps[0][-1][0] == 2
+    for (_, ours), (_, theirs) in zip(steps[2], steps[0], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))

@@ -41,6 +41,7 @@ from minimind.training.config import (
 )
 from minimind.training.ds_config.load import read_ds_config
 from minimind.training.hardware.cpu import choose_cpu_precision, cores_per_rank, set_cpu_threads
+from minimind.training.run_dir.files import RUN_FOLDERS, RUN_RECORDS
 from minimind_kernels.dispatch import IMPLEMENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--seed", type=SEED, default=42)
 
     run = parser.add_argument_group("run")
-    run.add_argument("--save_dir", default="out", help="checkpoints, weights and metrics go here")
+    run.add_argument("--save_dir", default="out",
+                     help="weights, and the pretrain stage's checkpoints and metrics, go here (another --save_weight's "
+                          "records go in {save_dir}/{save_weight}/)")
     run.add_argument("--save_weight", type=weight_prefix, default=DEFAULT_SAVE_WEIGHT,
                      help="prefix of the published weights, {save_dir}/{save_weight}_{hidden}[_moe].pth; a stage "
                           f"other than {DEFAULT_SAVE_WEIGHT!r} keeps its checkpoints and metrics in "
@@ -202,6 +205,9 @@ def run_config(args: argparse.Namespace, cpu_only: bool) -> RunConfig:
     if precision_timed:
         flags["deepspeed_config"], line = cpu_ds_config(flags)
         notes += (line,)
+    if flags["save_weight"] in (*RUN_FOLDERS, *RUN_RECORDS):
+        raise ConfigError(f"--save_weight {flags['save_weight']}: the pretraining run keeps its own records under "
+                          "that name in --save_dir; choose another prefix")
     sources = tuple(data_sources(flags["data_path"])) if flags["data_path"] else ()
     flags["mixture_exhaust"] = mixture_exhaust(flags["mixture_exhaust"], sources)
     return RunConfig(

@@ -27,7 +27,7 @@ from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.checkpoints.resume_choice import resume_request
 from minimind.training.config import RunConfig
 from minimind.training.distributed.collectives import accelerator_device, barrier, broadcast_object, participants
-from minimind.training.distributed.process_group import init_process_group, local_device_index
+from minimind.training.distributed.process_group import init_process_group, leave_process_group, local_device_index
 from minimind.training.distributed.rank_print import print0
 from minimind.training.distributed.stall_watchdog import STALL_FRACTION, StallWatchdog
 from minimind.training.distributed.world import global_rank, launched_world, local_rank, world_size
@@ -77,10 +77,9 @@ def pretrain(config: RunConfig) -> TrainingPosition:
     finally:
         save_dir_lock.release()
     # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
-    # can abort the process ("terminate called without an active exception"). DeepSpeed's call
-    # also drops the groups DeepSpeed cached, so that a second run in this process starts clean.
+    # can abort the process ("terminate called without an active exception").
     barrier()
-    deepspeed.comm.destroy_process_group()
+    leave_process_group()
     return position
 
 

@@ -100,9 +100,12 @@ def init_process_group(timeout_s: float | None = None,
 
 
 def leave_process_group() -> None:
-    """Destroy this process's process group, if it joined one: after every rank raised the same
-    error, so that a caller in the same process (a test, a notebook) starts clean."""
-    if dist.is_initialized():
+    """Destroy this process's process group, if it joined one, and the groups DeepSpeed cached over it: at
+    the end of a run, or after every rank raised the same error, so that a caller in the same process (a
+    test, a notebook, a sweep) starts clean."""
+    if deepspeed.comm.is_initialized():
+        deepspeed.comm.destroy_process_group()
+    elif dist.is_initialized():  # the group started, DeepSpeed's backend did not
         dist.destroy_process_group()
 
 

@@ -8,6 +8,8 @@ RUN_SETTINGS_FILE = "run_settings.json"  # the latest run's command and resolved
 REPORT_IMAGE = "report.png"
 REPORT_MARKDOWN = "report.md"
 RUN_RECORDS = (METRICS_FILE, SAMPLES_FILE, RUN_SETTINGS_FILE, REPORT_IMAGE, REPORT_MARKDOWN)
+# The folders a run keeps beside them: a later stage's records folder (``--save_weight``) may not take these names.
+RUN_FOLDERS = ("checkpoints", "wandb")
 
 
 def is_validation_record(record: dict) -> bool:
