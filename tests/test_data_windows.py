@@ -1,10 +1,14 @@
 """Packed windows and padded documents against independent computations on synthetic token arrays."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from minimind.data import IGNORE_INDEX, PackedWindows, PaddedDocuments
+from minimind.data import IGNORE_INDEX, PackedWindows, PaddedDocuments, build_or_load_token_cache
+from minimind.tokenizer.loader import load_tokenizer
 
 
 def synthetic_cache(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +87,28 @@ def test_rejects_bad_lengths():
         PackedWindows(tokens, 0)
     with pytest.raises(ValueError):
         PaddedDocuments(tokens, offsets, 1)
+
+
+@pytest.mark.parametrize("family", ["minimind2", "minimind3"])
+def test_padded_rows_are_minimind_pretrain_dataset_rows(family, tmp_path):
+    """``--packing 0``: each row is the one the family's MiniMind ``PretrainDataset`` makes of the same text
+    (recorded from upstream's code by ``tests/upstream/make_pretrain_rows.py``), read from the project's token
+    cache; MiniMind's ``max_length`` rows are ``max_seq_len = max_length - 1`` inputs here."""
+    fixture = json.loads((Path(__file__).parent / "upstream" / "pretrain_rows.json").read_text(encoding="utf-8"))
+    corpus = tmp_path / "pretrain.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in fixture["texts"]),
+                      encoding="utf-8")
+    cache = build_or_load_token_cache(corpus, load_tokenizer(None), cache_dir=tmp_path / "cache",
+                                      show_progress=False, log=lambda line: None)
+    rows = PaddedDocuments(cache.tokens, cache.offsets, fixture["max_length"] - 1, rows=family)
+    assert len(rows) == len(fixture["rows"][family])
+    for index, upstream in enumerate(fixture["rows"][family]):
+        sample = rows[index]
+        if family == "minimind2":  # (X, Y, loss_mask)
+            x, y, mask = (torch.tensor(part) for part in upstream)
+            expected_inputs, expected_targets = x, torch.where(mask.bool(), y, IGNORE_INDEX)
+        else:  # (input_ids, labels), shifted inside MiniMind's model
+            input_ids, labels = (torch.tensor(part) for part in upstream)
+            expected_inputs, expected_targets = input_ids[:-1], labels[1:]
+        assert torch.equal(sample["input_ids"], expected_inputs), (index, fixture["texts"][index])
+        assert torch.equal(sample["targets"], expected_targets), (index, fixture["texts"][index])

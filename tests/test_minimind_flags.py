@@ -92,6 +92,7 @@ def test_each_family_takes_its_trainers_defaults(family, hidden, epochs):
     today's: 768 and 2); MiniMind's command lines name both, so they run alike either way."""
     config = run_config(parse_args(["--model_family", family]), cpu_only=False)
     assert (config.model.model_family, config.model.hidden_size, config.schedule.epochs) == (family, hidden, epochs)
+    assert config.data.padded_rows == family  # --packing 0 cuts rows as that version's PretrainDataset
     built = MiniMindConfig(**config.model.config_kwargs)
     assert (built.model_family, built.hidden_size) == (family, hidden)
 

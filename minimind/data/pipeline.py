@@ -51,6 +51,7 @@ class DataSettings:
     seed: int
     tokenize_workers: int  # processes (cores) this rank tokenizes with
     loader_workers: int = 0  # DataLoader worker processes of this rank (0: the rank reads its samples itself)
+    padded_rows: str = "minimind3"  # without packing: whose PretrainDataset rows (windows.PADDED_ROWS)
 
     @property
     def data_paths(self) -> tuple[Path, ...]:
@@ -175,7 +176,7 @@ def source_samples(settings: DataSettings, corpus: Corpus, name: str,
         held_out = document_stream(corpus.tokens, corpus.offsets, split.held_out)
     if not settings.packing:
         return PaddedDocuments(corpus.tokens, corpus.offsets, settings.max_seq_len, pad_id=pad_id,
-                               documents=documents), held_out
+                               documents=documents, rows=settings.padded_rows), held_out
     stream = corpus.tokens if documents is None else document_stream(corpus.tokens, corpus.offsets, documents)
     return PackedWindows(stream, settings.max_seq_len, pad_id=pad_id), held_out
 

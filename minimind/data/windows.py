@@ -49,28 +49,40 @@ class PackedWindows(Dataset):
         return shifted_sample(self.tokens[start:start + self._window], self.max_seq_len, self.pad_id)
 
 
-class PaddedDocuments(Dataset):
-    """One document per row, as MiniMind's own PretrainDataset: truncated, padded, padding masked.
+# ``PaddedDocuments``' row layouts, named by the model family whose MiniMind trainer writes them.
+PADDED_ROWS = ("minimind2", "minimind3")
 
-    A document longer than max_seq_len + 1 tokens keeps ``[bos]``, its first max_seq_len - 1
-    text tokens and ``[eos]``; a shorter one is padded with ``pad_id`` to max_seq_len + 1. Then
-    ``input_ids = ids[:-1]``, ``targets = ids[1:]`` with padding positions masked. Short
+
+class PaddedDocuments(Dataset):
+    """One document per row (``--packing 0``), exactly as the ``PretrainDataset`` of the model family's
+    MiniMind writes it with ``max_length = max_seq_len + 1``; the model reads ``max_seq_len`` tokens of each.
+
+    ``rows="minimind3"`` (today's MiniMind): ``[bos]``, the document's first max_seq_len - 1 text tokens and
+    ``[eos]``, padded with ``pad_id``. ``rows="minimind2"`` (e119db8, whose tokenizer call adds no special
+    tokens): the first max_seq_len + 1 text tokens, padded. Then ``input_ids = row[:-1]`` and ``targets =
+    row[1:]`` with every ``pad_id`` masked, as both versions mask (a pad token inside a text too). Short
     documents waste most of each row on padding; ``PackedWindows`` avoids that.
     """
 
     def __init__(self, tokens: np.ndarray, offsets: np.ndarray, max_seq_len: int, *, pad_id: int = PAD_ID,
-                 documents: np.ndarray | None = None):
-        """``tokens``: (num_tokens,) integers; ``offsets``: (num_documents + 1,) document starts;
-        ``documents``: the indices of the documents to serve, in order (default: all)."""
+                 documents: np.ndarray | None = None, rows: str = "minimind3"):
+        """``tokens``: (num_tokens,) integers, each document ``[bos] text [eos]``; ``offsets``: (num_documents + 1,)
+        document starts; ``documents``: the indices of the documents to serve, in order (default: all)."""
         if max_seq_len < 2:
             raise ValueError(f"max_seq_len must be at least 2 (bos and eos), got {max_seq_len}")
+        if rows not in PADDED_ROWS:
+            raise ValueError(f"rows must be one of {', '.join(PADDED_ROWS)}, got {rows!r}")
         self.tokens = tokens
         self.offsets = offsets
         self.documents = np.arange(len(offsets) - 1) if documents is None else documents
         self.max_seq_len = max_seq_len
         self.pad_id = pad_id
-        kept_lengths = np.minimum(offsets[self.documents + 1] - offsets[self.documents], max_seq_len + 1)
-        self.num_label_tokens = int(kept_lengths.sum()) - len(kept_lengths)
+        self.rows = rows
+        lengths = offsets[self.documents + 1] - offsets[self.documents]
+        if rows == "minimind2":
+            lengths = lengths - 2  # without bos and eos
+        kept_lengths = np.minimum(lengths, max_seq_len + 1)
+        self.num_label_tokens = int(np.maximum(kept_lengths - 1, 0).sum())
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -81,9 +93,15 @@ class PaddedDocuments(Dataset):
         document_index = int(self.documents[index])
         start, end = int(self.offsets[document_index]), int(self.offsets[document_index + 1])
         document = self.tokens[start:end]
-        if len(document) > self.max_seq_len + 1:
-            document = np.concatenate([document[:self.max_seq_len], document[-1:]])
-        return shifted_sample(document, self.max_seq_len, self.pad_id)
+        if self.rows == "minimind2":
+            row = document[1:-1][:self.max_seq_len + 1]
+        elif len(document) > self.max_seq_len + 1:
+            row = np.concatenate([document[:self.max_seq_len], document[-1:]])
+        else:
+            row = document
+        sample = shifted_sample(row, self.max_seq_len, self.pad_id)
+        sample["targets"][sample["targets"] == self.pad_id] = IGNORE_INDEX
+        return sample
 
 
 def shifted_sample(ids: np.ndarray, max_seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:

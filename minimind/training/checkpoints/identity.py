@@ -38,11 +38,14 @@ class RunIdentity:
 
 def data_identity(source: str, content_digest: str | None, packing: bool, max_seq_len: int,
                   held_out_fraction: float | None = None, mixture: dict | None = None,
-                  text_field: str = "text") -> dict:
-    """The data a run trains on: the file (or the bundled corpus), its content digest, the sample cut, the
-    share of documents held out for validation, the mixture's sources, weights, policy and seed, and the
-    field the texts are read from (the last three recorded only where there is one, or it is not ``text``)."""
+                  text_field: str = "text", padded_rows: str | None = None) -> dict:
+    """The data a run trains on: the file (or the bundled corpus), its content digest, the sample cut (without
+    packing, whose rows), the share of documents held out for validation, the mixture's sources, weights,
+    policy and seed, and the field the texts are read from (the last three recorded only where there is one,
+    or it is not ``text``)."""
     identity = {"source": source, "content": content_digest, "packing": packing, "max_seq_len": max_seq_len}
+    if not packing:
+        identity["rows"] = padded_rows
     if text_field != "text":
         identity["text_field"] = text_field
     if held_out_fraction:

@@ -50,5 +50,6 @@ class RunInputs:
                        "exhaust": self.data.mixture_exhaust, "seed": self.data.seed}
         return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
                            data_identity(self.data.description(), digest, self.data.packing, self.data.max_seq_len,
-                                         self.data.eval_fraction, mixture, self.data.text_field))
+                                         self.data.eval_fraction, mixture, self.data.text_field,
+                                         self.data.padded_rows))
 

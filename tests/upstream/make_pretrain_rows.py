@@ -1,0 +1,83 @@
+"""Record upstream MiniMind's own ``PretrainDataset`` rows as a test fixture (``tests/upstream/pretrain_rows.json``).
+
+Upstream's ``dataset/lm_dataset.py`` is read at each commit the project follows (e119db8 for minimind2,
+d65ef2c for minimind3) from a git clone or mirror of ``jingyaogong/minimind`` into a temporary module, with
+a stand-in for the ``datasets`` package whose ``load_dataset('json', ...)`` reads the JSON Lines file as a
+list of rows (all ``PretrainDataset`` uses of it). Its ``PretrainDataset`` then cuts ``TEXTS`` with the
+project's shipped tokenizer at ``MAX_LENGTH``, and every row it returns is saved with the texts.
+``tests/test_data_windows.py`` checks ``--packing 0``'s rows against them. Regenerate with::
+
+    python -m tests.upstream.make_pretrain_rows --repo /path/to/minimind.git
+"""
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+from minimind.tokenizer.loader import load_tokenizer
+
+FIXTURE = Path(__file__).resolve().parent / "pretrain_rows.json"
+COMMITS = {"minimind2": "e119db8", "minimind3": "d65ef2c"}
+MAX_LENGTH = 12  # MiniMind's --max_seq_len: tokens per row
+TEXTS = [
+    "a",
+    "The cat sat on the mat.",
+    "Return the number of vowels in a string, counting y only at the end of a word.",
+    "<|im_start|>MiniMind's pretraining texts carry their own markers<|im_end|>",
+    "短句",
+    "一段比较长的中文文本，用来检查截断：长度超过一行的文档只保留开头。",
+]
+
+
+def datasets_stand_in() -> types.ModuleType:
+    """A ``datasets`` module whose ``load_dataset('json', data_files=path, split='train')`` is the file's rows."""
+    module = types.ModuleType("datasets")
+
+    def load_dataset(kind: str, data_files: str, split: str, **_) -> list[dict]:
+        assert kind == "json" and split == "train"
+        return [json.loads(line) for line in Path(data_files).read_text(encoding="utf-8").splitlines()]
+
+    module.load_dataset = load_dataset
+    module.Features = module.Sequence = module.Value = lambda *args, **kwargs: None
+    return module
+
+
+def load_upstream_dataset(repo: Path, commit: str, folder: Path):
+    """Upstream's ``dataset/lm_dataset.py`` at ``commit``, imported as a fresh module."""
+    source = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:dataset/lm_dataset.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = folder / f"lm_dataset_{commit}.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    """Write the fixture from the clone given by ``--repo``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, required=True, help="git clone or mirror of jingyaogong/minimind")
+    args = parser.parse_args()
+    sys.modules["datasets"] = datasets_stand_in()
+    tokenizer = load_tokenizer(None)
+    fixture = {"max_length": MAX_LENGTH, "texts": TEXTS, "commits": COMMITS, "rows": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "pretrain.jsonl"
+        data.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in TEXTS),
+                        encoding="utf-8")
+        for family, commit in COMMITS.items():
+            module = load_upstream_dataset(args.repo, commit, Path(folder))
+            dataset = module.PretrainDataset(str(data), tokenizer, max_length=MAX_LENGTH)
+            fixture["rows"][family] = [[tensor.tolist() for tensor in dataset[index]] for index in range(len(TEXTS))]
+    FIXTURE.write_text(json.dumps(fixture, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{FIXTURE.name}: {FIXTURE.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()
