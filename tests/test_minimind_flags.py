@@ -3,8 +3,12 @@
 share one ``--save_dir`` through ``--save_weight`` and ``--from_weight``, and ``--dtype`` picks or checks the
 precision."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import pretrain_ds
 from minimind import MiniMindConfig, MiniMindForCausalLM
@@ -162,3 +166,25 @@ def test_bad_stage_flags_are_one_line(flags, named, tmp_path, capsys):
     status = pretrain_ds.main([*TINY_MODEL, "--save_dir", str(out), *flags])
     err = capsys.readouterr().err.strip()
     assert status == 2 and "\n" not in err and named.format(out=out) in err, err
+
+
+def test_a_run_starts_from_upstreams_pth_with_upstreams_loss(tmp_path):
+    """Weights made by upstream's minimind3 code (``tests/upstream/make_start_weights.py``), written as its
+    trainer writes a ``.pth``, start a run here through ``--from_weight``; its first step, one batch of every
+    packed window, logs the loss upstream's forward gives on them (fp32, relative 1e-5)."""
+    start = Path(__file__).parent / "upstream" / "start"
+    record = json.loads((start / "minimind3.json").read_text(encoding="utf-8"))
+    state = load_file(start / "minimind3.safetensors")
+    copy, source = record["tied"]
+    state[copy] = state[source].clone()
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save({key: value.half() for key, value in state.items()}, out / "pretrain_32.pth")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in record["texts"]),
+                      encoding="utf-8")
+    main_in_process([*record["flags"], "--data_path", str(corpus), "--save_dir", str(out), "--from_weight",
+                     "pretrain", "--save_weight", "continued", "--max_steps", "1", "--log_interval", "1",
+                     "--deepspeed_config", str(FP32_CONFIG)], env={"MINIMIND_CACHE_DIR": str(tmp_path / "cache")})
+    first = read_metrics(out / "continued")[0]
+    assert first["step"] == 1 and first["loss"] == pytest.approx(record["upstream_loss"], rel=1e-5)
