@@ -43,11 +43,14 @@ RELATIVE_TOLERANCE = 1e-5
 JSON_OPTIMIZER = read_ds_config(REPO_ROOT / "ds_configs" / "zero2_fp32.json")["optimizer"]["params"]
 
 
-def tiny_moe_config(**overrides) -> dict:
+def tiny_moe_config(model_family: str = "minimind2", **overrides) -> dict:
     config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   vocab_size=96, intermediate_size=40, max_position_embeddings=64, use_moe=True,
-                  n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, aux_loss_alpha=0.1,
-                  kernel_impl="torch")
+                  num_experts_per_tok=2, kernel_impl="torch")
+    if model_family == "minimind2":
+        config.update(n_routed_experts=4, n_shared_experts=1, aux_loss_alpha=0.1)
+    else:  # each family's own MoE fields: no shared expert, its router's aux-loss coefficient
+        config.update(model_family=model_family, num_experts=4, moe_intermediate_size=40, router_aux_loss_coef=0.1)
     config.update(overrides)
     return config
 
@@ -80,7 +83,7 @@ def plain_model_run(case: dict) -> dict:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=case["lr"], betas=tuple(JSON_OPTIMIZER["betas"]),
                                   eps=JSON_OPTIMIZER["eps"], weight_decay=JSON_OPTIMIZER["weight_decay"])
-    routed = torch.zeros(case["config"]["n_routed_experts"], dtype=torch.long)
+    routed = torch.zeros(MiniMindConfig(**case["config"]).expert_count, dtype=torch.long)
     choices = []
 
     def count(module, args, output):
@@ -141,6 +144,8 @@ CASES = [
     make_case("forced_routing", seed=3, ep_size=2, forced_routing=True),
     make_case("top1", seed=4, ep_size=2, num_experts_per_tok=1),
     make_case("ep1_replicated_experts", seed=5, ep_size=1),
+    make_case("minimind3_top1", seed=6, ep_size=2, accumulation=2, micro=1, model_family="minimind3",
+              num_experts_per_tok=1),
 ]
 
 
