@@ -35,7 +35,10 @@ def run_settings(config: RunConfig, inputs: RunInputs, n_params: int, start: Tra
         "max_seq_len": data.max_seq_len,
         "parameters": n_params,
         "model": {name: getattr(model_config, name) for name in (
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size", "use_moe")},
+            "model_family", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "vocab_size", "use_moe")},
+        "weights": str(config.weights_path()),
+        "from_weight": None if config.from_weight_path() is None else str(config.from_weight_path()),
         "data": [str(path) for path in inputs.data.data_paths] or "the bundled corpus",
         "eval": evaluation,
         **({"mixture": mixture.summary(), "mixture_exhaust": mixture.exhaust} if mixture is not None else {}),
