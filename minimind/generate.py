@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.hf_architecture import NATIVE_CLASS_OF_MODEL_TYPE, minimind_model
 from minimind.errors import ConfigError, UserInputError, first_line
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
@@ -226,16 +228,33 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     return load_checkpoint(path, args.tokenizer_path, args.trust_checkpoint)
 
 
-def read_config_json(path: Path) -> MiniMindConfig:
-    """A ``MiniMindConfig`` from a Hugging Face ``config.json``; another model type is refused."""
+def read_config_values(path: Path) -> dict:
+    """The JSON object in a Hugging Face ``config.json``."""
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise GenerationInputError(f"{path}: unreadable ({first_line(error)})") from None
-    if not isinstance(values, dict) or values.get("model_type", MiniMindConfig.model_type) != MiniMindConfig.model_type:
-        found = values.get("model_type") if isinstance(values, dict) else type(values).__name__
-        raise GenerationInputError(f"{path}: not a MiniMind config (model_type {found!r})")
+    if not isinstance(values, dict):
+        raise GenerationInputError(f"{path}: not a MiniMind config (a JSON {type(values).__name__})")
+    return values
+
+
+def read_config_json(path: Path) -> MiniMindConfig:
+    """A ``MiniMindConfig`` from a Hugging Face ``config.json``; another model type is refused."""
+    values = read_config_values(path)
+    if values.get("model_type", MiniMindConfig.model_type) != MiniMindConfig.model_type:
+        raise GenerationInputError(f"{path}: not a MiniMind config (model_type {values.get('model_type')!r})")
     return MiniMindConfig.from_dict(values)
+
+
+def hf_folder_class(path: Path) -> type[PreTrainedModel]:
+    """The class that loads the Hugging Face folder ``path``: this project's for its custom-code export, the
+    built-in one for a native export; another model type is refused."""
+    model_type = read_config_values(path / HF_CONFIG).get("model_type")
+    if model_type in NATIVE_CLASS_OF_MODEL_TYPE:
+        return NATIVE_CLASS_OF_MODEL_TYPE[model_type]
+    read_config_json(path / HF_CONFIG)
+    return MiniMindForCausalLM
 
 
 def load_pth(path: Path, size_flags: dict, tokenizer_path: str | None) -> LoadedModel:
@@ -276,12 +295,13 @@ def quiet_transformers() -> Iterator[None]:
 
 def load_hf_folder(path: Path, tokenizer_path: str | None) -> LoadedModel:
     """A Hugging Face folder of a MiniMind model, loaded by this project's own model class (no remote code
-    runs); weights that do not fit its config.json exactly are refused."""
-    read_config_json(path / HF_CONFIG)
+    runs): a native export (Qwen3, Qwen3-MoE, Llama) is loaded by transformers' class and its weights moved
+    into this project's model. Weights that do not fit its config.json exactly are refused."""
+    model_class = hf_folder_class(path)
     try:
         with quiet_transformers():
-            model, info = MiniMindForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True,
-                                                              ignore_mismatched_sizes=True)  # reported below
+            model, info = model_class.from_pretrained(path, dtype=torch.float32, output_loading_info=True,
+                                                      ignore_mismatched_sizes=True)  # reported below
     except (OSError, ValueError) as error:
         raise GenerationInputError(f"{path}: cannot load it as a Hugging Face model ({first_line(error)})") from None
     missing, unexpected, mismatched = (sorted(info[f"{kind}_keys"]) for kind in ("missing", "unexpected", "mismatched"))
@@ -293,6 +313,11 @@ def load_hf_folder(path: Path, tokenizer_path: str | None) -> LoadedModel:
         problems.append(f"{key} has shape {tuple(saved)}, the config makes {tuple(built)}")
     if problems:
         raise WeightsMismatchError(f"{path}: weights do not fit its {HF_CONFIG}: {'; '.join(problems)}")
+    if model_class is not MiniMindForCausalLM:
+        try:
+            model = minimind_model(model)
+        except CheckpointError as error:
+            raise GenerationInputError(f"{path}: {error}") from None
     if tokenizer_path is None and (path / "tokenizer.json").is_file():
         tokenizer_path = str(path)
     tokenizer, tokenizer_source = chosen_tokenizer(tokenizer_path)

@@ -78,7 +78,7 @@ def test_pth_export_loads_strictly_with_equal_logits(trained, tmp_path):
 
 
 def test_pth_export_default_is_half(trained, tmp_path):
-    written = export_checkpoint(locate_checkpoint(trained), tmp_path, fmt="pth")
+    written = export_checkpoint(locate_checkpoint(trained), tmp_path, fmt="pth").path
     assert written.name == "pretrain_64.pth"
     state = torch.load(written, weights_only=True)
     assert {t.dtype for t in state.values()} == {torch.float16}
@@ -100,9 +100,9 @@ CLEAN_LOAD = WITHOUT_THE_PROJECT + """
 import json, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-folder = sys.argv[1]
-model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
-tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+folder, trust = sys.argv[1], sys.argv[4] == "True"  # a built-in architecture needs no remote code
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust, dtype=torch.float32).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
 ids = torch.tensor(json.loads(sys.argv[2]))
 with torch.no_grad():
     logits = model(ids).logits
@@ -112,17 +112,29 @@ torch.save({"logits": logits, "generated": generated,
 """
 
 
-def test_hf_export_loads_without_the_repository(trained, tmp_path):
+@pytest.mark.parametrize("hf_arch, written", [
+    ("custom", "wrote custom MiniMind code (load with trust_remote_code=True): asked for with --hf_arch custom"),
+    ("auto", "wrote LlamaForCausalLM (built-in, no trust_remote_code): minimind2 dense is exactly "
+             "LlamaForCausalLM's architecture"),
+])
+def test_hf_export_loads_without_the_repository(hf_arch, written, trained, tmp_path, capsys):
     folder = tmp_path / "hf"
-    assert checkpoint_main(["export", str(trained), str(folder), "--format", "hf", "--dtype", "fp32"]) == 0
+    assert checkpoint_main(["export", str(trained), str(folder), "--format", "hf", "--dtype", "fp32",
+                            "--hf_arch", hf_arch]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == written
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "minimind"
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_minimind.MiniMindForCausalLM"
-    for name in ("model.safetensors", "generation_config.json", "tokenizer.json", "modeling_minimind.py"):
+    for name in ("model.safetensors", "generation_config.json", "tokenizer.json"):
         assert (folder / name).is_file(), name
+    if hf_arch == "custom":
+        assert config["model_type"] == "minimind"
+        assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_minimind.MiniMindForCausalLM"
+        assert (folder / "modeling_minimind.py").is_file()
+    else:
+        assert config["model_type"] == "llama" and "auto_map" not in config
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    result = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(folder), json.dumps(PROMPT), str(tmp_path / "o.pt")],
+    result = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(folder), json.dumps(PROMPT), str(tmp_path / "o.pt"),
+                             str(hf_arch == "custom")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "o.pt", weights_only=True)

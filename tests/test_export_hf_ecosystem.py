@@ -63,7 +63,7 @@ def memorising_model(token_ids: list[int]) -> MiniMindForCausalLM:
 def test_export_loads_and_generates_with_auto_classes_and_pipeline_silently(tmp_path):
     tokenizer = load_tokenizer()
     model = memorising_model(tokenizer(TEXT)["input_ids"])
-    folder = export_hf(model, tmp_path / "hf", torch.float32, None)
+    folder = export_hf(model, tmp_path / "hf", torch.float32, None).path  # LlamaForCausalLM
     out = tmp_path / "out.json"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1")

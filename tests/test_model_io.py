@@ -135,7 +135,7 @@ def test_minimind3_export_records_its_family_and_its_bundled_code_gives_the_same
     MoE without shared experts)."""
     torch.manual_seed(4)
     model = MiniMindForCausalLM(tiny_config(model_family="minimind3", head_dim=10, use_moe=True)).eval()
-    folder = export_hf(model, tmp_path / "hf", torch.float32, None)
+    folder = export_hf(model, tmp_path / "hf", torch.float32, None, hf_arch="custom").path
     spec = importlib.util.spec_from_file_location("exported_minimind3", folder / "modeling_minimind.py")
     bundled = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bundled)

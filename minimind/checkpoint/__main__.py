@@ -1,6 +1,7 @@
 """Command line: ``python -m minimind.checkpoint {export,to-universal,inspect,verify} SRC [DST]``.
 
     python -m minimind.checkpoint export out/checkpoints hf_out --format hf --dtype bf16
+    python -m minimind.checkpoint export out/checkpoints hf_out --hf_arch custom
     python -m minimind.checkpoint export out/checkpoints/step_200 model.pth --format pth
     python -m minimind.checkpoint to-universal out/checkpoints universal_out
     python -m minimind.checkpoint inspect out/checkpoints
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from minimind.checkpoint.export import export_checkpoint
+from minimind.checkpoint.hf_architecture import HF_ARCHITECTURES
 from minimind.checkpoint.integrity import TagKind, describe_verdict, require_intact, verify_tag
 from minimind.checkpoint.locate import latest_tag, locate_checkpoint, step_tags
 from minimind.checkpoint.manifest import VERIFY_MODES
@@ -39,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     export.add_argument("--format", choices=("hf", "pth"), default="hf")
     export.add_argument("--dtype", choices=tuple(PRECISION_DTYPES), default=None,
                         help="default: fp16 for pth, fp32 for hf")
+    export.add_argument("--hf_arch", choices=HF_ARCHITECTURES, default="auto",
+                        help="hf: a built-in transformers architecture where one is exact (auto), always (native: "
+                             "an error where none is) or the bundled MiniMind code (custom, trust_remote_code)")
     universal = commands.add_parser("to-universal", help="convert a ZeRO checkpoint tag to the universal format")
     universal.add_argument("source", help="checkpoint folder (with 'latest') or tag folder")
     universal.add_argument("destination", help="folder receiving {tag}/ and latest_universal")
@@ -90,8 +95,10 @@ def run_command(args: argparse.Namespace) -> None:
     verdict = require_intact(source)
     integrity = describe_verdict(source.tag_dir, verdict, checksums=True)
     if args.command == "export":
-        written = export_checkpoint(source, args.destination, args.format, args.dtype)
-        print(f"exported {source.tag_dir} as {args.format} to {written}")
+        exported = export_checkpoint(source, args.destination, args.format, args.dtype, args.hf_arch)
+        print(f"exported {source.tag_dir} as {args.format} to {exported.path}")
+        if exported.architecture is not None:
+            print(exported.architecture.describe())
     elif args.command == "inspect":
         print("\n".join([*describe_checkpoint(source), f"integrity: {integrity}"]))
         return

@@ -1,5 +1,8 @@
 """Exporting a training checkpoint as MiniMind ``.pth`` weights or a standalone Hugging Face folder.
 
+A Hugging Face folder holds a built-in ``transformers`` architecture where one computes the
+model exactly, else the bundled MiniMind code (``hf_architecture``).
+
 The fp32 master weights are reassembled from the ZeRO shards by DeepSpeed's own
 ``zero_to_fp32`` (or read whole from a universal checkpoint's per-parameter files), put
 into the project's ``MiniMindForCausalLM`` built from the recorded ``model_config`` (strict
@@ -16,6 +19,7 @@ import io
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +27,7 @@ from transformers import GenerationConfig
 
 from minimind.checkpoint.autoep_names import minimind_expert_keys
 from minimind.checkpoint.errors import CheckpointError
+from minimind.checkpoint.hf_architecture import HfArchitecture, choose_hf_architecture, native_model
 from minimind.checkpoint.locate import CheckpointLocation, model_config_dict, read_client_state
 from minimind.checkpoint.standalone_code import MODULE_FILE, standalone_modeling_source
 from minimind.errors import first_line
@@ -107,14 +112,39 @@ def export_pth(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype
     return save_minimind_state(model.state_dict(), destination, dtype)
 
 
-def export_hf(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype, tokenizer_path: str | None) -> Path:
-    """A folder ``AutoModelForCausalLM.from_pretrained(destination, trust_remote_code=True)`` loads.
+@dataclass(frozen=True)
+class ExportedModel:
+    """Where an export was written, and for a Hugging Face folder the architecture it holds."""
 
-    Holds config.json (``auto_map`` to the bundled ``modeling_minimind.py``), model.safetensors,
-    generation_config.json and the tokenizer files (``export_tokenizer``); the model runs the
-    PyTorch reference kernels.
+    path: Path
+    architecture: HfArchitecture | None = None
+
+
+def export_hf(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype, tokenizer_path: str | None,
+              hf_arch: str = "auto") -> ExportedModel:
+    """A folder ``AutoModelForCausalLM.from_pretrained(destination)`` loads, as ``choose_hf_architecture`` picks.
+
+    Holds config.json, model.safetensors, generation_config.json and the tokenizer files
+    (``export_tokenizer``). A built-in architecture needs nothing more; the custom code adds
+    ``modeling_minimind.py`` (``auto_map`` in config.json, ``trust_remote_code=True``), which runs
+    the PyTorch reference kernels.
     """
+    architecture = choose_hf_architecture(model.config, hf_arch)
     destination.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if architecture.native:
+        native_model(model.to(dtype)).save_pretrained(destination, safe_serialization=True)
+    else:
+        save_custom_code_model(model.to(dtype), destination)
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=0
+    ).save_pretrained(destination)
+    export_tokenizer(tokenizer_path, destination)
+    return ExportedModel(destination, architecture)
+
+
+def save_custom_code_model(model: MiniMindForCausalLM, destination: Path) -> None:
+    """``model`` saved with ``auto_map`` to the bundled ``modeling_minimind.py`` (the PyTorch reference kernels)."""
     config = model.config
     config.kernel_impl = "torch"  # the bundled code has no Triton kernels
     config.architectures = ["MiniMindForCausalLM"]
@@ -124,13 +154,8 @@ def export_hf(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype,
         "AutoModel": f"{module}.MiniMindModel",
         "AutoModelForCausalLM": f"{module}.MiniMindForCausalLM",
     }
-    model.to(dtype).save_pretrained(destination, safe_serialization=True)
+    model.save_pretrained(destination, safe_serialization=True)
     (destination / MODULE_FILE).write_text(standalone_modeling_source(), encoding="utf-8")
-    GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=0
-    ).save_pretrained(destination)
-    export_tokenizer(tokenizer_path, destination)
-    return destination
 
 
 def export_tokenizer(tokenizer_path: str | None, destination: Path) -> None:
@@ -154,8 +179,9 @@ def export_tokenizer(tokenizer_path: str | None, destination: Path) -> None:
 
 
 def export_checkpoint(source: CheckpointLocation, destination: str | Path, fmt: str = "hf",
-                      dtype: str | None = None) -> Path:
-    """Write checkpoint ``source`` as ``fmt`` (``hf`` or ``pth``) in ``dtype`` (default: fp16 for pth, fp32 for hf)."""
+                      dtype: str | None = None, hf_arch: str = "auto") -> ExportedModel:
+    """Write checkpoint ``source`` as ``fmt`` (``hf`` or ``pth``) in ``dtype`` (default: fp16 for pth, fp32 for hf);
+    ``hf_arch`` picks a Hugging Face folder's architecture (``choose_hf_architecture``)."""
     dtype = dtype or ("fp16" if fmt == "pth" else "fp32")
     if dtype not in PRECISION_DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(PRECISION_DTYPES)}, got {dtype!r}")
@@ -166,8 +192,8 @@ def export_checkpoint(source: CheckpointLocation, destination: str | Path, fmt: 
     try:
         args = client_state.get("args") or {}
         if fmt == "pth":  # runs from before --save_weight published pretrain_*.pth
-            return export_pth(model, destination, PRECISION_DTYPES[dtype], args.get("save_weight", "pretrain"))
-        tokenizer_path = args.get("tokenizer_path")
-        return export_hf(model, destination, PRECISION_DTYPES[dtype], tokenizer_path)
+            written = export_pth(model, destination, PRECISION_DTYPES[dtype], args.get("save_weight", "pretrain"))
+            return ExportedModel(written)
+        return export_hf(model, destination, PRECISION_DTYPES[dtype], args.get("tokenizer_path"), hf_arch)
     except OSError as error:  # the destination cannot be written: a file in its path, no space, no permission
         raise CheckpointError(f"{destination}: cannot write the export ({first_line(error)})") from None
