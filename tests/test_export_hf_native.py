@@ -8,12 +8,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minimind.checkpoint import CheckpointError
+from minimind.checkpoint.__main__ import main as checkpoint_main
 from minimind.checkpoint.export import export_hf
 from minimind.checkpoint.hf_architecture import choose_hf_architecture
-from minimind.generate import load_hf_folder
+from minimind.generate import load_hf_folder, load_model
+from minimind.generate import parse_args as parse_generate_args
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.generation import generate_tokens, prompt_token_ids
 from minimind.tokenizer.loader import EOS_ID, load_tokenizer
+from tests.launcher import FP32_CONFIG, TINY_MODEL, main_in_process, write_corpus
 from tests.test_generate import decisive
 
 SMALL = {"hidden_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -95,3 +98,30 @@ def test_minimind2_moe_and_inexact_yarn_keep_the_custom_code(tmp_path):
         choose_hf_architecture(moe.config, "native")
     forced = choose_hf_architecture(MiniMindConfig(**SMALL), "custom")
     assert not forced.native and forced.reason == "asked for with --hf_arch custom"
+
+
+@pytest.mark.parametrize("use_moe", ["0", "1"])
+def test_a_minimind3_run_exports_natively_and_generates_as_minimind_generate(use_moe, tmp_path, capsys):
+    """A minimind3 run here (dense, MoE), its checkpoint exported with the command: the folder is Qwen3's
+    built-in architecture, and plain transformers' greedy continuation equals ``python -m minimind.generate``'s on
+    the same checkpoint (its model and tokenizer as the command loads them)."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", lines=200)
+    out = tmp_path / "out"
+    main_in_process([*TINY_MODEL, "--model_family", "minimind3", "--use_moe", use_moe, "--data_path", str(corpus),
+                     "--batch_size", "4", "--max_steps", "3", "--learning_rate", "3e-3", "--deepspeed_config",
+                     str(FP32_CONFIG), "--save_dir", str(out)], env={"MINIMIND_CACHE_DIR": str(tmp_path / "cache")})
+    tag = out / "checkpoints" / "step_3"
+    assert checkpoint_main(["export", str(tag), str(tmp_path / "hf"), "--format", "hf"]) == 0
+    expected = "Qwen3MoeForCausalLM" if use_moe == "1" else "Qwen3ForCausalLM"
+    assert f"wrote {expected} (built-in, no trust_remote_code)" in capsys.readouterr().out
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == [expected] and "auto_map" not in config
+    loaded = load_model(parse_generate_args([str(tag), "--prompt", "x"]))
+    prompt = prompt_token_ids(loaded.tokenizer, "Return the number of")
+    ours = generate_tokens(loaded.model.eval(), prompt, 8, device=torch.device("cpu"),
+                           eos_token_id=loaded.tokenizer.eos_token_id)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    theirs = exported.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
+    if loaded.tokenizer.eos_token_id in theirs:  # transformers pads after the end; ours stops there
+        theirs = theirs[:theirs.index(loaded.tokenizer.eos_token_id) + 1]
+    assert theirs == ours
