@@ -49,7 +49,7 @@ def default_corpus_path(cache_dir: str | Path | None = None, *, show_progress: b
     ``cache_dir`` defaults to ``cache_root()``; ``log`` gets the waiting processes' lines.
     """
     folder = Path(cache_dir) if cache_dir is not None else cache_root()
-    versions = "-".join(f"{name}{version}" for name, version in _environment_versions())
+    versions = "-".join(f"{name}{version}" for name, version in environment_versions())
     path = folder / f"default_corpus-v{CORPUS_FORMAT}-{versions}.jsonl"
     build_once(path, path.is_file, lambda _: build_corpus(default_source_roots(), path, show_progress=show_progress),
                log=log)
@@ -74,7 +74,7 @@ def build_corpus(source_roots: Sequence[str | Path], out_path: str | Path, *, wo
     written to a temporary name and renamed, so a crash never leaves a partial corpus.
     Returns the number of texts; raises ValueError when there are none.
     """
-    files = [path for root in source_roots for path in _python_files(Path(root))]
+    files = [path for root in source_roots for path in python_files(Path(root))]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
@@ -129,7 +129,7 @@ def _docstrings(tree: ast.Module) -> Iterator[str]:
             stack.extend(reversed(getattr(node, field, None) or ()))
 
 
-def _python_files(root: Path) -> Iterator[str]:
+def python_files(root: Path) -> Iterator[str]:
     """Yield the ``.py`` files under ``root`` in sorted order, skipping test suites and caches."""
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(name for name in subfolders if name not in SKIPPED_DIRS)
@@ -147,7 +147,8 @@ def _write_unique(pieces_per_file: Iterable[list[str]], handle) -> int:
     return len(seen)
 
 
-def _environment_versions() -> list[tuple[str, str]]:
+def environment_versions() -> list[tuple[str, str]]:
+    """The Python, torch and transformers versions whose sources the bundled texts come from."""
     return [("py", platform.python_version()),
             ("torch", importlib.metadata.version("torch")),
             ("transformers", importlib.metadata.version("transformers"))]

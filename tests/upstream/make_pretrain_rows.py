@@ -11,15 +11,14 @@ project's shipped tokenizer at ``MAX_LENGTH``, and every row it returns is saved
 """
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
 import tempfile
 import types
 from pathlib import Path
 
 from minimind.tokenizer.loader import load_tokenizer
+from tests.upstream.make_reference import load_upstream
 
 FIXTURE = Path(__file__).resolve().parent / "pretrain_rows.json"
 COMMITS = {"minimind2": "e119db8", "minimind3": "d65ef2c"}
@@ -47,18 +46,6 @@ def datasets_stand_in() -> types.ModuleType:
     return module
 
 
-def load_upstream_dataset(repo: Path, commit: str, folder: Path):
-    """Upstream's ``dataset/lm_dataset.py`` at ``commit``, imported as a fresh module."""
-    source = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:dataset/lm_dataset.py"],
-                            check=True, capture_output=True, text=True).stdout
-    path = folder / f"lm_dataset_{commit}.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     """Write the fixture from the clone given by ``--repo``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,7 +59,7 @@ def main() -> None:
         data.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in TEXTS),
                         encoding="utf-8")
         for family, commit in COMMITS.items():
-            module = load_upstream_dataset(args.repo, commit, Path(folder))
+            module = load_upstream(args.repo, commit, Path(folder), "dataset/lm_dataset.py")
             dataset = module.PretrainDataset(str(data), tokenizer, max_length=MAX_LENGTH)
             fixture["rows"][family] = [[tensor.tolist() for tensor in dataset[index]] for index in range(len(TEXTS))]
     FIXTURE.write_text(json.dumps(fixture, ensure_ascii=False) + "\n", encoding="utf-8")

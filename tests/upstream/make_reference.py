@@ -63,11 +63,11 @@ CASES = {
 }
 
 
-def load_upstream(repo: Path, commit: str, folder: Path):
-    """Upstream's ``model/model_minimind.py`` at ``commit``, imported as a fresh module."""
-    source = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:model/model_minimind.py"],
+def load_upstream(repo: Path, commit: str, folder: Path, file: str = "model/model_minimind.py"):
+    """Upstream's ``file`` (a module of its repository) at ``commit``, imported as a fresh module."""
+    source = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{file}"],
                             check=True, capture_output=True, text=True).stdout
-    path = folder / f"model_minimind_{commit}.py"
+    path = folder / f"{Path(file).stem}_{commit}.py"
     path.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
