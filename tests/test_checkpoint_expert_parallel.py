@@ -248,8 +248,9 @@ def test_hf_export_of_autoep_checkpoint_loads_without_the_repository(ep2_run, tm
     assert checkpoint_main(["export", str(checkpoints), str(folder), "--format", "hf", "--dtype", "fp32"]) == 0
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    result = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(folder), json.dumps(PROMPT), str(tmp_path / "o.pt")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    # minimind2 MoE has shared experts: the export is the custom code, loaded with trust_remote_code
+    result = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(folder), json.dumps(PROMPT), str(tmp_path / "o.pt"),
+                             "True"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = checkpoint_model(checkpoints)
     reference.load_state_dict(minimind_reference_weights(checkpoints / "step_4"), strict=True)
