@@ -45,13 +45,11 @@ def test_template_renders_a_system_turn_and_its_tools(shipped):
 
 
 def test_template_is_upstreams_at_e119db8():
-    """The same template text as MiniMind's ``model/tokenizer_config.json`` at e119db8, where a mirror is at hand."""
-    mirror = REPO_ROOT.parent / ".mirror" / "jingyaogong+minimind" / "repo"
-    if not mirror.is_dir():
-        pytest.skip(f"no MiniMind mirror at {mirror}")
-    upstream = subprocess.run(["git", "-C", str(mirror), "show", "e119db8:model/tokenizer_config.json"],
-                              check=True, capture_output=True, text=True).stdout
-    assert json.loads(CONFIG.read_text())["chat_template"] == json.loads(upstream)["chat_template"]
+    """The same template text as MiniMind's ``model/tokenizer_config.json`` at e119db8 (recorded in the fixture by
+    ``tests/upstream/make_sft_rows.py``)."""
+    upstream = json.loads((REPO_ROOT / "tests" / "upstream" / "sft_rows.json").read_text(encoding="utf-8"))
+    assert upstream["commit"] == "e119db8"
+    assert json.loads(CONFIG.read_text())["chat_template"] == upstream["chat_template"]
 
 
 def test_fingerprint_leaves_the_chat_template_out(shipped, tmp_path):
