@@ -4,10 +4,12 @@ that keep their rows' targets and attend only to themselves, and one-line errors
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from minimind.data import conversations
 from minimind.data.conversations import (
     PackedConversations,
     PaddedConversations,
@@ -50,6 +52,14 @@ def test_padded_rows_are_minimind_e119db8s(encoded):
         assert torch.equal(samples[index]["targets"], expected)
 
 
+def test_conversations_tokenized_in_chunks_are_the_same(encoded, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(conversations, "ENCODE_CHUNK", 2)
+    chunked = read_conversations(write_conversations(tmp_path / "sft.jsonl", FIXTURE["conversations"]), tokenizer,
+                                 MAX_SEQ_LEN)
+    assert np.array_equal(chunked.tokens, encoded.tokens) and np.array_equal(chunked.offsets, encoded.offsets)
+    assert chunked.num_cut == encoded.num_cut
+
+
 def test_a_conversation_longer_than_the_window_is_cut_and_counted(encoded):
     lengths = [len(encoded.ids(index)) for index in range(len(encoded))]
     assert encoded.num_cut == 1 and lengths.count(MAX_SEQ_LEN + 1) == 1
@@ -77,8 +87,8 @@ def test_packed_conversations_keep_their_rows_targets(encoded):
 
 
 def test_packing_fills_windows_in_order_without_splitting(tokenizer, tmp_path):
-    conversations = [[{"role": "user", "content": "q" * n}, {"role": "assistant", "content": "a"}] for n in range(6)]
-    encoded = read_conversations(write_conversations(tmp_path / "a.jsonl", conversations), tokenizer, 40)
+    chats = [[{"role": "user", "content": "q" * n}, {"role": "assistant", "content": "a"}] for n in range(6)]
+    encoded = read_conversations(write_conversations(tmp_path / "a.jsonl", chats), tokenizer, 40)
     taken = [len(encoded.ids(index)) - 1 for index in range(len(encoded))]
     windows = [window["segment_ids"].max().item() + 1 for window in PackedConversations(encoded)]
     used = 0
@@ -89,7 +99,7 @@ def test_packing_fills_windows_in_order_without_splitting(tokenizer, tmp_path):
             used = 0
         used += size
         expected[-1] += 1
-    assert windows == expected and sum(windows) == len(conversations)
+    assert windows == expected and sum(windows) == len(chats)
 
 
 def test_block_causal_mask():

@@ -11,8 +11,9 @@ max_length and padded, and the loss mask of its ``generate_loss_mask`` (``assist
 (``block_causal_mask``). Bad input is a :class:`DataError` naming the file and line.
 """
 
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from minimind.model.loss import IGNORE_INDEX
 from minimind.tokenizer import PAD_ID, require_chat_template
 
 ROLES = ("system", "user", "assistant", "tool")  # the roles MiniMind's template renders
+ENCODE_CHUNK = 1024  # conversations tokenized in one call
 
 
 def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -140,15 +142,20 @@ class EncodedConversations:
     num_cut: int
 
     @classmethod
-    def of(cls, texts: list[str], tokenizer: PreTrainedTokenizerFast, max_length: int) -> "EncodedConversations":
-        """Tokenize rendered ``texts`` as MiniMind does (``tokenizer(text).input_ids``) and cut each to max_length."""
-        encoded = [tokenizer(text).input_ids for text in texts]
-        kept = [ids[:max_length] for ids in encoded]
-        offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-        np.cumsum([len(ids) for ids in kept], out=offsets[1:])
-        tokens = np.fromiter((token for ids in kept for token in ids), dtype=np.int32, count=int(offsets[-1]))
-        return cls(tokens, offsets, max_length, AssistantMarkers.of(tokenizer),
-                   sum(len(ids) > max_length for ids in encoded))
+    def of(cls, texts: Iterable[str], tokenizer: PreTrainedTokenizerFast, max_length: int) -> "EncodedConversations":
+        """Tokenize rendered ``texts`` as MiniMind does (``tokenizer(text).input_ids``) and cut each to max_length;
+        the texts are read and tokenized ``ENCODE_CHUNK`` at a time, so only the kept ids stay in memory."""
+        parts, lengths, num_cut = [], [], 0
+        remaining = iter(texts)
+        while chunk := list(itertools.islice(remaining, ENCODE_CHUNK)):
+            for ids in tokenizer(chunk).input_ids:
+                num_cut += len(ids) > max_length
+                parts.append(np.array(ids[:max_length], dtype=np.int32))
+                lengths.append(len(parts[-1]))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return cls(tokens, offsets, max_length, AssistantMarkers.of(tokenizer), num_cut)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -166,12 +173,12 @@ def read_conversations(path: str | Path, tokenizer: PreTrainedTokenizerFast, max
     """Read, check, render and tokenize an SFT file's conversations for windows of ``max_seq_len`` model tokens
     (MiniMind's max_length = max_seq_len + 1). The tokenizer must have a chat template."""
     require_chat_template(tokenizer)
-    texts = [render_conversation(tokenizer, checked_messages(record, "conversations", path, line),
-                                 with_functions=True)
-             for line, record in jsonl_records(path)]
-    if not texts:
+    texts = (render_conversation(tokenizer, checked_messages(record, "conversations", path, line), with_functions=True)
+             for line, record in jsonl_records(path))
+    conversations = EncodedConversations.of(texts, tokenizer, max_seq_len + 1)
+    if not len(conversations):
         raise DataError(path, None, "no conversations")
-    return EncodedConversations.of(texts, tokenizer, max_seq_len + 1)
+    return conversations
 
 
 class PaddedConversations(Dataset):
