@@ -188,3 +188,9 @@ def test_an_empty_file_is_an_error(tokenizer, tmp_path):
     path.write_text("\n", encoding="utf-8")
     with pytest.raises(DataError, match="no conversations"):
         read_conversations(path, tokenizer, MAX_SEQ_LEN)
+
+
+def test_a_window_needs_a_position(tokenizer, tmp_path):
+    path = write_conversations(tmp_path / "sft.jsonl", FIXTURE["conversations"][:1])
+    with pytest.raises(ValueError, match="max_seq_len at least 1"):
+        read_conversations(path, tokenizer, 0)

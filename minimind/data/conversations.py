@@ -145,6 +145,8 @@ class EncodedConversations:
     def of(cls, texts: Iterable[str], tokenizer: PreTrainedTokenizerFast, max_length: int) -> "EncodedConversations":
         """Tokenize rendered ``texts`` as MiniMind does (``tokenizer(text).input_ids``) and cut each to max_length;
         the texts are read and tokenized ``ENCODE_CHUNK`` at a time, so only the kept ids stay in memory."""
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (max_seq_len at least 1), got {max_length}")
         parts, lengths, num_cut = [], [], 0
         remaining = iter(texts)
         while chunk := list(itertools.islice(remaining, ENCODE_CHUNK)):
