@@ -12,6 +12,7 @@ from minimind.tokenizer.loader import (
     SPECIAL_TOKENS,
     TokenizerLayoutError,
     load_tokenizer,
+    require_chat_template,
     tokenizer_fingerprint,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TokenizerLayoutError",
     "load_tokenizer",
+    "require_chat_template",
     "tokenizer_fingerprint",
 ]

@@ -70,12 +70,21 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def require_chat_template(tokenizer: PreTrainedTokenizerFast) -> None:
+    """Raise TokenizerLayoutError (one line naming the folder) when ``tokenizer`` has no chat template, which
+    supervised fine-tuning and preference training render conversations with."""
+    if not tokenizer.chat_template:
+        raise TokenizerLayoutError(tokenizer.name_or_path, "no chat_template in tokenizer_config.json; SFT and DPO "
+                                                           "render conversations with it (MiniMind's is ChatML)")
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     """Return a sha256 hex digest of everything that decides the token ids a text encodes to.
 
     Hashes the backend's model, normalizer, pre-tokenizer and added tokens, not the padding,
-    truncation or post-processor state that transformers changes at run time, so two loads of
-    the same files give the same fingerprint wherever they live.
+    truncation or post-processor state that transformers changes at run time, nor the chat template
+    (how conversations are written as text, not how text is tokenized), so two loads of the same
+    files give the same fingerprint wherever they live.
     """
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     identity = {key: state.get(key) for key in ("added_tokens", "normalizer", "pre_tokenizer", "model")}

@@ -1,0 +1,259 @@
+"""Supervised fine-tuning data: chat conversations rendered with the tokenizer's chat template, as samples.
+
+The input is MiniMind's: JSON Lines, one ``{"conversations": [{"role": ..., "content": ...}, ...]}`` per line
+(plain, ``.gz`` or ``.zst``), roles ``system``, ``user``, ``assistant`` and ``tool``; a first ``system`` turn may
+carry ``functions``, rendered as the template's tools. Each conversation becomes the row of MiniMind's
+``SFTDataset`` (e119db8) with ``max_length = max_seq_len + 1``: the rendered text's token ids cut to
+max_length and padded, and the loss mask of its ``generate_loss_mask`` (``assistant_loss_mask``). A row gives
+``input_ids = row[:-1]`` and ``targets = row[1:]`` where the mask is set, else ``IGNORE_INDEX``, as
+``PaddedDocuments`` does for pretraining. ``PaddedConversations`` serves one row per sample (``--packing 0``);
+``PackedConversations`` puts several conversations in one window, each attending only to itself
+(``block_causal_mask``). Bad input is a :class:`DataError` naming the file and line.
+"""
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerFast
+
+from minimind.data.jsonl_reader import DataError, decompressed
+from minimind.model.loss import IGNORE_INDEX
+from minimind.tokenizer import PAD_ID, require_chat_template
+
+ROLES = ("system", "user", "assistant", "tool")  # the roles MiniMind's template renders
+ENCODE_CHUNK = 1024  # conversations tokenized in one call
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for every non-blank line of a JSON Lines file; a line that is not a JSON
+    object is a DataError naming the file and line."""
+    path = Path(path)
+    try:
+        file = open(path, "rb")
+    except OSError as error:
+        raise DataError(path, None, f"cannot open ({error.strerror or error})") from None
+    with file, decompressed(file, path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except (UnicodeDecodeError, ValueError) as error:
+                raise DataError(path, number, f"not valid JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise DataError(path, number, f"expected an object, got {type(record).__name__}")
+            yield number, record
+
+
+def checked_messages(record: dict, field: str, path: str | Path, line: int) -> list[dict]:
+    """``record[field]`` as a conversation: a list of turns with a known role and string content, at least one
+    of them the assistant's, and ``functions`` (a list) only on a first system turn; else a DataError."""
+    messages = record.get(field)
+    if not isinstance(messages, list) or not messages:
+        raise DataError(path, line, f'expected "{field}": a non-empty list of turns')
+    for number, turn in enumerate(messages, start=1):
+        if not isinstance(turn, dict):
+            raise DataError(path, line, f'"{field}" turn {number} is not an object')
+        if turn.get("role") not in ROLES:
+            raise DataError(path, line, f'"{field}" turn {number} has role {turn.get("role")!r}, '
+                                        f"expected one of {', '.join(ROLES)}")
+        if not isinstance(turn.get("content"), str):
+            raise DataError(path, line, f'"{field}" turn {number} has no "content" string')
+        if "functions" in turn and not (number == 1 and turn["role"] == "system"
+                                        and isinstance(turn["functions"], list)):
+            raise DataError(path, line, f'"{field}" turn {number}: "functions" must be a list on a first system turn')
+    if not any(turn["role"] == "assistant" for turn in messages):
+        raise DataError(path, line, f'"{field}" has no assistant turn, so nothing to learn')
+    return messages
+
+
+def render_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict], *, with_functions: bool) -> str:
+    """The conversation's text by the chat template; ``with_functions``: a first system turn's ``functions`` are
+    the template's tools (e119db8's ``SFTDataset.create_chat_prompt``; its ``DPODataset`` passes none)."""
+    first = messages[0]
+    tools = first["functions"] if with_functions and first["role"] == "system" and first.get("functions") else None
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, tools=tools)
+
+
+@dataclass(frozen=True)
+class AssistantMarkers:
+    """The token ids that open (``<|im_start|>assistant``) and close (``<|im_end|>``) an assistant turn."""
+
+    start: list[int]
+    end: list[int]
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerFast) -> "AssistantMarkers":
+        """The markers as MiniMind's datasets tokenize them (e119db8)."""
+        return cls(tokenizer(f"{tokenizer.bos_token}assistant", add_special_tokens=False).input_ids,
+                   tokenizer(tokenizer.eos_token, add_special_tokens=False).input_ids)
+
+
+def assistant_loss_mask(ids: list[int], markers: AssistantMarkers, max_length: int) -> list[int]:
+    """MiniMind's ``generate_loss_mask`` (e119db8) over a row of ``ids``: 1 from the second token after each
+    ``<|im_start|>assistant`` through the token after its ``<|im_end|>`` (or to the row's end when the turn is
+    not closed), never at or past ``max_length``; 0 elsewhere."""
+    start_ids, end_ids = markers.start, markers.end
+    mask = [0] * len(ids)
+    i = 0
+    while i < len(ids):
+        if ids[i:i + len(start_ids)] != start_ids:
+            i += 1
+            continue
+        start = end = i + len(start_ids)
+        while end < len(ids) and ids[end:end + len(end_ids)] != end_ids:
+            end += 1
+        for j in range(start + 1, min(end + len(end_ids) + 1, max_length)):
+            mask[j] = 1
+        i = end + len(end_ids) if end < len(ids) else len(ids)
+    return mask
+
+
+def padded_row(ids: np.ndarray, markers: AssistantMarkers, max_length: int,
+               pad_id: int = PAD_ID) -> tuple[list[int], list[int]]:
+    """MiniMind's row of one conversation's ids (at most max_length of them): padded to max_length with
+    ``pad_id``, and its loss mask."""
+    row = [int(token) for token in ids] + [pad_id] * (max_length - len(ids))
+    return row, assistant_loss_mask(row, markers, max_length)
+
+
+def masked_targets(row: list[int], mask: list[int]) -> torch.Tensor:
+    """``row[1:]`` where ``mask[1:]`` is set, else IGNORE_INDEX: (len(row) - 1,) int64."""
+    targets = torch.tensor(row[1:], dtype=torch.long)
+    targets[torch.tensor(mask[1:], dtype=torch.bool).logical_not()] = IGNORE_INDEX
+    return targets
+
+
+@dataclass
+class EncodedConversations:
+    """Token ids of conversations, each cut to ``max_length``: conversation i is
+    ``tokens[offsets[i]:offsets[i + 1]]``; ``num_cut`` counts those longer than max_length before the cut."""
+
+    tokens: np.ndarray  # (num_tokens,) int32
+    offsets: np.ndarray  # (num_conversations + 1,) int64
+    max_length: int
+    markers: AssistantMarkers
+    num_cut: int
+
+    @classmethod
+    def of(cls, texts: Iterable[str], tokenizer: PreTrainedTokenizerFast, max_length: int) -> "EncodedConversations":
+        """Tokenize rendered ``texts`` as MiniMind does (``tokenizer(text).input_ids``) and cut each to max_length;
+        the texts are read and tokenized ``ENCODE_CHUNK`` at a time, so only the kept ids stay in memory."""
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (max_seq_len at least 1), got {max_length}")
+        parts, lengths, num_cut = [], [], 0
+        remaining = iter(texts)
+        while chunk := list(itertools.islice(remaining, ENCODE_CHUNK)):
+            for ids in tokenizer(chunk).input_ids:
+                num_cut += len(ids) > max_length
+                parts.append(np.array(ids[:max_length], dtype=np.int32))
+                lengths.append(len(parts[-1]))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return cls(tokens, offsets, max_length, AssistantMarkers.of(tokenizer), num_cut)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def ids(self, index: int) -> np.ndarray:
+        """Conversation ``index``'s token ids (at most max_length)."""
+        return self.tokens[self.offsets[index]:self.offsets[index + 1]]
+
+    def row(self, index: int) -> tuple[list[int], list[int]]:
+        """MiniMind's padded row of conversation ``index`` and its loss mask (``padded_row``)."""
+        return padded_row(self.ids(index), self.markers, self.max_length)
+
+
+def read_conversations(path: str | Path, tokenizer: PreTrainedTokenizerFast, max_seq_len: int) -> EncodedConversations:
+    """Read, check, render and tokenize an SFT file's conversations for windows of ``max_seq_len`` model tokens
+    (MiniMind's max_length = max_seq_len + 1). The tokenizer must have a chat template."""
+    require_chat_template(tokenizer)
+    texts = (render_conversation(tokenizer, checked_messages(record, "conversations", path, line), with_functions=True)
+             for line, record in jsonl_records(path))
+    conversations = EncodedConversations.of(texts, tokenizer, max_seq_len + 1)
+    if not len(conversations):
+        raise DataError(path, None, "no conversations")
+    return conversations
+
+
+class PaddedConversations(Dataset):
+    """One conversation per sample (``--packing 0``), exactly e119db8's ``SFTDataset`` row with max_length =
+    max_seq_len + 1: ``{"input_ids": (max_seq_len,), "targets": (max_seq_len,)}``, targets masked to the
+    assistant's tokens (``assistant_loss_mask``)."""
+
+    def __init__(self, conversations: EncodedConversations):
+        self.conversations = conversations
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"conversation {index} out of range for {len(self)} conversations")
+        row, mask = self.conversations.row(index)
+        return {"input_ids": torch.tensor(row[:-1], dtype=torch.long), "targets": masked_targets(row, mask)}
+
+
+class PackedConversations(Dataset):
+    """Whole conversations packed in file order into windows of max_seq_len positions, none split between two.
+
+    A conversation of n tokens (cut as ``PaddedConversations`` cuts it) takes n - 1 positions: its ids but the
+    last as inputs, and the targets of its padded row there, so its targets are exactly that row's (the row's
+    padding has none). A window takes conversations while they fit; its rest is padding (``pad_id``, no
+    targets). Samples: ``input_ids``, ``targets``, ``position_ids`` (0 at each conversation's first token) and
+    ``segment_ids`` (the conversation's number in the window, -1 on padding, whose positions also count from
+    0), all (max_seq_len,) int64. ``block_causal_mask(segment_ids)`` keeps attention inside a conversation.
+    """
+
+    def __init__(self, conversations: EncodedConversations):
+        self.conversations = conversations
+        self.max_seq_len = conversations.max_length - 1
+        positions = np.diff(conversations.offsets) - 1
+        starts, used = [0], 0
+        for index, taken in enumerate(positions):
+            if used + taken > self.max_seq_len:
+                starts.append(index)
+                used = 0
+            used += taken
+        starts.append(len(positions))
+        self.window_starts = np.array(starts, dtype=np.int64)  # window w holds conversations starts[w]:starts[w+1]
+
+    def __len__(self) -> int:
+        return len(self.window_starts) - 1
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range for {len(self)} windows")
+        length = self.max_seq_len
+        sample = {"input_ids": torch.full((length,), PAD_ID, dtype=torch.long),
+                  "targets": torch.full((length,), IGNORE_INDEX, dtype=torch.long),
+                  "position_ids": torch.zeros(length, dtype=torch.long),
+                  "segment_ids": torch.full((length,), -1, dtype=torch.long)}
+        used = 0
+        first, last = self.window_starts[index], self.window_starts[index + 1]
+        for segment, conversation in enumerate(range(first, last)):
+            taken = len(self.conversations.ids(conversation)) - 1
+            row, mask = self.conversations.row(conversation)
+            span = slice(used, used + taken)
+            sample["input_ids"][span] = torch.tensor(row[:taken])
+            sample["targets"][span] = masked_targets(row, mask)[:taken]
+            sample["position_ids"][span] = torch.arange(taken)
+            sample["segment_ids"][span] = segment
+            used += taken
+        sample["position_ids"][used:] = torch.arange(length - used)
+        return sample
+
+
+def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean attention mask (True = may attend, SDPA's convention) of packed windows: query i attends key j when
+    j <= i and both lie in the same segment. ``segment_ids``: (batch, seq); returns (batch, 1, seq, seq)."""
+    seq = segment_ids.shape[-1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=segment_ids.device).tril()
+    return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]

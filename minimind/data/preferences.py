@@ -1,0 +1,65 @@
+"""Preference pairs for DPO: a chosen and a rejected conversation that share their prompt.
+
+The input is MiniMind's: JSON Lines, one ``{"chosen": [turns], "rejected": [turns]}`` per line, turns as in
+``minimind.data.conversations``. Each side becomes the row of e119db8's ``DPODataset`` with ``max_length =
+max_seq_len + 1`` (rendered without tools, as it does; cut, padded, masked by ``assistant_loss_mask``). The prompt
+(the turns before the last assistant turn) must be the same on both sides, else the pair teaches nothing about
+the answer: a :class:`DataError` naming the file and line, as is any bad conversation.
+"""
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerFast
+
+from minimind.data.conversations import (
+    EncodedConversations,
+    checked_messages,
+    jsonl_records,
+    masked_targets,
+    render_conversation,
+)
+from minimind.data.jsonl_reader import DataError
+from minimind.tokenizer import require_chat_template
+
+SIDES = ("chosen", "rejected")
+
+
+def prompt_turns(messages: list[dict]) -> list[dict]:
+    """The turns before the conversation's last assistant turn."""
+    last = max(number for number, turn in enumerate(messages) if turn["role"] == "assistant")
+    return messages[:last]
+
+
+class PreferencePairs(Dataset):
+    """A DPO file's pairs as samples ``{"chosen_input_ids", "chosen_targets", "rejected_input_ids",
+    "rejected_targets"}``, each (max_seq_len,) int64: exactly e119db8's ``DPODataset`` rows (``x_*``, and ``y_*``
+    where ``mask_*`` is set, else IGNORE_INDEX). ``num_cut`` counts the sides longer than a row."""
+
+    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerFast, max_seq_len: int):
+        require_chat_template(tokenizer)
+        texts = {side: [] for side in SIDES}
+        for line, record in jsonl_records(path):
+            pair = {side: checked_messages(record, side, path, line) for side in SIDES}
+            if prompt_turns(pair["chosen"]) != prompt_turns(pair["rejected"]):
+                raise DataError(path, line, "chosen and rejected differ before their last assistant turn")
+            for side in SIDES:
+                texts[side].append(render_conversation(tokenizer, pair[side], with_functions=False))
+        if not texts["chosen"]:
+            raise DataError(path, None, "no preference pairs")
+        self.sides = {side: EncodedConversations.of(texts[side], tokenizer, max_seq_len + 1) for side in SIDES}
+        self.num_cut = sum(encoded.num_cut for encoded in self.sides.values())
+
+    def __len__(self) -> int:
+        return len(self.sides["chosen"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"pair {index} out of range for {len(self)} pairs")
+        sample = {}
+        for side, encoded in self.sides.items():
+            row, mask = encoded.row(index)
+            sample[f"{side}_input_ids"] = torch.tensor(row[:-1], dtype=torch.long)
+            sample[f"{side}_targets"] = masked_targets(row, mask)
+        return sample
