@@ -17,6 +17,8 @@ import tempfile
 import types
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerFast
+
 from minimind.tokenizer.loader import load_tokenizer
 from tests.upstream.make_reference import load_upstream
 
@@ -46,20 +48,26 @@ def datasets_stand_in() -> types.ModuleType:
     return module
 
 
-def main() -> None:
-    """Write the fixture from the clone given by ``--repo``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def dataset_script_start(description: str) -> tuple[Path, PreTrainedTokenizerFast]:
+    """What a script recording upstream's datasets starts from: the clone its ``--repo`` flag names, the
+    ``datasets`` stand-in installed, and the project's shipped tokenizer."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repo", type=Path, required=True, help="git clone or mirror of jingyaogong/minimind")
     args = parser.parse_args()
     sys.modules["datasets"] = datasets_stand_in()
-    tokenizer = load_tokenizer(None)
+    return args.repo, load_tokenizer(None)
+
+
+def main() -> None:
+    """Write the fixture from the clone given by ``--repo``."""
+    repo, tokenizer = dataset_script_start(__doc__.splitlines()[0])
     fixture = {"max_length": MAX_LENGTH, "texts": TEXTS, "commits": COMMITS, "rows": {}}
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "pretrain.jsonl"
         data.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in TEXTS),
                         encoding="utf-8")
         for family, commit in COMMITS.items():
-            module = load_upstream(args.repo, commit, Path(folder), "dataset/lm_dataset.py")
+            module = load_upstream(repo, commit, Path(folder), "dataset/lm_dataset.py")
             dataset = module.PretrainDataset(str(data), tokenizer, max_length=MAX_LENGTH)
             fixture["rows"][family] = [[tensor.tolist() for tensor in dataset[index]] for index in range(len(TEXTS))]
     FIXTURE.write_text(json.dumps(fixture, ensure_ascii=False) + "\n", encoding="utf-8")

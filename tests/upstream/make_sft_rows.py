@@ -12,11 +12,9 @@ Regenerate with::
     python -m tests.upstream.make_sft_rows --repo /path/to/minimind.git
 """
 
-import argparse
 import ast
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from minimind.tokenizer.loader import load_tokenizer
-from tests.upstream.make_pretrain_rows import datasets_stand_in, load_upstream_dataset
+from tests.upstream.make_pretrain_rows import dataset_script_start
+from tests.upstream.make_reference import load_upstream
 
 FOLDER = Path(__file__).resolve().parent
 ROWS_FIXTURE = FOLDER / "sft_rows.json"
@@ -95,18 +93,14 @@ def dpo_loss_inputs() -> dict[str, torch.Tensor]:
 
 def main() -> None:
     """Write both fixtures from the clone given by ``--repo``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, required=True, help="git clone or mirror of jingyaogong/minimind")
-    args = parser.parse_args()
-    sys.modules["datasets"] = datasets_stand_in()
-    tokenizer = load_tokenizer(None)
-    config = subprocess.run(["git", "-C", str(args.repo), "show", f"{COMMIT}:model/tokenizer_config.json"],
+    repo, tokenizer = dataset_script_start(__doc__.splitlines()[0])
+    config = subprocess.run(["git", "-C", str(repo), "show", f"{COMMIT}:model/tokenizer_config.json"],
                             check=True, capture_output=True, text=True).stdout
     fixture = {"commit": COMMIT, "chat_template": json.loads(config)["chat_template"],
                "sft_max_length": SFT_MAX_LENGTH, "conversations": CONVERSATIONS,
                "dpo_max_length": DPO_MAX_LENGTH, "pairs": PAIRS}
     with tempfile.TemporaryDirectory() as folder:
-        module = load_upstream_dataset(args.repo, COMMIT, Path(folder))
+        module = load_upstream(repo, COMMIT, Path(folder), "dataset/lm_dataset.py")
         sft = module.SFTDataset(write_jsonl(Path(folder) / "sft.jsonl", [{"conversations": c} for c in CONVERSATIONS]),
                                 tokenizer, max_length=SFT_MAX_LENGTH)
         fixture["sft_rows"] = [[tensor.tolist() for tensor in sft[index]] for index in range(len(sft))]
@@ -114,7 +108,7 @@ def main() -> None:
         fixture["dpo_rows"] = [{key: tensor.tolist() for key, tensor in dpo[index].items()}
                                for index in range(len(dpo))]
     ROWS_FIXTURE.write_text(json.dumps(fixture, ensure_ascii=False) + "\n", encoding="utf-8")
-    upstream = upstream_functions(args.repo, COMMIT, "trainer/train_dpo.py", ("logits_to_log_probs", "dpo_loss"))
+    upstream = upstream_functions(repo, COMMIT, "trainer/train_dpo.py", ("logits_to_log_probs", "dpo_loss"))
     tensors = dpo_loss_inputs()
     log_probs = {name: upstream["logits_to_log_probs"](tensors[f"{name}_logits"], tensors["y"])
                  for name in ("policy", "reference")}
