@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 
-FIXTURES = sorted((Path(__file__).parent / "upstream").glob("*.safetensors"))
+FIXTURES = sorted((Path(__file__).parent / "upstream").glob("minimind*.safetensors"))  # the model fixtures
 RTOL = 1e-5  # float32: the same formulas, summed in another order in places (MoE slots, SDPA)
 
 
