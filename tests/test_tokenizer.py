@@ -119,6 +119,9 @@ def test_another_folder_with_the_layout_is_accepted(tmp_path):
     assert tiny.convert_ids_to_tokens([0, 1, 2]) == list(SPECIAL_TOKENS)
     assert tiny.decode(tiny.encode(MIXED_TEXTS[2])) == MIXED_TEXTS[2]
     assert tokenizer_fingerprint(tiny) != tokenizer_fingerprint(load_tokenizer())
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert tiny.apply_chat_template(messages, tokenize=False) == load_tokenizer().apply_chat_template(
+        messages, tokenize=False)  # a trained tokenizer renders conversations as the shipped one does
 
 
 def test_training_command_writes_a_loadable_tokenizer(tmp_path):

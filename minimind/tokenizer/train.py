@@ -60,7 +60,9 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: in
 
 
 def tokenizer_config() -> dict:
-    """Return the tokenizer_config.json contents: PreTrainedTokenizerFast, no automatic bos/eos."""
+    """Return the tokenizer_config.json contents: PreTrainedTokenizerFast, no automatic bos/eos, and the shipped
+    tokenizer's chat template (MiniMind's ChatML layout, which fine-tuning renders conversations with)."""
+    chat_template = json.loads((DEFAULT_TOKENIZER_DIR / "tokenizer_config.json").read_text())["chat_template"]
     added_tokens = {
         str(token_id): {"content": token, "lstrip": False, "normalized": False, "rstrip": False,
                         "single_word": False, "special": True}
@@ -78,6 +80,7 @@ def tokenizer_config() -> dict:
         "unk_token": PAD_TOKEN,
         "clean_up_tokenization_spaces": False,
         "spaces_between_special_tokens": False,
+        "chat_template": chat_template,
         "model_max_length": MODEL_MAX_LENGTH,
     }
 
