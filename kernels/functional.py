@@ -29,9 +29,14 @@ custom operators (``minimind_kernels.custom_ops``).
 import torch
 
 from minimind_kernels.dispatch import resolve_impl
-from minimind_kernels.reference import apply_rotary_torch, rms_norm_residual_torch, rms_norm_torch
+from minimind_kernels.reference import (
+    apply_rotary_at_positions_torch,
+    apply_rotary_torch,
+    rms_norm_residual_torch,
+    rms_norm_torch,
+)
 
-__all__ = ["apply_rotary", "rms_norm", "rms_norm_residual"]
+__all__ = ["apply_rotary", "apply_rotary_at_positions", "rms_norm", "rms_norm_residual"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, impl: str = "auto") -> torch.Tensor:
@@ -68,3 +73,16 @@ def apply_rotary(
 
         return apply_rotary_triton(q, k, cos, sin, position_offset)
     return apply_rotary_torch(q, k, cos, sin, position_offset)
+
+
+def apply_rotary_at_positions(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE of q and k (as ``apply_rotary``) at each token's own position, ``positions`` (batch,
+    seq): packed sequences restart at 0. The PyTorch path on every device (the Triton kernel takes one offset)."""
+    return apply_rotary_at_positions_torch(q, k, cos, sin, positions)

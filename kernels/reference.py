@@ -49,3 +49,22 @@ def apply_rotary_torch(
     q_rot = (q * cos) + (rotate_half(q) * sin)
     k_rot = (k * cos) + (rotate_half(k) * sin)
     return q_rot.to(q.dtype), k_rot.to(k.dtype)
+
+
+def apply_rotary_at_positions_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE of q and k at each token's own position (packed sequences restart at 0).
+
+    q, k as ``apply_rotary_torch``; cos, sin: (positions, head_dim); positions: (batch, seq) rows of them.
+    Where ``positions`` counts offset, offset + 1, ... the result is ``apply_rotary_torch``'s.
+    """
+    cos = cos[positions].unsqueeze(2)  # (batch, seq, 1, head_dim)
+    sin = sin[positions].unsqueeze(2)
+    q_rot = (q * cos) + (rotate_half(q) * sin)
+    k_rot = (k * cos) + (rotate_half(k) * sin)
+    return q_rot.to(q.dtype), k_rot.to(k.dtype)

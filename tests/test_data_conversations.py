@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from minimind.data import conversations
 from minimind.data.conversations import (
@@ -20,7 +19,6 @@ from minimind.data.jsonl_reader import DataError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
 from minimind.tokenizer import load_tokenizer
-from tests.model_reference import rotate_ref
 
 FIXTURE = json.loads((Path(__file__).resolve().parent / "upstream" / "sft_rows.json").read_text(encoding="utf-8"))
 MAX_SEQ_LEN = FIXTURE["sft_max_length"] - 1
@@ -114,42 +112,26 @@ def test_block_causal_mask():
     assert torch.equal(allowed[0, 0], expected)
 
 
-def packed_logits(model: MiniMindForCausalLM, input_ids, position_ids, allowed):
-    """The model's weights run with RoPE at ``position_ids`` and SDPA under the boolean mask ``allowed``: a
-    test-local path, since the model takes neither (batch 1; dense fp32)."""
-    inner = model.model
-    cos, sin = inner.freqs_cos[position_ids[0]], inner.freqs_sin[position_ids[0]]
-    hidden = inner.embed_tokens(input_ids)
-    for layer in inner.layers:
-        attention = layer.self_attn
-        x = layer.input_layernorm(hidden)
-        batch, seq, _ = x.shape
-        q = attention.q_proj(x).view(batch, seq, attention.n_heads, attention.head_dim)
-        k = attention.k_proj(x).view(batch, seq, attention.n_kv_heads, attention.head_dim)
-        v = attention.v_proj(x).view(batch, seq, attention.n_kv_heads, attention.head_dim)
-        q, k = rotate_ref(q, cos, sin), rotate_ref(k, cos, sin)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=allowed, enable_gqa=True)
-        hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return model.lm_head(inner.norm(hidden))
-
-
-def test_each_packed_conversation_has_the_loss_it_has_alone(encoded):
-    """With the block-diagonal mask and positions restarting per conversation, a packed conversation's summed
-    loss equals the model's own loss on its padded row; with plain causal attention it does not."""
+@pytest.mark.parametrize("config", [
+    {"model_family": "minimind2"},
+    {"model_family": "minimind2", "flash_attn": False},  # the eager attention
+    {"model_family": "minimind3", "use_moe": True},
+], ids=["minimind2-sdpa", "minimind2-eager", "minimind3-moe"])
+def test_each_packed_conversation_has_the_loss_it_has_alone(encoded, config):
+    """The model on a packed window (``packed_positions`` restarting per conversation, the block-diagonal mask):
+    each conversation's summed loss equals the model's own loss on its padded row alone; with the window's
+    plain positions and causal attention it does not."""
     torch.manual_seed(0)
     model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                               num_key_value_heads=2, max_position_embeddings=512)).eval()
+                                               num_key_value_heads=2, max_position_embeddings=512, **config)).eval()
     padded, packed = PaddedConversations(encoded), PackedConversations(encoded)
     window = packed[0]
     assert window["segment_ids"].max() > 0
     inputs = {key: value[None] for key, value in window.items()}
     with torch.no_grad():
-        logits = packed_logits(model, inputs["input_ids"], inputs["position_ids"],
-                               block_causal_mask(inputs["segment_ids"]))
-        causal = packed_logits(model, inputs["input_ids"], torch.arange(MAX_SEQ_LEN)[None],
-                               block_causal_mask(torch.zeros_like(inputs["segment_ids"])))
+        logits = model(inputs["input_ids"], attention_mask=block_causal_mask(inputs["segment_ids"]),
+                       packed_positions=inputs["position_ids"]).logits
+        causal = model(inputs["input_ids"]).logits
         for segment in range(int(window["segment_ids"].max()) + 1):
             span = window["segment_ids"] == segment
             alone = padded[segment]
@@ -159,6 +141,21 @@ def test_each_packed_conversation_has_the_loss_it_has_alone(encoded):
             if segment > 0:
                 assert not torch.allclose(token_cross_entropy(causal[0, span], window["targets"][span], "sum"),
                                           expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_sequence_packed_is_the_plain_forward(encoded):
+    """A window holding one sequence from position 0 (positions 0..L-1, the causal mask as a block mask) gives
+    the plain forward's logits: the packed path changes nothing else."""
+    torch.manual_seed(1)
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, max_position_embeddings=512)).eval()
+    ids = torch.randint(3, 6400, (2, 24))
+    with torch.no_grad():
+        plain = model(ids).logits
+        packed = model(ids, attention_mask=block_causal_mask(torch.zeros_like(ids)),
+                       packed_positions=torch.arange(24).expand(2, 24)).logits
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+
 
 
 @pytest.mark.parametrize("line, message", [

@@ -80,8 +80,13 @@ class Attention(nn.Module):
         x: torch.Tensor,  # (batch, seq, hidden)
         rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: (positions, head_dim)
         cache: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,  # (batch, past + seq), 1 = attend
+        attention_mask: torch.Tensor | None = None,  # (batch, past + seq), 1 = attend; or see below
+        packed_positions: torch.Tensor | None = None,  # (batch, seq): each token's RoPE position
     ) -> torch.Tensor:
+        """Attention of ``x`` over the cache and itself. Packed sequences pass ``packed_positions`` restarting at 0
+        for each sequence and a boolean ``attention_mask`` (batch, 1, seq, seq), True where a query may attend a
+        key (a block-diagonal causal mask, ``minimind.data.conversations.block_causal_mask``): then nothing
+        attends across sequences."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
@@ -90,7 +95,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         past = cache.get_seq_length(self.layer_idx) if cache is not None else 0
         cos, sin = rope
-        q, k = kernel_ops.apply_rotary(q, k, cos, sin, position_offset=past, impl=self.kernel_impl)
+        if packed_positions is None:
+            q, k = kernel_ops.apply_rotary(q, k, cos, sin, position_offset=past, impl=self.kernel_impl)
+        else:
+            q, k = kernel_ops.apply_rotary_at_positions(q, k, cos, sin, packed_positions, impl=self.kernel_impl)
         if cache is not None:
             k, v = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
@@ -107,6 +115,11 @@ class Attention(nn.Module):
 
     def _sdpa(self, q, k, v, past: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
         dropout = self.dropout if self.training else 0.0
+        if attention_mask is not None and attention_mask.dim() == 4:  # the whole mask, causality included
+            if k.shape[1] != q.shape[1] and not sdpa_takes_fewer_kv_heads(q, causal_only=False):
+                k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout,
+                                                  enable_gqa=k.shape[1] != q.shape[1])
         causal_only = past == 0 and (attention_mask is None or bool(attention_mask.all()))
         if k.shape[1] != q.shape[1] and not sdpa_takes_fewer_kv_heads(q, causal_only):
             k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
@@ -120,8 +133,11 @@ class Attention(nn.Module):
 
     def _eager(self, q, k, v, past: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~causal_allowed(q.shape[2], past, q.device), float("-inf"))
-        if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dim() == 4:  # the whole mask, causality included
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores.masked_fill(~causal_allowed(q.shape[2], past, q.device), float("-inf"))
+        if attention_mask is not None and attention_mask.dim() == 2:
             scores = scores + (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * -1e9
         probs = F.softmax(scores.float(), dim=-1).type_as(q)
         return self.attn_dropout(probs) @ v

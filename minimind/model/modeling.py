@@ -30,8 +30,8 @@ class MiniMindBlock(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.kernel_impl)
         self.mlp = MOEFeedForward(config) if config.use_moe else FeedForward(config)
 
-    def forward(self, hidden, rope, cache=None, attention_mask=None) -> torch.Tensor:
-        attended = self.self_attn(self.input_layernorm(hidden), rope, cache, attention_mask)
+    def forward(self, hidden, rope, cache=None, attention_mask=None, packed_positions=None) -> torch.Tensor:
+        attended = self.self_attn(self.input_layernorm(hidden), rope, cache, attention_mask, packed_positions)
         # hidden + attended and its norm in one pass (one fused kernel on Triton)
         normed, hidden = self.post_attention_layernorm(attended, residual=hidden)
         return hidden + self.mlp(normed)
@@ -82,8 +82,11 @@ class MiniMindModel(MiniMindPreTrainedModel):
         input_ids: torch.LongTensor,  # (batch, seq)
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        packed_positions: torch.Tensor | None = None,  # (batch, seq): packed sequences, see ``Attention``
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(hidden (batch, seq, hidden), aux_loss scalar)``."""
+        if packed_positions is not None and cache is not None:
+            raise ValueError("packed_positions are for packed training sequences; a cache counts its own")
         past = cache.get_seq_length() if cache is not None else 0
         if past + input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(
@@ -93,7 +96,7 @@ class MiniMindModel(MiniMindPreTrainedModel):
         hidden = self.dropout(self.embed_tokens(input_ids))
         rope = (self.freqs_cos, self.freqs_sin)
         for layer in self.layers:
-            hidden = layer(hidden, rope, cache, attention_mask)
+            hidden = layer(hidden, rope, cache, attention_mask, packed_positions)
         aux_loss = sum(
             (layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MOEFeedForward)),
             start=hidden.new_zeros((), dtype=torch.float32),
@@ -142,16 +145,20 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         past_key_values: Cache | None = None,
+        packed_positions: torch.LongTensor | None = None,  # (batch, seq): packed sequences, see ``Attention``
         **kwargs,
     ) -> MiniMindCausalLMOutput:
         """Logits (batch, kept positions, vocab), and the loss when ``labels`` are given.
 
-        ``past_key_values`` is accepted as the older name of ``cache``.
+        ``past_key_values`` is accepted as the older name of ``cache``. Packed sequences (several per row, none
+        attending another) pass ``packed_positions`` (batch, seq), restarting at 0 for each sequence, and the
+        boolean ``attention_mask`` (batch, 1, seq, seq) of ``minimind.data.conversations.block_causal_mask``.
         """
         cache = cache if cache is not None else past_key_values
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        hidden, aux_loss = self.model(input_ids, attention_mask=attention_mask, cache=cache)
+        hidden, aux_loss = self.model(input_ids, attention_mask=attention_mask, cache=cache,
+                                      packed_positions=packed_positions)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
