@@ -81,7 +81,6 @@ def apply_rotary_at_positions(
     cos: torch.Tensor,
     sin: torch.Tensor,
     positions: torch.Tensor,
-    impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half RoPE of q and k (as ``apply_rotary``) at each token's own position, ``positions`` (batch,
     seq): packed sequences restart at 0. The PyTorch path on every device (the Triton kernel takes one offset)."""

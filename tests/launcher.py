@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from deepspeed.utils import groups as deepspeed_groups
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 import pretrain_ds
 from minimind.report import read_metrics_file
-from minimind.training.distributed.process_group import free_local_port
+from minimind.training.distributed.process_group import free_local_port, leave_process_group
 from tests.project_tree import REPO_ROOT
 
 DS_CONFIGS = REPO_ROOT / "ds_configs"
@@ -194,9 +192,7 @@ def one_rank_in_this_process(env: dict | None = None):
     try:
         yield
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        deepspeed_groups._release_process_group_references()
+        leave_process_group()  # a failed run leaves its group; a finished one has already left
         for name in set(os.environ) - set(environ):
             del os.environ[name]
         os.environ.update(environ)

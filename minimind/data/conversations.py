@@ -12,7 +12,6 @@ max_length and padded, and the loss mask of its ``generate_loss_mask`` (``assist
 """
 
 import itertools
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
-from minimind.data.jsonl_reader import DataError, decompressed
+from minimind.data.jsonl_reader import MAX_LINE_BYTES, DataError, decompressed, parse_object, read_line
 from minimind.model.loss import IGNORE_INDEX
 from minimind.tokenizer import PAD_ID, require_chat_template
 
@@ -31,24 +30,23 @@ ENCODE_CHUNK = 1024  # conversations tokenized in one call
 
 
 def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for every non-blank line of a JSON Lines file; a line that is not a JSON
-    object is a DataError naming the file and line."""
+    """Yield (line number, object) for every non-blank line of a JSON Lines file (plain or compressed), with the
+    text reader's checks (``jsonl_reader.read_line`` and ``parse_object``): a line that is too long, not UTF-8,
+    not JSON or not an object is a DataError naming the file and line."""
     path = Path(path)
     try:
         file = open(path, "rb")
     except OSError as error:
         raise DataError(path, None, f"cannot open ({error.strerror or error})") from None
     with file, decompressed(file, path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-            except (UnicodeDecodeError, ValueError) as error:
-                raise DataError(path, number, f"not valid JSON ({error})") from None
-            if not isinstance(record, dict):
-                raise DataError(path, number, f"expected an object, got {type(record).__name__}")
-            yield number, record
+        number = 0
+        while raw := read_line(handle, path, MAX_LINE_BYTES):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise DataError(path, number, f"line longer than {MAX_LINE_BYTES} bytes")
+            record = parse_object(raw, (path, number), number == 1, "an object")
+            if record is not None:
+                yield number, record
 
 
 def checked_messages(record: dict, field: str, path: str | Path, line: int) -> list[dict]:

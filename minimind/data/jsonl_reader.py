@@ -86,7 +86,7 @@ class JsonlTextReader:
                 file.seek(start - 1)
                 _skip_rest_of_line(file)
             line_number = 0
-            while (offset := file.tell()) < end and (raw := self._read_line(handle)):
+            while (offset := file.tell()) < end and (raw := read_line(handle, self.path, self.max_line_bytes)):
                 line_number += 1
                 self.counts.bytes_read = min(file.tell(), end) - start
                 where = (self.path, line_number) if self.byte_range is None else (f"{self.path}:byte {offset}", None)
@@ -110,45 +110,55 @@ class JsonlTextReader:
             raise DataError(self.path, None, f"no texts ({line_number} lines, {self.counts.blank} blank, "
                                              f"{self.counts.bad_lines} bad)")
 
-    def _read_line(self, handle: BinaryIO) -> bytes:
-        """The next line (at most ``max_line_bytes + 1`` bytes of it); a corrupt compressed stream is a
-        ``DataError``."""
-        try:
-            return handle.readline(self.max_line_bytes + 1)
-        except (OSError, EOFError, ValueError, zlib.error) as error:  # BadGzipFile, ZstdError, truncation
-            raise DataError(self.path, None, f"cannot decompress ({type(error).__name__}: {error})") from None
-
     def _parse(self, raw: bytes, where: tuple[str | Path, int | None], first: bool) -> str | None:
         """Return the line's text, None for a blank line; raise DataError at ``where`` (file and line) for a bad
         one. Only the ``first`` line of the file may start with a byte order mark."""
-        if first and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
-        if not raw.strip():
+        record = parse_object(raw, where, first, f'an object with a "{self.text_field}" string')
+        if record is None:
             return None
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(*where, f"invalid UTF-8 at byte {error.start} of the line") from None
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise DataError(*where, f"not valid JSON ({error})") from None
-        except RecursionError:
-            raise DataError(*where, "not valid JSON (nested too deeply)") from None
-        if not isinstance(record, dict):
-            raise DataError(*where, f'expected an object with a "{self.text_field}" string, '
-                                    f"got {type(record).__name__}")
         text = record.get(self.text_field)
         if not isinstance(text, str):
             found = "no" if text is None else type(text).__name__
             raise DataError(*where, f'expected a "{self.text_field}" string, found {found}')
-        if "\\u" in line:
+        if b"\\u" in raw:
             # Only a \u escape can smuggle a lone surrogate in, which no tokenizer can encode.
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise DataError(*where, '"text" holds a lone surrogate escape') from None
         return text
+
+
+def read_line(handle: BinaryIO, path: Path, max_line_bytes: int) -> bytes:
+    """The next line of ``handle`` (at most ``max_line_bytes + 1`` bytes of it); a corrupt compressed stream is a
+    ``DataError`` naming ``path``."""
+    try:
+        return handle.readline(max_line_bytes + 1)
+    except (OSError, EOFError, ValueError, zlib.error) as error:  # BadGzipFile, ZstdError, truncation
+        raise DataError(path, None, f"cannot decompress ({type(error).__name__}: {error})") from None
+
+
+def parse_object(raw: bytes, where: tuple[str | Path, int | None], first: bool, expected: str) -> dict | None:
+    """The JSON object on the line ``raw``, None for a blank line; a line that is not UTF-8, not JSON or not an
+    object is a DataError at ``where`` (``expected`` names what the line should hold). Only the ``first`` line of
+    a file may start with a byte order mark."""
+    if first and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    if not raw.strip():
+        return None
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(*where, f"invalid UTF-8 at byte {error.start} of the line") from None
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        raise DataError(*where, f"not valid JSON ({error})") from None
+    except RecursionError:
+        raise DataError(*where, "not valid JSON (nested too deeply)") from None
+    if not isinstance(record, dict):
+        raise DataError(*where, f"expected {expected}, got {type(record).__name__}")
+    return record
 
 
 def decompressed(file: BinaryIO, path: Path) -> BinaryIO:

@@ -98,7 +98,7 @@ class Attention(nn.Module):
         if packed_positions is None:
             q, k = kernel_ops.apply_rotary(q, k, cos, sin, position_offset=past, impl=self.kernel_impl)
         else:
-            q, k = kernel_ops.apply_rotary_at_positions(q, k, cos, sin, packed_positions, impl=self.kernel_impl)
+            q, k = kernel_ops.apply_rotary_at_positions(q, k, cos, sin, packed_positions)
         if cache is not None:
             k, v = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
