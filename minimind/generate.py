@@ -1,9 +1,11 @@
-"""Continue a prompt with a trained model, printing the text as it is generated.
+"""Continue a prompt with a trained model, or chat with a fine-tuned one, printing the text as it is generated.
 
     python -m minimind.generate out --prompt "The capital of France is"
     python -m minimind.generate out/checkpoints/step_200 --prompt "..." --temperature 0 --max_new_tokens 64
     echo "Once upon a time" | python -m minimind.generate out/pretrain_512.pth --prompt -
     python -m minimind.generate out/hf --prompt "..." --top_k 40 --seed 1
+    python -m minimind.generate out/full_sft_512.pth --chat --system "Answer briefly."
+    python -m minimind.generate out/full_sft_512.pth --chat --prompt "What is 2 + 2?" --temperature 0
 
 PATH is a training run's save folder (its ``checkpoints/``), a checkpoint folder (with
 ``latest`` or ``latest_universal``), one tag folder (ZeRO or universal), a MiniMind ``.pth``
@@ -17,6 +19,16 @@ is produced, then a newline. Prompt and new tokens together stay within the mode
 ``max_position_embeddings`` (``--max_new_tokens`` is lowered to fit, with a note on stderr).
 Bad input (a path, a flag, a prompt, a tokenizer other than the checkpoint's) is one line on
 stderr and exit status 2.
+
+``--chat`` talks to a model fine-tuned on conversations (the SFT stage) through its tokenizer's chat
+template (MiniMind's ChatML; a tokenizer without one is bad input): each line of stdin is a user turn
+(``> `` on stderr when stdin is a terminal), rendered after the turns so far (``--system``'s first)
+with the assistant's turn opened. The answer ends at the tokenizer's eos (``<|im_end|>``), goes to
+stdout as it comes, then a newline, and joins the conversation. When the conversation and
+``--max_new_tokens`` no longer fit the context, its oldest exchanges are dropped (a note on stderr);
+a turn too long on its own is refused in one line, the conversation goes on, and the exit status
+is then 2. An empty line or the end of stdin ends it. ``--chat --prompt TEXT`` answers the one user
+turn TEXT (``-``: all of stdin) and ends.
 """
 
 import argparse
@@ -24,7 +36,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -39,10 +51,15 @@ from minimind.errors import ConfigError, UserInputError, first_line
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.config import MODEL_FAMILIES
-from minimind.model.generation import generate_tokens, new_tokens_that_fit, prompt_token_ids
+from minimind.model.generation import (
+    chat_history_that_fits,
+    generate_tokens,
+    new_tokens_that_fit,
+    prompt_token_ids,
+)
 from minimind.model.precision import PRECISION_DTYPES
 from minimind.model.pth_weights import WeightsMismatchError, load_minimind_pth
-from minimind.tokenizer.loader import load_tokenizer, tokenizer_fingerprint
+from minimind.tokenizer.loader import load_tokenizer, require_chat_template, tokenizer_fingerprint
 
 # A bare .pth's architecture and sizes; MiniMindConfig's defaults otherwise.
 SIZE_FLAGS = ("model_family", "hidden_size", "num_hidden_layers", "use_moe")
@@ -77,7 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The path and flags; a bad flag is a one-line ``ConfigError``."""
     parser = FlagParser(prog="python -m minimind.generate", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="save folder, checkpoint folder or tag, MiniMind .pth, or Hugging Face folder")
-    parser.add_argument("--prompt", required=True, help="text to continue; '-' reads it from stdin")
+    parser.add_argument("--prompt", default=None,
+                        help="text to continue (with --chat: the one user turn to answer); '-' reads it from stdin")
+    parser.add_argument("--chat", action="store_true",
+                        help="chat with a fine-tuned model through its tokenizer's chat template: one user turn per "
+                             "line of stdin, until an empty line or its end")
+    parser.add_argument("--system", default=None, help="with --chat: a system turn opening the conversation")
     parser.add_argument("--max_new_tokens", type=POSITIVE, default=128, help="tokens to generate at most")
     parser.add_argument("--temperature", type=number_at_least(0, float), default=0.8,
                         help="sampling temperature; 0: greedy (argmax), top_k and top_p unused")
@@ -97,58 +119,158 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="1: MoE MLPs (0)")
     parser.add_argument("--trust_checkpoint", action="store_true",
                         help="unpickle a checkpoint without the weights-only check (runs code from it)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prompt is None and not args.chat:
+        parser.error("--prompt is required (or --chat, to chat)")
+    if args.system is not None and not args.chat:
+        parser.error("--system applies only with --chat")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Generate once; bad input is one line on stderr and exit status 2 (Ctrl-C: 130)."""
+    """Continue a prompt, or chat (``--chat``); bad input is one line on stderr and exit status 2 (Ctrl-C: 130)."""
     try:
         args = parse_args(argv)
         device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
-        text = read_prompt(args.prompt)
+        text = None if args.prompt is None else read_prompt(args.prompt)
         loaded = load_model(args)
         loaded.model.select_kernels("auto")  # the kernels that run on this device, whatever the training used
-        prompt = checked_prompt(text, loaded)
+        chat = ChatSession(loaded, args.system, args.max_new_tokens) if args.chat else None
+        if text is None:
+            prompt = None
+        else:
+            prompt = chat.prompt_for(text) if chat else checked_prompt(text, loaded)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_status
     try:
-        stream_continuation(loaded, text, prompt, args, device)
+        decoder = Decoder.ready(loaded, args, device)
+        if prompt is None:
+            return converse(chat, decoder, user_turns(sys.stdin))
+        decoder.stream(prompt, echo="" if chat else text)
     except KeyboardInterrupt:
         print(file=sys.stdout)
         return 130
     return 0
 
 
-def stream_continuation(loaded: LoadedModel, text: str, prompt: list[int], args: argparse.Namespace,
-                        device: torch.device) -> None:
-    """Write ``text``, then its continuation as it is generated, to stdout; what ran and how fast to stderr."""
-    precision = args.dtype or default_precision(device)
-    model = loaded.model.to(device=device, dtype=PRECISION_DTYPES[precision])
-    parameters = sum(p.numel() for p in model.parameters())
-    print(f"{loaded.model_source}: {parameters / 1e6:.2f}M parameters, {precision} on {device}; "
-          f"tokenizer: {loaded.tokenizer_source}", file=sys.stderr)
-    budget = new_tokens_that_fit(model, len(prompt), args.max_new_tokens)
-    if budget < args.max_new_tokens:
-        print(f"note: at most {budget} new tokens: the model's context is {model.config.max_position_embeddings} "
-              f"positions and the prompt takes {len(prompt)}", file=sys.stderr)
-    generator = torch.Generator()  # sampling runs on the CPU: a seed gives the same draws on any device
-    if args.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(args.seed)
-    stream = TextStream(loaded.tokenizer, sys.stdout)
-    sys.stdout.write(text)
-    started = time.perf_counter()
-    new_ids = generate_tokens(model, prompt, budget, device=device, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, generator=generator, eos_token_id=loaded.tokenizer.eos_token_id,
-                              on_token=stream.add)
-    seconds = time.perf_counter() - started
-    stream.finish()
-    print(f"{len(new_ids)} tokens in {seconds:.2f} s ({len(new_ids) / max(seconds, 1e-9):.1f} tokens/s)",
-          file=sys.stderr)
+@dataclass
+class Decoder:
+    """The model on its device and in its precision, its tokenizer and the sampling settings: writes what it
+    generates after a prompt to stdout as it comes."""
+
+    model: MiniMindForCausalLM
+    tokenizer: PreTrainedTokenizerFast
+    device: torch.device
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    generator: torch.Generator
+
+    @classmethod
+    def ready(cls, loaded: LoadedModel, args: argparse.Namespace, device: torch.device) -> "Decoder":
+        """Move the model to ``device`` in ``--dtype`` (or the device's default), say what runs on stderr, and
+        seed the sampling (``--seed``, else a fresh seed)."""
+        precision = args.dtype or default_precision(device)
+        model = loaded.model.to(device=device, dtype=PRECISION_DTYPES[precision])
+        parameters = sum(p.numel() for p in model.parameters())
+        print(f"{loaded.model_source}: {parameters / 1e6:.2f}M parameters, {precision} on {device}; "
+              f"tokenizer: {loaded.tokenizer_source}", file=sys.stderr)
+        generator = torch.Generator()  # sampling runs on the CPU: a seed gives the same draws on any device
+        if args.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(args.seed)
+        return cls(model, loaded.tokenizer, device, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                   generator)
+
+    def stream(self, prompt: list[int], echo: str = "") -> str:
+        """Write ``echo`` (the prompt's text, when continuing it), then the text generated after ``prompt`` as it
+        comes, then a newline, to stdout; how fast it ran (and a note when ``max_new_tokens`` is lowered to fit
+        the context) to stderr. Returns the generated text, special tokens (eos) left out."""
+        budget = new_tokens_that_fit(self.model, len(prompt), self.max_new_tokens)
+        if budget < self.max_new_tokens:
+            print(f"note: at most {budget} new tokens: the model's context is "
+                  f"{self.model.config.max_position_embeddings} positions and the prompt takes {len(prompt)}",
+                  file=sys.stderr)
+        stream = TextStream(self.tokenizer, sys.stdout)
+        sys.stdout.write(echo)
+        started = time.perf_counter()
+        new_ids = generate_tokens(self.model, prompt, budget, device=self.device, temperature=self.temperature,
+                                  top_k=self.top_k, top_p=self.top_p, generator=self.generator,
+                                  eos_token_id=self.tokenizer.eos_token_id, on_token=stream.add)
+        seconds = time.perf_counter() - started
+        stream.finish()
+        print(f"{len(new_ids)} tokens in {seconds:.2f} s ({len(new_ids) / max(seconds, 1e-9):.1f} tokens/s)",
+              file=sys.stderr)
+        return stream.decoded()
+
+
+class ChatSession:
+    """A conversation with a fine-tuned model: its turns so far (a system turn first when given), rendered by
+    the tokenizer's chat template, and trimmed to leave ``max_new_tokens`` of the model's context free."""
+
+    def __init__(self, loaded: LoadedModel, system: str | None, max_new_tokens: int):
+        require_chat_template(loaded.tokenizer)
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.model.config
+        self.max_new_tokens = max_new_tokens
+        self.messages: list[dict] = [] if system is None else [{"role": "system", "content": system}]
+
+    def prompt_for(self, text: str) -> list[int]:
+        """The prompt ids that ask for the answer to the user turn ``text`` after the turns so far, whose oldest
+        exchanges are dropped for good (a note on stderr) until prompt and ``max_new_tokens`` fit the context.
+        A turn that does not fit on its own is refused in one line, the conversation left as it was."""
+        turns = [*self.messages, {"role": "user", "content": text}]
+        max_positions = self.config.max_position_embeddings
+        messages, prompt = chat_history_that_fits(self.tokenizer, turns, max_positions, self.max_new_tokens)
+        require_known_ids(prompt, self.config)
+        if len(prompt) >= max_positions:
+            raise GenerationInputError(f"the turn takes {len(prompt)} tokens in the chat template, and the model's "
+                                       f"context (max_position_embeddings) is {max_positions}: shorten it")
+        if len(messages) < len(turns):
+            print(f"note: dropped the {len(turns) - len(messages)} oldest turns: with them the prompt and "
+                  f"--max_new_tokens {self.max_new_tokens} exceed the model's context of {max_positions} positions",
+                  file=sys.stderr)
+        self.messages = messages
+        return prompt
+
+    def add_answer(self, text: str) -> None:
+        """Record the assistant's answer to the last user turn."""
+        self.messages.append({"role": "assistant", "content": text})
+
+
+def converse(chat: ChatSession, decoder: Decoder, turns: Iterable[str]) -> int:
+    """Answer each user turn of ``turns`` after the conversation so far; a turn that cannot fit the context is
+    refused in one line on stderr and the conversation goes on. The exit status: 0, or 2 after a refused turn."""
+    status = 0
+    for text in turns:
+        try:
+            prompt = chat.prompt_for(text)
+        except GenerationInputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            status = error.exit_status
+            continue
+        chat.add_answer(decoder.stream(prompt))
+    return status
+
+
+def user_turns(lines: TextIO) -> Iterator[str]:
+    """The user's turns, one per line of ``lines``, until an empty (or blank) line or the end; ``> `` on stderr
+    before each when ``lines`` is a terminal."""
+    interactive = lines.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = lines.readline()
+        if interactive and not line:
+            print(file=sys.stderr)  # the end (Ctrl-D) echoes no newline after the prompt
+        if not line.strip():
+            return
+        yield line.rstrip("\r\n")
 
 
 def default_precision(device: torch.device) -> str:
@@ -169,13 +291,18 @@ def checked_prompt(text: str, loaded: LoadedModel) -> list[int]:
     vocabulary, more tokens than its context)."""
     prompt = prompt_token_ids(loaded.tokenizer, text)
     config = loaded.model.config
-    if max(prompt) >= config.vocab_size:
-        raise GenerationInputError(f"the prompt encodes to token id {max(prompt)}, past the model's vocab_size "
-                                   f"{config.vocab_size}: pass the tokenizer it was trained with (--tokenizer_path)")
+    require_known_ids(prompt, config)
     if len(prompt) >= config.max_position_embeddings:
         raise GenerationInputError(f"the prompt is {len(prompt)} tokens with bos, and the model's context "
                                    f"(max_position_embeddings) is {config.max_position_embeddings}: shorten it")
     return prompt
+
+
+def require_known_ids(prompt: list[int], config: MiniMindConfig) -> None:
+    """Refuse, in one line, a prompt with token ids past the model's vocabulary (a tokenizer not the model's)."""
+    if max(prompt) >= config.vocab_size:
+        raise GenerationInputError(f"the prompt encodes to token id {max(prompt)}, past the model's vocab_size "
+                                   f"{config.vocab_size}: pass the tokenizer it was trained with (--tokenizer_path)")
 
 
 class TextStream:

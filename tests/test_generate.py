@@ -1,5 +1,6 @@
 """The decode loop (``minimind.model.generation``) against a full-recompute greedy decode, its sampling
-and forward counts, and ``python -m minimind.generate`` on every kind of model path and bad input.
+and forward counts, the chat prompts, and ``python -m minimind.generate`` on every kind of model path and bad
+input, continuing a prompt or chatting (``--chat``) against greedy decodes of the chat template's ids.
 
 Every model is tiny (hidden 48-64, 2 layers) and every checkpoint is built in the test: a
 universal tag (per-parameter files, client state, manifest) is written directly, so no DeepSpeed
@@ -9,6 +10,7 @@ engine runs.
 import copy
 import io
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -24,7 +26,13 @@ from minimind.checkpoint.locate import MODEL_STATES
 from minimind.checkpoint.manifest import manifest_of_folder
 from minimind.generate import TextStream
 from minimind.generate import main as generate_main
-from minimind.model.generation import generate_tokens, prompt_token_ids, sample_next_token
+from minimind.model.generation import (
+    chat_history_that_fits,
+    chat_prompt_ids,
+    generate_tokens,
+    prompt_token_ids,
+    sample_next_token,
+)
 from minimind.model.pth_weights import save_minimind_pth
 from minimind.tokenizer.loader import DEFAULT_TOKENIZER_DIR, EOS_ID, load_tokenizer, tokenizer_fingerprint
 from tests.model_reference import greedy_full_recompute
@@ -378,3 +386,169 @@ def test_the_command_imports_deepspeed_only_for_checkpoints(tmp_path):
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- python -m minimind.generate --chat ----------------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "Answer in one line."}
+
+
+def user(text: str) -> dict:
+    """A user turn."""
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    """An assistant turn."""
+    return {"role": "assistant", "content": text}
+
+
+def chat_reference(model, tokenizer, messages: list[dict]) -> str:
+    """The greedy answer to ``messages``: transformers' own rendering and tokenizing of the chat template, then
+    the full-recompute greedy decode up to eos, as text."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    new = greedy_full_recompute(model, ids, NEW_TOKENS, eos=EOS_ID)
+    assert len(set(new)) > 3
+    return tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def run_chat(path: Path, capsys, *flags: str) -> tuple[int, str, str]:
+    """``--chat`` on ``path`` with ``flags``, greedy on CPU as ``chat_reference`` decodes. Status, stdout, stderr."""
+    status = generate_main([str(path), "--chat", "--temperature", "0", "--max_new_tokens", str(NEW_TOKENS),
+                            "--device", "cpu", *flags])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err.strip()
+
+
+def saved_chat_model(folder: Path, seed: int, **overrides) -> tuple[MiniMindForCausalLM, Path]:
+    """A tiny model saved in ``folder`` as a ``.pth`` with its ``config.json`` beside it."""
+    model = cli_model(seed, **overrides)
+    save_minimind_pth(model, folder / "full_sft_64.pth", torch.float32)
+    model.config.save_pretrained(folder)
+    return model, folder / "full_sft_64.pth"
+
+
+@pytest.fixture(scope="module")
+def chat_pth(tmp_path_factory) -> tuple[MiniMindForCausalLM, Path]:
+    """The chat tests' model and its ``.pth``."""
+    return saved_chat_model(tmp_path_factory.mktemp("chat"), seed=7)
+
+
+class TerminalInput(io.StringIO):
+    """Lines to read that say they come from a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_chat_prompt_ids_are_the_template_with_the_assistant_turn_opened():
+    tokenizer = load_tokenizer()
+    for messages in ([user("Hi")], [SYSTEM, user("Hi"), assistant("Hello."), user("你好?")]):
+        ids = chat_prompt_ids(tokenizer, messages)
+        assert ids == tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        text = tokenizer.decode(ids)
+        assert text.endswith(f"<|im_start|>user\n{messages[-1]['content']}<|im_end|>\n<|im_start|>assistant\n")
+        assert text.count("<|im_start|>") == len(messages) + (messages[0] != SYSTEM) + 1  # default system, opened
+
+
+def test_chat_history_drops_the_oldest_exchanges_only_as_far_as_needed():
+    tokenizer = load_tokenizer()
+    turns = [user("one two three four five"), assistant("six seven"), user("eight nine"), assistant("ten"),
+             user("eleven")]
+
+    def length(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
+
+    for system in ([], [SYSTEM]):
+        everything, last_two, last = system + turns, system + turns[2:], system + turns[4:]
+        for max_positions, kept in [(length(everything) + 5, everything), (length(everything) + 4, last_two),
+                                    (length(last_two) + 5, last_two), (length(last_two) + 4, last),
+                                    (3, last)]:  # the last turn stays even when it alone is too long
+            messages, prompt = chat_history_that_fits(tokenizer, everything, max_positions, 5)
+            assert messages == kept and prompt == chat_prompt_ids(tokenizer, kept), (system, max_positions)
+
+
+def test_chat_answer_is_the_greedy_decode_of_the_templates_ids(chat_pth, capsys):
+    model, path = chat_pth
+    tokenizer = load_tokenizer()
+    status, out, err = run_chat(path, capsys, "--prompt", "Hi there")
+    assert status == 0, err
+    assert out == chat_reference(model, tokenizer, [user("Hi there")]) + "\n"
+    assert "> " not in err and "tokens/s" in err
+
+
+def test_chat_system_turn_comes_first(chat_pth, capsys):
+    model, path = chat_pth
+    tokenizer = load_tokenizer()
+    status, out, err = run_chat(path, capsys, "--system", SYSTEM["content"], "--prompt", "Hi there")
+    assert status == 0, err
+    assert out == chat_reference(model, tokenizer, [SYSTEM, user("Hi there")]) + "\n"
+    assert out != chat_reference(model, tokenizer, [user("Hi there")]) + "\n"  # the system turn mattered
+
+
+def test_chat_from_stdin_keeps_the_conversation(chat_pth, capsys, monkeypatch):
+    model, path = chat_pth
+    tokenizer = load_tokenizer()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi there\nWhat comes next?\n\nnot read: after the empty line\n"))
+    status, out, err = run_chat(path, capsys, "--system", SYSTEM["content"])
+    assert status == 0, err
+    first = chat_reference(model, tokenizer, [SYSTEM, user("Hi there")])
+    second = chat_reference(model, tokenizer, [SYSTEM, user("Hi there"), assistant(first), user("What comes next?")])
+    assert out == f"{first}\n{second}\n"
+    assert second != chat_reference(model, tokenizer, [SYSTEM, user("What comes next?")])  # the history mattered
+    assert "> " not in err and err.count("tokens/s") == 2
+    monkeypatch.setattr(sys, "stdin", TerminalInput("Hi there\n"))  # a terminal: prompted on stderr, to its end
+    status, out, err = run_chat(path, capsys, "--system", SYSTEM["content"])
+    assert status == 0 and out == f"{first}\n", err
+    lines = err.splitlines()
+    assert lines[1].startswith("> ") and lines[2] == ">", err  # one prompt per read: the turn, then the end
+
+
+def test_chat_drops_the_oldest_turns_and_refuses_a_turn_too_long_alone(tmp_path, capsys, monkeypatch):
+    tokenizer = load_tokenizer()
+    long_turn, short_turn = "Tell me a long story about a small model that reads many books", "And then?"
+    # the first turn and its answer fill the context exactly; the second turn needs the first exchange gone
+    max_positions = len(chat_prompt_ids(tokenizer, [user(long_turn)])) + NEW_TOKENS
+    model, path = saved_chat_model(tmp_path, seed=8, max_position_embeddings=max_positions)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{long_turn}\n{short_turn}\n"))
+    status, out, err = run_chat(path, capsys)
+    assert status == 0, err
+    assert out == f"{chat_reference(model, tokenizer, [user(long_turn)])}\n" \
+                  f"{chat_reference(model, tokenizer, [user(short_turn)])}\n"
+    assert "note: dropped the 2 oldest turns" in err and f"context of {max_positions} positions" in err
+    assert "note: at most" not in err  # each prompt left room for --max_new_tokens
+    too_long = " ".join(["books"] * max_positions)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{too_long}\n{short_turn}\n"))
+    status, out, err = run_chat(path, capsys)
+    assert status == 2 and out == f"{chat_reference(model, tokenizer, [user(short_turn)])}\n"  # it went on
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: the turn takes {len(chat_prompt_ids(tokenizer, [user(too_long)]))} tokens in the chat template, "
+        f"and the model's context (max_position_embeddings) is {max_positions}: shorten it"]
+    assert "the turn takes" in one_line_error(capsys, [str(path), "--chat", "--prompt", too_long])
+
+
+def test_chat_samples_with_the_sampling_flags(chat_pth, capsys):
+    model, path = chat_pth
+    tokenizer = load_tokenizer()
+    settings = {"temperature": 1.5, "top_k": 50, "top_p": 0.95}
+    flags = [f"--{name}={value}" for name, value in settings.items()]
+    status, out, err = run_chat(path, capsys, "--prompt", "Hi there", *flags, "--seed", "5")
+    assert status == 0, err
+    new = generate_tokens(model, chat_prompt_ids(tokenizer, [user("Hi there")]), NEW_TOKENS, device=CPU,
+                          generator=torch.Generator().manual_seed(5), eos_token_id=EOS_ID, **settings)
+    assert out == tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False) + "\n"
+    assert out != chat_reference(model, tokenizer, [user("Hi there")]) + "\n"  # sampled, not greedy
+
+
+def test_chat_flags_and_a_tokenizer_without_a_chat_template_are_one_line_errors(chat_pth, tmp_path, capsys):
+    _, path = chat_pth
+    assert "--prompt is required (or --chat" in one_line_error(capsys, [str(path)])
+    assert "--system applies only with --chat" in one_line_error(capsys, [str(path), "--prompt", "x",
+                                                                          "--system", "y"])
+    shutil.copytree(DEFAULT_TOKENIZER_DIR, tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (tmp_path / "plain" / "tokenizer_config.json").write_text(json.dumps(config))
+    for prompt in (["--prompt", "Hi"], []):
+        err = one_line_error(capsys, [str(path), "--chat", "--tokenizer_path", str(tmp_path / "plain"), *prompt])
+        assert f"{tmp_path / 'plain'}: no chat_template" in err

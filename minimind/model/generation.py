@@ -1,4 +1,5 @@
-"""The decode loop: a prompt's continuation, one token per forward through the KV cache.
+"""The decode loop: a prompt's continuation, one token per forward through the KV cache, and the
+prompts it starts from (a pretraining document's start, or a conversation awaiting its answer).
 
 One loop serves the training run's sample generations (a DeepSpeed engine, every rank in
 lockstep) and ``python -m minimind.generate``. ``model`` is anything called as
@@ -15,6 +16,29 @@ import torch
 def prompt_token_ids(tokenizer, text: str) -> list[int]:
     """[bos] + the text's tokens, no eos: how pretraining documents start ([bos] text [eos])."""
     return [tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)]
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The token ids of ``messages`` (``{"role", "content"}`` turns) rendered by the tokenizer's chat template
+    with the assistant's turn opened (``add_generation_prompt=True``), the text then tokenized as MiniMind's
+    eval script does. A tokenizer without a chat template raises (check with ``require_chat_template``)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text).input_ids
+
+
+def chat_history_that_fits(tokenizer, messages: list[dict], max_positions: int,
+                           max_new_tokens: int) -> tuple[list[dict], list[int]]:
+    """The latest turns of ``messages`` whose ``chat_prompt_ids`` leave room for ``max_new_tokens`` within
+    ``max_positions``, and those ids. Whole exchanges go, oldest first (each kept history starts at a user
+    turn; a first system turn always stays), down to the last turn alone, which is kept even if it is too long
+    (the caller lowers the new tokens or refuses it)."""
+    system, turns = (messages[:1], messages[1:]) if messages and messages[0]["role"] == "system" else ([], messages)
+    prompt = chat_prompt_ids(tokenizer, system + turns)
+    while len(turns) > 1 and len(prompt) + max_new_tokens > max_positions:
+        next_user = next((i for i in range(1, len(turns)) if turns[i]["role"] == "user"), len(turns) - 1)
+        turns = turns[next_user:]
+        prompt = chat_prompt_ids(tokenizer, system + turns)
+    return system + turns, prompt
 
 
 def new_tokens_that_fit(model, prompt_length: int, max_new_tokens: int) -> int:
