@@ -201,21 +201,23 @@ def one_rank_in_this_process(env: dict | None = None):
         torch.set_num_threads(threads)
 
 
-def main_in_process(args: list[str], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """``pretrain_ds.main(args)`` in this process (``one_rank_in_this_process``), with ``env`` set while
-    it runs; its exit status and output, as ``launch`` returns them (the output is also passed on to this
-    process's own, which pytest shows for a failed test), failing the test on a non-zero status unless
-    ``check`` is False."""
+def main_in_process(args: list[str], env: dict | None = None, check: bool = True,
+                    entry=pretrain_ds.main) -> subprocess.CompletedProcess:
+    """``entry(args)`` (``pretrain_ds.main``, or another stage's script's) in this process
+    (``one_rank_in_this_process``), with ``env`` set while it runs; its exit status and output, as ``launch``
+    returns them (the output is also passed on to this process's own, which pytest shows for a failed test),
+    failing the test on a non-zero status unless ``check`` is False."""
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         with one_rank_in_this_process(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            status = pretrain_ds.main(args)
+            status = entry(args)
     finally:
         sys.stdout.write(stdout.getvalue())
         sys.stderr.write(stderr.getvalue())
+    name = f"{entry.__module__}.main"
     if check and status != 0:
-        raise AssertionError(f"pretrain_ds.main failed ({status}):\n{stderr.getvalue()[-4000:]}")
-    return subprocess.CompletedProcess(["pretrain_ds.main", *args], status, stdout.getvalue(), stderr.getvalue())
+        raise AssertionError(f"{name} failed ({status}):\n{stderr.getvalue()[-4000:]}")
+    return subprocess.CompletedProcess([name, *args], status, stdout.getvalue(), stderr.getvalue())
 
 
 def read_metrics(save_dir: Path) -> list[dict]:

@@ -6,8 +6,8 @@ from minimind.data import DataError
 from minimind.data.pipeline import DataSettings
 from minimind.training.ds_config.corpus_fit import MIN_STEPS_PER_EPOCH, fit_batch_to_corpus
 from minimind.training.ds_config.load import BatchPlan
-from minimind.training.pretrain import fit_samples
 from minimind.training.run.inputs import RunInputs
+from minimind.training.stage_run import fit_samples
 
 # The bundled corpus at max_seq_len 340: 2,549,233 tokens in windows of 341.
 BUNDLED_WINDOWS = -(-2_549_233 // 341)

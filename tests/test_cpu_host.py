@@ -8,7 +8,7 @@ import torch
 
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
-from minimind.training import pretrain
+from minimind.training import stage_run
 from minimind.training.arguments import PRECISION_DS_CONFIGS, cpu_ds_config, parse_args, resolved_flags
 from minimind.training.hardware import cpu as cpu_host
 from minimind.training.run.inputs import RunInputs
@@ -99,12 +99,12 @@ def run_inputs(ds_config: dict, precision_timed: bool) -> RunInputs:
 
 @pytest.mark.parametrize("mine, rank_zero", [("fp32", "bf16"), ("bf16", "fp32"), ("bf16", "bf16")])
 def test_every_rank_trains_in_the_precision_rank_zero_timed(monkeypatch, mine, rank_zero):
-    monkeypatch.setattr(pretrain, "broadcast_object", lambda obj: rank_zero)
+    monkeypatch.setattr(stage_run, "broadcast_object", lambda obj: rank_zero)
     config = json.loads(PRECISION_DS_CONFIGS[mine].read_text())
-    agreed = pretrain.follow_rank_zero_precision(run_inputs(config, precision_timed=True))
+    agreed = stage_run.follow_rank_zero_precision(run_inputs(config, precision_timed=True))
     assert precision_of(agreed.ds_config) == rank_zero
     other_keys = {key: value for key, value in config.items() if key != "bf16"}
     assert {key: value for key, value in agreed.ds_config.items() if key != "bf16"} == other_keys
     # a config the user named is never changed
-    named = pretrain.follow_rank_zero_precision(run_inputs(config, precision_timed=False))
+    named = stage_run.follow_rank_zero_precision(run_inputs(config, precision_timed=False))
     assert named.ds_config is config

@@ -23,6 +23,7 @@ from minimind.errors import ConfigError
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.evaluation.samples import read_sample_prompts
 from minimind.training.evaluation.validation_loss import eval_batch_count, evaluate, rank_window_indices
+from minimind.training.loop.objective import TOKEN_LOSS
 from tests.plain_engine import PlainEngine
 from tests.test_data_windows import synthetic_cache
 
@@ -105,7 +106,7 @@ def test_val_loss_is_the_mean_over_every_target_token(micro_batch):
     expected, count = reference_val_loss(model.eval(), windows)
     model.train()  # evaluate switches dropout off itself, and back on after
     rng_before = torch.get_rng_state()
-    result = evaluate(PlainEngine(model), windows, micro_batch=micro_batch, max_batches=0, rank=0, world=1,
+    result = evaluate(PlainEngine(model), windows, TOKEN_LOSS, micro_batch=micro_batch, max_batches=0, rank=0, world=1,
                       device=torch.device("cpu"))
     assert model.training and torch.equal(torch.get_rng_state(), rng_before)
     assert result.eval_tokens == count == windows.num_label_tokens
@@ -127,7 +128,7 @@ def test_evaluation_leaves_the_rng_streams_where_they_were():
                                                num_key_value_heads=2, vocab_size=300, kernel_impl="torch"))
     windows = PackedWindows(np.arange(3, 50) % 300, 7)
     before = torch.get_rng_state()
-    evaluate(RandomDrawingEngine(model), windows, micro_batch=2, max_batches=0, rank=0, world=1,
+    evaluate(RandomDrawingEngine(model), windows, TOKEN_LOSS, micro_batch=2, max_batches=0, rank=0, world=1,
              device=torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), before)
 

@@ -6,7 +6,7 @@ import pytest
 import torch.distributed as dist
 
 import pretrain_ds
-from minimind.training import pretrain
+from minimind.training import stage_run
 from minimind.training.distributed import process_group, rendezvous
 from minimind.training.distributed.process_group import export_torch_variables
 from minimind.training.distributed.world import NO_LAUNCHER, NODE_SIZE_VARIABLES, LauncherError, launched_world
@@ -288,7 +288,7 @@ def test_the_entry_point_refuses_two_ranks_on_one_gpu_before_anything_heavy(tmp_
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MASTER_ADDR", raising=False)  # a run that got as far as the rendezvous fails, never waits
-    for module in (pretrain, process_group):
+    for module in (stage_run, process_group):
         monkeypatch.setattr(module, "get_accelerator", lambda: FakeAccelerator(1))
     assert pretrain_ds.main(["--save_dir", str(tmp_path), "--kernels", "torch"]) == 2
     err = capsys.readouterr().err.strip()

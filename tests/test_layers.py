@@ -19,16 +19,17 @@ from tests.project_tree import REPO_ROOT, import_name, python_files
 # nothing else of the project; the kernels stay a library that knows nothing of the application above it.
 LAYERS = ("minimind_kernels", "minimind.errors", "minimind.model", "minimind.tokenizer", "minimind.data",
           "minimind.checkpoint", "minimind.training")
-ENTRY_POINTS = ("pretrain_ds", "bench", "minimind.plan", "minimind.generate", "minimind.report",
+ENTRY_POINTS = ("pretrain_ds", "sft_ds", "dpo_ds", "bench", "minimind.plan", "minimind.generate", "minimind.report",
                 "minimind.tokenizer.train", "minimind.checkpoint.__main__")
 DISTRIBUTED = ("deepspeed", "torch.distributed")
 LOCAL = LAYERS[:5]  # the model and its data: no distribution in them
-# Inside minimind.training, bottom to top: the training position every part reads; the run's config (its
-# sections, which every part below the flags takes instead of argparse); who the rank is and how
-# ranks talk; the machine; the DeepSpeed JSON and batch; the output folder; checkpoints; AutoEP; evaluation;
-# metrics; the loop; one run's pieces; the flags; the run built from them; what code outside may import.
-TRAINING_ORDER = ("position", "config", "distributed", "hardware", "ds_config", "run_dir", "checkpoints", "parallel",
-                  "evaluation", "metrics", "loop", "run", "arguments", "pretrain", "api")
+# Inside minimind.training, bottom to top: the stages (their names and flag defaults); the training position every
+# part reads; the run's config (its sections, which every part below the flags takes instead of argparse); who
+# the rank is and how ranks talk; the machine; the DeepSpeed JSON and batch; the output folder; checkpoints;
+# AutoEP; evaluation; metrics; the loop; one run's pieces; the flags; the run built from them; the scripts'
+# command line; what code outside may import.
+TRAINING_ORDER = ("stages", "position", "config", "distributed", "hardware", "ds_config", "run_dir", "checkpoints",
+                  "parallel", "evaluation", "metrics", "loop", "run", "arguments", "stage_run", "entry", "api")
 # Endings that make two names in one folder hard to tell apart (checkpointer, checkpointing, checkpoints).
 WORD_ENDINGS = ("ings", "ing", "ers", "er", "ors", "or", "ions", "ion", "es", "s")
 TRAINING_API = "minimind.training.api"  # what code outside the training side may import of it

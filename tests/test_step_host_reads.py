@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.data import IGNORE_INDEX
 from minimind.model.loss import token_cross_entropy
-from minimind.training.loop import steps as loop
+from minimind.training.loop import objective as loop
 from tests.plain_engine import PlainEngine
 
 

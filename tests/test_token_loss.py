@@ -6,7 +6,7 @@ import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.data import IGNORE_INDEX, PackedWindows
-from minimind.training.loop.steps import train_step
+from minimind.training.loop.objective import train_step
 from tests.plain_engine import PlainEngine
 
 

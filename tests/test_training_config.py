@@ -15,7 +15,7 @@ from minimind.data import DataError
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
-from minimind.training import pretrain
+from minimind.training import stage_run
 from minimind.training.arguments import model_config_kwargs, parse_args, resolved_flags, run_config
 from minimind.training.config import CPU_DEMO
 from minimind.training.distributed import process_group
@@ -308,7 +308,7 @@ def test_a_collective_failing_because_a_peer_died_is_told_apart_from_other_error
     (1, "cpu", {}, False),
 ])
 def test_tf32_matmuls_only_for_fp32_training_on_cuda_unless_turned_off(tf32, device, config, expected):
-    assert pretrain.tf32_matmuls(bool(tf32), config, torch.device(device)) is expected
+    assert stage_run.tf32_matmuls(bool(tf32), config, torch.device(device)) is expected
 
 
 def test_a_position_saved_by_an_earlier_format_still_resumes():
@@ -338,13 +338,13 @@ class OneGpuAccelerator:
 ])
 def test_the_moe_slow_path_on_a_gpu_is_said_at_start(tmp_path, capsys, monkeypatch, flags, capability, slow):
     """The per-expert loop reads its counts on the host: a device sync per MoE layer, said in one line."""
-    for module in (pretrain, process_group):
+    for module in (stage_run, process_group):
         monkeypatch.setattr(module, "get_accelerator", OneGpuAccelerator)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     config = run_config(parse_args(["--save_dir", str(tmp_path), "--use_moe", "1", "--kernels", "torch", *flags]),
                         cpu_only=False)
-    inputs = pretrain.check_inputs(config)
+    inputs = stage_run.check_inputs(config)
     announce(config, inputs, launched_world(), None)
     said = [line for line in capsys.readouterr().out.splitlines() if "MoE slow path" in line]
     assert len(said) == int(slow)
@@ -359,5 +359,5 @@ def test_no_moe_slow_path_line_on_cpu_ranks_or_for_a_dense_model(tmp_path, capsy
     for flags in (["--use_moe", "1", "--deepspeed_config", str(CONFIG_DIR / "zero2_fp32.json")],
                   ["--deepspeed_config", str(CONFIG_DIR / "zero2_fp16.json")]):
         config = run_config(parse_args(["--save_dir", str(tmp_path), "--kernels", "torch", *flags]), cpu_only=True)
-        announce(config, pretrain.check_inputs(config), launched_world(), None)
+        announce(config, stage_run.check_inputs(config), launched_world(), None)
     assert "MoE slow path" not in capsys.readouterr().out

@@ -131,13 +131,13 @@ def masked_targets(row: list[int], mask: list[int]) -> torch.Tensor:
 @dataclass
 class EncodedConversations:
     """Token ids of conversations, each cut to ``max_length``: conversation i is
-    ``tokens[offsets[i]:offsets[i + 1]]``; ``num_cut`` counts those longer than max_length before the cut."""
+    ``tokens[offsets[i]:offsets[i + 1]]``; ``cut[i]``: it was longer than max_length before the cut."""
 
     tokens: np.ndarray  # (num_tokens,) int32
     offsets: np.ndarray  # (num_conversations + 1,) int64
     max_length: int
     markers: AssistantMarkers
-    num_cut: int
+    cut: np.ndarray  # (num_conversations,) bool
 
     @classmethod
     def of(cls, texts: Iterable[str], tokenizer: PreTrainedTokenizerFast, max_length: int) -> "EncodedConversations":
@@ -145,20 +145,25 @@ class EncodedConversations:
         the texts are read and tokenized ``ENCODE_CHUNK`` at a time, so only the kept ids stay in memory."""
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 (max_seq_len at least 1), got {max_length}")
-        parts, lengths, num_cut = [], [], 0
+        parts, lengths, cut = [], [], []
         remaining = iter(texts)
         while chunk := list(itertools.islice(remaining, ENCODE_CHUNK)):
             for ids in tokenizer(chunk).input_ids:
-                num_cut += len(ids) > max_length
+                cut.append(len(ids) > max_length)
                 parts.append(np.array(ids[:max_length], dtype=np.int32))
                 lengths.append(len(parts[-1]))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-        return cls(tokens, offsets, max_length, AssistantMarkers.of(tokenizer), num_cut)
+        return cls(tokens, offsets, max_length, AssistantMarkers.of(tokenizer), np.array(cut, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def num_cut(self) -> int:
+        """How many conversations were longer than max_length, and cut."""
+        return int(self.cut.sum())
 
     def ids(self, index: int) -> np.ndarray:
         """Conversation ``index``'s token ids (at most max_length)."""
@@ -167,6 +172,15 @@ class EncodedConversations:
     def row(self, index: int) -> tuple[list[int], list[int]]:
         """MiniMind's padded row of conversation ``index`` and its loss mask (``padded_row``)."""
         return padded_row(self.ids(index), self.markers, self.max_length)
+
+    def subset(self, indices: np.ndarray) -> "EncodedConversations":
+        """The conversations ``indices`` (in that order) as a set of their own."""
+        lengths = np.diff(self.offsets)[indices]
+        offsets = np.zeros(len(indices) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        parts = [self.ids(index) for index in indices]
+        tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return EncodedConversations(tokens, offsets, self.max_length, self.markers, self.cut[indices])
 
 
 def read_conversations(path: str | Path, tokenizer: PreTrainedTokenizerFast, max_seq_len: int) -> EncodedConversations:
@@ -197,6 +211,10 @@ class PaddedConversations(Dataset):
             raise IndexError(f"conversation {index} out of range for {len(self)} conversations")
         row, mask = self.conversations.row(index)
         return {"input_ids": torch.tensor(row[:-1], dtype=torch.long), "targets": masked_targets(row, mask)}
+
+    def blank(self) -> dict[str, torch.Tensor]:
+        """A sample of padding with no target (what an evaluation fills its last batch with)."""
+        return blank_row(self.conversations.max_length - 1)
 
 
 class PackedConversations(Dataset):
@@ -247,6 +265,17 @@ class PackedConversations(Dataset):
             used += taken
         sample["position_ids"][used:] = torch.arange(length - used)
         return sample
+
+    def blank(self) -> dict[str, torch.Tensor]:
+        """A window of padding with no target (what an evaluation fills its last batch with)."""
+        return {**blank_row(self.max_seq_len), "position_ids": torch.arange(self.max_seq_len),
+                "segment_ids": torch.full((self.max_seq_len,), -1, dtype=torch.long)}
+
+
+def blank_row(length: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` of padding and ``targets`` of IGNORE_INDEX, (length,) int64 each."""
+    return {"input_ids": torch.full((length,), PAD_ID, dtype=torch.long),
+            "targets": torch.full((length,), IGNORE_INDEX, dtype=torch.long)}
 
 
 def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:

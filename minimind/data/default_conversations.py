@@ -30,6 +30,9 @@ CONVERSATIONS_FORMAT = 1  # bump when the rules below change, so that cached set
 MIN_ANSWER_CHARS, MAX_ANSWER_CHARS = 40, 400
 SEED = 0
 QUESTION = "What does `{name}` do?"
+# What a fine-tuning run on the bundled sets asks its model at each evaluation (--sample_prompts default).
+CHAT_PROMPTS = (QUESTION.format(name="json.dumps"), QUESTION.format(name="torch.nn.Linear"),
+                "Who are you?")
 
 
 def answered_names(path: str | Path, module: str) -> Iterator[tuple[str, str]]:

@@ -208,18 +208,26 @@ def split_held_out(num_documents: int, fraction: float, data: str) -> DocumentSp
         raise DataError("--eval_fraction", None, f"{data}: {error}") from None
 
 
+# What one sample is called, by the data's kind (minimind.training.stages.Stage.data) and packing.
+SAMPLE_NOUNS = {("documents", True): "packed windows", ("documents", False): "padded documents",
+                ("conversations", True): "windows of packed conversations",
+                ("conversations", False): "padded conversations",
+                ("preferences", True): "preference pairs", ("preferences", False): "preference pairs"}
+
+
 def training_data(dataset: Dataset, settings: DataSettings, micro_batch: int, accumulation: int, world: int,
                   rank: int, epochs: int, max_steps: int | None, pin_memory: bool,
-                  log: Callable[[str], None]) -> TrainingData:
-    """Rank ``rank`` of ``world``'s sampler and loader over ``dataset``, and the optimizer steps to train:
-    ``epochs`` epochs, cut at ``max_steps`` when given."""
+                  log: Callable[[str], None], kind: str = "documents") -> TrainingData:
+    """Rank ``rank`` of ``world``'s sampler and loader over ``dataset`` (samples of ``kind``: documents,
+    conversations or preferences), and the optimizer steps to train: ``epochs`` epochs, cut at ``max_steps``
+    when given."""
     sampler = RankInvariantSampler(
         len(dataset), micro_batch_size=micro_batch, accumulation_steps=accumulation,
         world_size=world, rank=rank, seed=settings.seed,
     )
     loader = make_data_loader(dataset, sampler, num_workers=settings.loader_workers, pin_memory=pin_memory)
     mixture = dataset if isinstance(dataset, MixedSamples) else None
-    log(f"data: {len(dataset)} {'packed windows' if settings.packing else 'padded documents'}"
+    log(f"data: {len(dataset)} {SAMPLE_NOUNS[kind, settings.packing]}"
         f"{f' per epoch, mixed ({EXHAUST_MEANINGS[settings.mixture_exhaust]})' if mixture else ''}, "
         f"{sampler.steps_per_epoch} optimizer steps per epoch")
     for line in mixture.describe() if mixture else ():

@@ -9,12 +9,14 @@ the answer: a :class:`DataError` naming the file and line, as is any bad convers
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 from minimind.data.conversations import (
     EncodedConversations,
+    blank_row,
     checked_messages,
     jsonl_records,
     masked_targets,
@@ -49,7 +51,17 @@ class PreferencePairs(Dataset):
         if not texts["chosen"]:
             raise DataError(path, None, "no preference pairs")
         self.sides = {side: EncodedConversations.of(texts[side], tokenizer, max_seq_len + 1) for side in SIDES}
-        self.num_cut = sum(encoded.num_cut for encoded in self.sides.values())
+
+    @property
+    def num_cut(self) -> int:
+        """How many sides (chosen or rejected answers) were longer than a row, and cut."""
+        return sum(encoded.num_cut for encoded in self.sides.values())
+
+    def subset(self, indices: np.ndarray) -> "PreferencePairs":
+        """The pairs ``indices`` (in that order) as a set of their own."""
+        pairs = object.__new__(PreferencePairs)
+        pairs.sides = {side: encoded.subset(indices) for side, encoded in self.sides.items()}
+        return pairs
 
     def __len__(self) -> int:
         return len(self.sides["chosen"])
@@ -63,3 +75,8 @@ class PreferencePairs(Dataset):
             sample[f"{side}_input_ids"] = torch.tensor(row[:-1], dtype=torch.long)
             sample[f"{side}_targets"] = masked_targets(row, mask)
         return sample
+
+    def blank(self) -> dict[str, torch.Tensor]:
+        """A pair of padding with no target (what an evaluation fills its last batch with)."""
+        length = self.sides["chosen"].max_length - 1
+        return {f"{side}_{key}": value for side in SIDES for key, value in blank_row(length).items()}

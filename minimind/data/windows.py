@@ -42,6 +42,10 @@ class PackedWindows(Dataset):
     def __len__(self) -> int:
         return self._len
 
+    def blank(self) -> dict[str, torch.Tensor]:
+        """A window of padding with no target (what an evaluation fills its last batch with)."""
+        return shifted_sample(np.empty(0, dtype=np.int64), self.max_seq_len, self.pad_id)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self._len:
             raise IndexError(f"window {index} out of range for {self._len} windows")

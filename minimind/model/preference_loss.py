@@ -15,12 +15,13 @@ from minimind.model.loss import IGNORE_INDEX
 
 
 class DPOLoss(NamedTuple):
-    """The loss (a scalar) and, per pair, the implicit rewards ``beta * (policy - reference)`` of the chosen and
-    the rejected answer (detached, for logging)."""
+    """The loss (a scalar, the mean of ``pair_losses``) and, per pair, its loss and the implicit rewards
+    ``beta * (policy - reference)`` of the chosen and the rejected answer (detached, for logging)."""
 
     loss: torch.Tensor
     chosen_rewards: torch.Tensor  # (pairs,)
     rejected_rewards: torch.Tensor  # (pairs,)
+    pair_losses: torch.Tensor  # (pairs,)
 
 
 def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +49,6 @@ def dpo_loss(policy_log_probs: torch.Tensor, reference_log_probs: torch.Tensor, 
     policy = sequence_log_probs(policy_log_probs, mask)
     reference = sequence_log_probs(reference_log_probs, mask)
     logits = (policy[:pairs] - policy[pairs:]) - (reference[:pairs] - reference[pairs:])
-    loss = -F.logsigmoid(beta * logits).mean()
+    pair_losses = -F.logsigmoid(beta * logits)
     rewards = (beta * (policy - reference)).detach()
-    return DPOLoss(loss, rewards[:pairs], rewards[pairs:])
+    return DPOLoss(pair_losses.mean(), rewards[:pairs], rewards[pairs:], pair_losses)

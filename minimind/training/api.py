@@ -42,7 +42,7 @@ from minimind.training.distributed.process_group import free_local_port, init_pr
 from minimind.training.distributed.rank_print import print0
 from minimind.training.ds_config.load import BatchPlan, resolve_ds_config
 from minimind.training.hardware.cpu import set_cpu_threads
-from minimind.training.loop.steps import StepResult, train_step
+from minimind.training.loop.objective import StepResult, train_step
 from minimind.training.parallel.autoep import install_aux_loss, resolve_expert_parallel
 from minimind.training.run_dir.files import RUN_SETTINGS_FILE
 

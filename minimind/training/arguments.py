@@ -23,11 +23,10 @@ from minimind.model.config import FAMILY_DEFAULTS, MODEL_FAMILIES, MiniMindConfi
 from minimind.model.precision import DTYPE_PRECISIONS, precision_of
 from minimind.model.presets import PRESETS, preset_config_kwargs
 from minimind.training.config import (
-    BUNDLED_CORPUS_EVALUATION,
+    BUNDLED_SAMPLE_PROMPTS,
     CPU_DEMO,
     CPU_DEMO_TRIGGERS,
     DEFAULT_SAVE_WEIGHT,
-    FAMILY_TRAINER_DEFAULTS,
     MINIMIND_DEFAULTS,
     BatchSection,
     CheckpointSection,
@@ -38,10 +37,12 @@ from minimind.training.config import (
     ModelSection,
     RunConfig,
     ScheduleSection,
+    StageSection,
 )
 from minimind.training.ds_config.load import read_ds_config
 from minimind.training.hardware.cpu import choose_cpu_precision, cores_per_rank, set_cpu_threads
 from minimind.training.run_dir.files import RUN_FOLDERS, RUN_RECORDS
+from minimind.training.stages import PRETRAIN, Stage
 from minimind_kernels.dispatch import IMPLEMENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,12 +55,22 @@ PRECISION_DS_CONFIGS = {precision: REPO_ROOT / "ds_configs" / f"zero2_{precision
 MAX_TIMEOUT_S = 30 * 24 * 3600
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, with DeepSpeed's ``--deepspeed_config`` added. Every numeric flag is
-    range-checked by its ``type``, so a bad value is one line before anything runs."""
+DATA_PATH_HELP = {
+    "documents": "pretraining data: files, globs or folders of JSON Lines (.jsonl, also .gz or .zst compressed) or "
+                 "Parquet, concatenated in order (default: bundled corpus); with a weight on every entry "
+                 "(web/*.jsonl:0.7 code.parquet:0.3), a mixture in those token shares",
+    "conversations": 'one JSON Lines file (also .gz or .zst) of {"conversations": [{"role", "content"}, ...]} '
+                     "(MiniMind's SFT format; default: the bundled conversations)",
+    "preferences": 'one JSON Lines file (also .gz or .zst) of {"chosen": [turns], "rejected": [turns]} '
+                   "(MiniMind's DPO format; default: the bundled preference pairs)",
+}
+
+
+def build_parser(stage: Stage = PRETRAIN) -> argparse.ArgumentParser:
+    """The argument parser of ``stage``'s script, with DeepSpeed's ``--deepspeed_config`` added. Every numeric
+    flag is range-checked by its ``type``, so a bad value is one line before anything runs."""
     parser = FlagParser(
-        description="Pretrain a MiniMind model with DeepSpeed (ZeRO, mixed precision, MoE).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=stage.script, description=stage.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -81,10 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the expert layers); slower on the project's CPU machine, unmeasured on GPUs")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data_path", nargs="+", default=None,
-                      help="pretraining data: files, globs or folders of JSON Lines (.jsonl, also .gz or .zst "
-                           "compressed) or Parquet, concatenated in order (default: bundled corpus); with a weight "
-                           "on every entry (web/*.jsonl:0.7 code.parquet:0.3), a mixture in those token shares")
+    data.add_argument("--data_path", nargs="+", default=None, help=DATA_PATH_HELP[stage.data])
     data.add_argument("--mixture_exhaust", choices=EXHAUST_POLICIES, default=None,
                       help="a mixture's epoch: 'repeat' (the default) reads the source with the most tokens for its "
                            "weight once and repeats the others; 'stop' ends when the first source runs out")
@@ -108,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--eval_fraction", type=number_at_least(0, float, maximum=0.5), default=None,
                             help="hold this share of the training file's documents out of training and validate "
                                  f"on it (the same documents on any number of ranks; bundled corpus: "
-                                 f"{BUNDLED_CORPUS_EVALUATION['eval_fraction']})")
+                                 f"{stage.bundled_eval_fraction})")
     evaluation.add_argument("--eval_interval", type=POSITIVE, default=None,
                             help="optimizer steps between evaluations (default: --save_interval); one more at the end")
     evaluation.add_argument("--eval_batches", type=number_at_least(0), default=0,
@@ -130,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="passes over the data (MiniMind: 1 for minimind2, 2 for minimind3)")
     optim.add_argument("--max_steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
     optim.add_argument("--seed", type=SEED, default=42)
+    if stage.name == "dpo":
+        optim.add_argument("--beta", type=number_at_least(0, float), default=None,
+                           help="DPO's beta: the strength of the pull towards the reference model (MiniMind: 0.1 for "
+                                "minimind2, 0.15 for minimind3)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--save_dir", default="out",
@@ -180,22 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wandb_project", default="MiniMind-Pretrain")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     deepspeed.add_config_arguments(parser)
+    parser.set_defaults(**{name: stage.defaults[name] for name in ("save_weight", "from_weight", "wandb_project")})
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and range-check flags; a bad flag is a ``ConfigError`` (defaults that depend on the
+def parse_args(argv: list[str] | None = None, stage: Stage = PRETRAIN) -> argparse.Namespace:
+    """Parse and range-check ``stage``'s flags; a bad flag is a ``ConfigError`` (defaults that depend on the
     machine come from ``run_config``)."""
-    return build_parser().parse_args(argv)
+    return build_parser(stage).parse_args(argv)
 
 
-def run_config(args: argparse.Namespace, cpu_only: bool) -> RunConfig:
+def run_config(args: argparse.Namespace, cpu_only: bool, stage: Stage = PRETRAIN) -> RunConfig:
     """The run's config from the parsed flags (left unchanged), every default applied: MiniMind's, the CPU
     demonstration's, a preset's, the bundled corpus's evaluation. On a CPU-only machine this sets torch's
     threads to the rank's share of the cores and, without ``--deepspeed_config``, times the processor to
     choose the precision. A flag that contradicts another is a one-line ``ConfigError``."""
     batch_chosen = args.batch_size is not None or args.accumulation_steps is not None
-    flags, demo = resolved_flags(vars(args), cpu_only)
+    flags, demo = resolved_flags(vars(args), cpu_only, stage)
     notes = (set_cpu_threads(),) if cpu_only else ()
     if flags["device"] is not None:
         notes += (f"--device {flags['device']}: under DeepSpeed the launcher gives each rank its device (local rank "
@@ -247,23 +260,24 @@ def run_config(args: argparse.Namespace, cpu_only: bool) -> RunConfig:
                                use_wandb=flags["use_wandb"], wandb_project=flags["wandb_project"]),
         demo=demo,
         flags=MappingProxyType(flags),
+        stage=StageSection(name=stage.name, beta=flags.get("beta")),
     )
 
 
-def resolved_flags(parsed: Mapping, cpu_only: bool) -> tuple[dict, bool]:
+def resolved_flags(parsed: Mapping, cpu_only: bool, stage: Stage = PRETRAIN) -> tuple[dict, bool]:
     """A copy of the ``parsed`` flags with unset size, interval and config flags filled; and whether the CPU
     demo applies.
 
     The demo applies on a CPU-only machine when none of its model, batch or schedule flags
-    was given; any flag given by the user keeps its value. Otherwise MiniMind's defaults fill
-    in. An unset ``--deepspeed_config`` becomes the ZeRO-2 config of ``--dtype`` (bf16 where unset) on an
-    accelerator, and on a CPU-only machine where ``--dtype`` is given; else ``cpu_ds_config`` picks it. A
-    ``--dtype`` that contradicts the given config is a ``ConfigError``.
+    was given; any flag given by the user keeps its value. Otherwise the stage's defaults (MiniMind's trainer
+    for it) and MiniMind's shared ones fill in. An unset ``--deepspeed_config`` becomes the ZeRO-2 config of
+    ``--dtype`` (bf16 where unset) on an accelerator, and on a CPU-only machine where ``--dtype`` is given;
+    else ``cpu_ds_config`` picks it. A ``--dtype`` that contradicts the given config is a ``ConfigError``.
     """
     flags = dict(parsed)
     demo = cpu_only and all(flags[name] is None for name in CPU_DEMO_TRIGGERS)
     if demo:
-        for name, value in CPU_DEMO.items():
+        for name, value in {**CPU_DEMO, **stage.cpu_demo}.items():
             if flags[name] is None:
                 flags[name] = value
     if flags["deepspeed_config"] is None and (flags["dtype"] is not None or not cpu_only):
@@ -278,10 +292,10 @@ def resolved_flags(parsed: Mapping, cpu_only: bool) -> tuple[dict, bool]:
             flags[name] = value
     if flags["hidden_size"] is None:
         flags["hidden_size"] = FAMILY_DEFAULTS[flags["model_family"]]["hidden_size"]
-    for name, value in {**MINIMIND_DEFAULTS, **FAMILY_TRAINER_DEFAULTS[flags["model_family"]]}.items():
-        if flags[name] is None:
+    for name, value in {**MINIMIND_DEFAULTS, **stage.flag_defaults(flags["model_family"])}.items():
+        if flags.get(name) is None:
             flags[name] = value
-    apply_evaluation_defaults(flags)
+    apply_evaluation_defaults(flags, stage.bundled_eval_fraction)
     return flags, demo
 
 
@@ -302,17 +316,17 @@ def model_family(flag: str | None, preset_name: str | None, preset: Mapping) -> 
     return flag or preset_family
 
 
-def apply_evaluation_defaults(flags: dict) -> None:
-    """A run on the bundled corpus holds ``BUNDLED_CORPUS_EVALUATION``'s share out unless it names a validation
+def apply_evaluation_defaults(flags: dict, bundled_eval_fraction: float) -> None:
+    """A run on the bundled data holds ``bundled_eval_fraction`` of it out unless it names a validation
     set, and writes samples of the default prompts unless it names prompts; ``--eval_interval`` defaults to
     ``--save_interval``. ``--eval_data_path`` with ``--eval_fraction`` is a ``ConfigError``."""
     if flags["eval_data_path"] is not None and flags["eval_fraction"]:
         raise ConfigError("--eval_data_path and --eval_fraction both name a validation set; pass one")
     if flags["data_path"] is None:
         if flags["eval_data_path"] is None and flags["eval_fraction"] is None:
-            flags["eval_fraction"] = BUNDLED_CORPUS_EVALUATION["eval_fraction"]
+            flags["eval_fraction"] = bundled_eval_fraction
         if flags["sample_prompts"] is None:
-            flags["sample_prompts"] = BUNDLED_CORPUS_EVALUATION["sample_prompts"]
+            flags["sample_prompts"] = BUNDLED_SAMPLE_PROMPTS
     if flags["eval_interval"] is None:
         flags["eval_interval"] = flags["save_interval"]
 

@@ -20,8 +20,6 @@ MINIMIND_DEFAULTS = {  # the width is the model family's (minimind.model.config.
     "log_interval": 100,
     "save_interval": 1000,
 }
-# Where the two versions of MiniMind's trainer differ besides the model: its epochs (e119db8's 1, today's 2).
-FAMILY_TRAINER_DEFAULTS = {"minimind2": {"epochs": 1}, "minimind3": {"epochs": 2}}
 
 # What a flag-less run trains on a machine without an accelerator: a model small enough
 # for the loss to fall visibly within a few minutes on two cores.
@@ -45,8 +43,9 @@ CPU_DEMO_TRIGGERS = ("preset", "hidden_size", "num_hidden_layers", "max_seq_len"
 DEFAULT_SAVE_WEIGHT = "pretrain"
 
 
-# What a run on the bundled corpus evaluates when no evaluation flag is given.
-BUNDLED_CORPUS_EVALUATION = {"eval_fraction": 0.01, "sample_prompts": "default"}
+# What a run on the bundled data samples at each evaluation when no prompt flag is given (the share it holds
+# out for validation is its stage's, ``Stage.bundled_eval_fraction``).
+BUNDLED_SAMPLE_PROMPTS = "default"
 
 
 @dataclass(frozen=True)
@@ -178,8 +177,16 @@ class LoggingSection:
 
 
 @dataclass(frozen=True)
+class StageSection:
+    """Which training stage runs (``minimind.training.stages``) and its own loss's settings."""
+
+    name: str  # pretrain | sft | dpo
+    beta: float | None = None  # DPO's --beta
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """Every section of a pretraining run, and the resolved flags by name."""
+    """Every section of a training run (of any stage), and the resolved flags by name."""
 
     model: ModelSection
     data: DataSettings
@@ -192,6 +199,7 @@ class RunConfig:
     logging: LoggingSection
     demo: bool  # the CPU demonstration's settings apply (a CPU-only machine, no size or batch flag)
     flags: Mapping  # every flag's resolved value, by flag name
+    stage: StageSection = StageSection("pretrain")
 
     def weights_path(self) -> Path:
         """The ``.pth`` this run publishes (``CheckpointSection.weights_path`` of this model)."""

@@ -29,11 +29,12 @@ class RunIdentity:
     model_config: dict
     tokenizer_fingerprint: str
     data: dict  # the data file's name and content digest, and how it is cut into samples
+    reference: dict | None = None  # DPO's frozen reference weights: their path and content digest
 
     def client_state(self) -> dict:
         """The entries ``save_training_state`` adds to the client state."""
         return {"model_config": self.model_config, "tokenizer_fingerprint": self.tokenizer_fingerprint,
-                "data": self.data}
+                "data": self.data, **({"reference": self.reference} if self.reference is not None else {})}
 
 
 def data_identity(source: str, content_digest: str | None, packing: bool, max_seq_len: int,
@@ -56,8 +57,8 @@ def data_identity(source: str, content_digest: str | None, packing: bool, max_se
 
 
 def check_resume_fits(location: CheckpointLocation, client_state: dict, run: RunIdentity) -> None:
-    """Refuse (``ConfigError``) a checkpoint whose model or tokenizer differs from ``run``'s. Fields
-    a checkpoint does not record (older runs) are not compared, except the model family: a checkpoint
+    """Refuse (``ConfigError``) a checkpoint whose model, tokenizer or DPO reference weights differ from ``run``'s.
+    Fields a checkpoint does not record (older runs) are not compared, except the model family: a checkpoint
     without one is minimind2's."""
     saved_model = client_state.get("model_config") or {}
     if saved_model:
@@ -74,6 +75,12 @@ def check_resume_fits(location: CheckpointLocation, client_state: dict, run: Run
     if saved_tokenizer is not None and saved_tokenizer != run.tokenizer_fingerprint:
         raise ConfigError(f"{location.tag_dir}: the checkpoint was trained with another tokenizer (its token ids "
                           "mean other text); pass the same --tokenizer_path or use another --save_dir")
+    saved_reference = client_state.get("reference")
+    if saved_reference is not None and run.reference is not None and \
+            saved_reference["blake2b"] != run.reference["blake2b"]:
+        raise ConfigError(f"{location.tag_dir}: the checkpoint was trained against the reference weights "
+                          f"{saved_reference['path']} as they were; {run.reference['path']} now holds other weights "
+                          "(DPO's loss would change meaning); restore them or start over with --overwrite")
 
 
 def data_position_applies(client_state: dict, run: RunIdentity) -> bool:

@@ -1,4 +1,5 @@
-"""Sample generations while training: continuations of fixed prompts, decoded greedily.
+"""Sample generations while training: continuations of fixed prompts, decoded greedily; in the fine-tuning
+stages, the model's answers to fixed questions put through the tokenizer's chat template.
 
 Every rank decodes every prompt, the same fixed number of forward passes each (ZeRO-3 and
 AutoEP run collectives inside the forward); rank 0 records the text. The decode loop is
@@ -10,17 +11,27 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from minimind.data.default_conversations import CHAT_PROMPTS
 from minimind.data.default_corpus import SAMPLE_PROMPTS
 from minimind.errors import ConfigError
-from minimind.model.generation import generate_tokens, prompt_token_ids
+from minimind.model.generation import chat_prompt_ids, generate_tokens, prompt_token_ids
 
 
-def read_sample_prompts(spec: str, tokenizer: PreTrainedTokenizerFast, max_positions: int) -> list[str]:
-    """``--sample_prompts``: ``default`` (openings in the bundled corpus's style), ``none``, or a file of one
-    prompt a line (blank lines and repeats skipped). A missing, unreadable or empty file, or a prompt of
-    ``max_positions`` tokens or more (no room to continue it), is a one-line ``ConfigError``."""
+def sample_prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str, chat: bool) -> list[int]:
+    """A prompt's token ids: a document's start, or (``chat``) a user turn and the assistant's opening."""
+    if chat:
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+    return prompt_token_ids(tokenizer, prompt)
+
+
+def read_sample_prompts(spec: str, tokenizer: PreTrainedTokenizerFast, max_positions: int,
+                        chat: bool = False) -> list[str]:
+    """``--sample_prompts``: ``default`` (openings in the bundled corpus's style; ``chat``: questions in the
+    bundled conversations' style), ``none``, or a file of one prompt a line (blank lines and repeats skipped). A
+    missing, unreadable or empty file, or a prompt of ``max_positions`` tokens or more (no room to continue it),
+    is a one-line ``ConfigError``."""
     if spec in ("default", "none"):
-        return list(SAMPLE_PROMPTS) if spec == "default" else []
+        return list(CHAT_PROMPTS if chat else SAMPLE_PROMPTS) if spec == "default" else []
     path = Path(spec)
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -30,7 +41,7 @@ def read_sample_prompts(spec: str, tokenizer: PreTrainedTokenizerFast, max_posit
     if not prompts:
         raise ConfigError(f"--sample_prompts {spec}: the file holds no prompt (one a line)")
     for prompt in prompts:
-        length = len(prompt_token_ids(tokenizer, prompt))
+        length = len(sample_prompt_ids(tokenizer, prompt, chat))
         if length >= max_positions:
             raise ConfigError(f"--sample_prompts {spec}:{lines.index(prompt) + 1}: the prompt is {length} tokens, "
                               f"the model holds {max_positions} positions")
@@ -38,13 +49,14 @@ def read_sample_prompts(spec: str, tokenizer: PreTrainedTokenizerFast, max_posit
 
 
 class SampleGenerator:
-    """Greedy continuations of ``prompts`` by the engine's model, ``max_new_tokens`` each (cut at eos)."""
+    """Greedy continuations of ``prompts`` by the engine's model, ``max_new_tokens`` each (cut at eos); ``chat``:
+    the answers to them as user turns, through the chat template."""
 
     def __init__(self, engine, tokenizer: PreTrainedTokenizerFast, prompts: list[str], max_new_tokens: int,
-                 device: torch.device):
+                 device: torch.device, chat: bool = False):
         self.engine = engine
         self.tokenizer = tokenizer
-        self.prompts = [(prompt, prompt_token_ids(tokenizer, prompt)) for prompt in prompts]
+        self.prompts = [(prompt, sample_prompt_ids(tokenizer, prompt, chat)) for prompt in prompts]
         self.max_new_tokens = max_new_tokens
         self.device = device
 

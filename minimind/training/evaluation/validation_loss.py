@@ -1,21 +1,22 @@
-"""Validation loss during training: the eval windows dealt to ranks and their forward passes.
+"""Validation during training: the eval samples dealt to ranks and their forward passes.
 
 Every rank runs the same number of forward passes (ZeRO-3 gathers parameters and AutoEP
 exchanges tokens inside each one, so a rank that stopped early would hang the others): eval
-batch ``b`` is windows ``[b * world * micro, (b + 1) * world * micro)``, rank ``r`` takes its
-``micro`` of them, and slots past the last window are rows of padding with no targets. The
-summed token losses and target counts are reduced once, so ``val_loss`` is the mean over every
-target token of the eval set, whatever the number of ranks.
+batch ``b`` is samples ``[b * world * micro, (b + 1) * world * micro)``, rank ``r`` takes its
+``micro`` of them, and slots past the last sample are the dataset's ``blank()``, with no targets. The
+objective's sums (token losses and target counts; DPO's pair figures) are reduced once, so ``val_loss`` is
+the mean over every target of the eval set, whatever the number of ranks.
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
-import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from minimind.data.windows import PackedWindows, shifted_sample
-from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
+from minimind.data.model_inputs import to_device
 from minimind.training.distributed.collectives import all_reduce
 
 
@@ -25,11 +26,28 @@ class EvalResult:
 
     val_loss: float
     eval_tokens: int  # target tokens the loss is averaged over
+    extra: Mapping[str, float] = field(default_factory=dict)  # the stage's own figures (DPO's accuracy, margin)
+    perplexity: bool = True  # val_loss is a token loss, whose exp is a perplexity
 
     @property
     def val_ppl(self) -> float:
         """Perplexity, ``exp(val_loss)`` (inf past the float range)."""
         return math.exp(self.val_loss) if self.val_loss < 700 else math.inf
+
+    def figures(self) -> dict[str, float]:
+        """Every figure by name: ``val_loss``, ``val_ppl`` (a token loss), ``eval_tokens`` and the extra ones."""
+        return {"val_loss": self.val_loss, **({"val_ppl": self.val_ppl} if self.perplexity else {}),
+                "eval_tokens": self.eval_tokens, **self.extra}
+
+
+class EvalObjective(Protocol):
+    """What an evaluation sums per micro-batch and makes of the sums (``loop.objective.Objective``)."""
+
+    def eval_sums(self, engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed figures (float64, on the device) of one micro-batch already on the device."""
+
+    def eval_result(self, sums: list[float]) -> EvalResult:
+        """The result from the sums over every batch and rank."""
 
 
 def eval_batch_count(num_windows: int, micro_batch: int, world: int, max_batches: int) -> int:
@@ -44,35 +62,32 @@ def rank_window_indices(batch: int, micro_batch: int, world: int, rank: int, num
     return [index if index < num_windows else None for index in range(first, first + micro_batch)]
 
 
-def stack_rows(windows: PackedWindows, indices: list[int | None]) -> dict[str, torch.Tensor]:
-    """``input_ids``/``targets`` (micro_batch, seq) of the given windows; a padding row is a window of no
-    token (all padding, no target)."""
-    empty = shifted_sample(np.empty(0, dtype=np.int64), windows.max_seq_len, windows.pad_id)
-    rows = [windows[index] if index is not None else empty for index in indices]
-    return {key: torch.stack([row[key] for row in rows]) for key in ("input_ids", "targets")}
+def stack_rows(samples: Dataset, indices: list[int | None]) -> dict[str, torch.Tensor]:
+    """Every tensor of the given samples stacked (micro_batch, ...); a ``None`` slot is ``samples.blank()`` (all
+    padding, no target)."""
+    rows = [samples[index] if index is not None else samples.blank() for index in indices]
+    return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
 
 
 @torch.no_grad()
-def evaluate(engine, windows: PackedWindows, *, micro_batch: int, max_batches: int, rank: int, world: int,
-             device: torch.device) -> EvalResult:
-    """Mean token cross-entropy of ``engine``'s model over ``windows`` (``PackedWindows``), every rank together.
+def evaluate(engine, samples: Dataset, objective: EvalObjective, *, micro_batch: int, max_batches: int, rank: int,
+             world: int, device: torch.device) -> EvalResult:
+    """``objective``'s evaluation of ``engine``'s model over ``samples`` (with ``blank()``: ``PackedWindows``,
+    conversations, preference pairs), every rank together.
 
     The model runs in eval mode and is put back in train mode after; the RNG streams are
     forked around the passes, so training after an evaluation is what it would have been
     without. Sums stay on the device until the one all-reduce at the end.
     """
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed token loss, target tokens
+    totals = None
     fork_devices = [] if device.type == "cpu" else [device.index]
     engine.eval()
     try:
         with torch.random.fork_rng(devices=fork_devices, device_type=device.type):
-            for batch in range(eval_batch_count(len(windows), micro_batch, world, max_batches)):
-                rows = stack_rows(windows, rank_window_indices(batch, micro_batch, world, rank, len(windows)))
-                targets = rows["targets"].to(device, non_blocking=True)
-                logits = engine(input_ids=rows["input_ids"].to(device, non_blocking=True)).logits
-                totals[0] += token_cross_entropy(logits, targets, reduction="sum")
-                totals[1] += (targets != IGNORE_INDEX).sum()
+            for batch in range(eval_batch_count(len(samples), micro_batch, world, max_batches)):
+                rows = stack_rows(samples, rank_window_indices(batch, micro_batch, world, rank, len(samples)))
+                sums = objective.eval_sums(engine, to_device(rows, device))
+                totals = sums if totals is None else totals + sums
     finally:
         engine.train()
-    loss_sum, tokens = all_reduce(totals).tolist()  # the evaluation's one read of the device
-    return EvalResult(val_loss=loss_sum / max(tokens, 1.0), eval_tokens=int(tokens))
+    return objective.eval_result(all_reduce(totals).tolist())  # the evaluation's one read of the device

@@ -3,24 +3,27 @@
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Dataset
 
-from minimind.data import PackedWindows
 from minimind.training.evaluation.samples import SampleGenerator
-from minimind.training.evaluation.validation_loss import evaluate
+from minimind.training.evaluation.validation_loss import EvalObjective, evaluate
+from minimind.training.loop.objective import TOKEN_LOSS
 from minimind.training.metrics.logger import MetricsLogger
 from minimind.training.position import TrainingPosition
 
 
 @dataclass
 class EvalSettings:
-    """What an evaluation runs over: the eval windows (or None) and the sample prompts' generator (or None)."""
+    """What an evaluation runs over: the eval samples (or None) with the objective that measures them, and the
+    sample prompts' generator (or None)."""
 
-    windows: PackedWindows | None
+    windows: Dataset | None  # PackedWindows, conversations or preference pairs
     samples: SampleGenerator | None
     interval: int
     micro_batch: int
     max_batches: int
     device: torch.device
+    objective: EvalObjective = TOKEN_LOSS  # the stage's
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +60,7 @@ class Evaluator:
         if not settings.enabled:
             return
         if settings.windows is not None:
-            result = evaluate(self.engine, settings.windows, micro_batch=settings.micro_batch,
+            result = evaluate(self.engine, settings.windows, settings.objective, micro_batch=settings.micro_batch,
                               max_batches=settings.max_batches, rank=self.rank, world=self.world,
                               device=settings.device)
             self.logger.log_eval(position, result)

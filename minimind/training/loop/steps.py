@@ -1,10 +1,6 @@
-"""The optimizer-step loop: DeepSpeed's ``engine(x)``, ``engine.backward(loss)``, ``engine.step()``.
-
-Accumulation boundaries, clipping, loss scaling and overflow skipping are the engine's.
-What this loop adds is the loss normalisation: every micro-batch's summed token loss is
-divided by the number of target tokens in the whole optimizer step (all ranks, all
-micro-steps), so the step's loss is exactly what one process holding the global batch
-would compute, however the batch is split.
+"""The optimizer-step loop: one objective's step (``loop.objective``) after another, with logging, the stop
+guards, evaluations and checkpoints. Accumulation boundaries, clipping, loss scaling and overflow skipping are
+the engine's; the loss of a step is its objective's.
 """
 
 from collections.abc import Iterator
@@ -15,80 +11,15 @@ from typing import Protocol
 
 import torch
 
-from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
 from minimind.training.checkpoints.manager import CheckpointManager
-from minimind.training.distributed.collectives import all_reduce
 from minimind.training.distributed.rank_print import print0
 from minimind.training.distributed.stall_watchdog import StallWatchdog
-from minimind.training.distributed.world import world_size
 from minimind.training.ds_config.load import BatchPlan
 from minimind.training.loop.evaluation_schedule import Evaluator
-from minimind.training.loop.host_copy import copy_to_host_later
+from minimind.training.loop.objective import TOKEN_LOSS, Objective
 from minimind.training.loop.stop_request import StopRequest
 from minimind.training.metrics.logger import MetricsLogger, StepMetrics, ThroughputMeter
 from minimind.training.position import TrainingPosition
-
-
-@dataclass
-class StepResult:
-    """The global numbers of one optimizer step, left on the accelerator until a property reads them."""
-
-    sums: torch.Tensor  # (3,) float64 over every rank: summed token loss, summed aux loss, target tokens
-    aux_terms: int  # micro-batches x ranks: the aux loss reported is the mean over them
-    stop: bool = False
-
-    @property
-    def target_count(self) -> torch.Tensor:
-        """The step's target tokens over every rank, as a tensor still on the accelerator."""
-        return self.sums[2]
-
-    @property
-    def target_tokens(self) -> int:
-        """The step's target tokens over every rank (read from the device)."""
-        return int(self.sums[2])
-
-    @property
-    def loss(self) -> float:
-        """Mean token cross-entropy of the step over all its target tokens (read from the device)."""
-        loss_sum, _, targets = self.sums.tolist()
-        return loss_sum / max(targets, 1.0)
-
-    @property
-    def aux_loss(self) -> float:
-        """MoE auxiliary loss, the mean over micro-batches and ranks (read from the device)."""
-        return float(self.sums[1]) / self.aux_terms
-
-
-def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False) -> StepResult:
-    """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``targets`` (batch, seq)).
-
-    Nothing inside the step waits for the accelerator: token counts, losses and the stop vote
-    stay on the device, in two all-reduces (counts before the first forward, losses after the
-    last backward); only the stop vote is copied back, without draining the queue.
-    ``stop_requested`` (this rank got a signal) rides on the first collective;
-    ``StepResult.stop`` is True on every rank when any rank asked.
-    """
-    accumulation = len(micro_batches)
-    world = world_size()
-    batches = [{key: batch[key].to(device, non_blocking=True) for key in ("input_ids", "targets")}
-               for batch in micro_batches]
-    local_targets = sum((batch["targets"] != IGNORE_INDEX).sum() for batch in batches).to(torch.float64)
-    stop_vote = torch.full((), float(stop_requested), dtype=torch.float64, device=device)
-    counts = all_reduce(torch.stack([local_targets, stop_vote]))  # (targets, stop votes)
-    stopping = copy_to_host_later(counts[1])
-    # engine.backward divides by accumulation and gradients are averaged over ranks:
-    # scaling by accumulation * world / global_targets leaves sum(token losses) / global_targets.
-    scale = (accumulation * world / counts[0].clamp(min=1.0)).float()
-    loss_sum = aux_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for batch in batches:
-        output = engine(input_ids=batch["input_ids"])
-        token_loss = token_cross_entropy(output.logits, batch["targets"], reduction="sum")
-        engine.backward(token_loss * scale + output.aux_loss)
-        engine.step()
-        loss_sum = loss_sum + token_loss.detach()
-        aux_sum = aux_sum + output.aux_loss.detach()
-    sums = all_reduce(torch.stack([loss_sum, aux_sum, local_targets]))
-    return StepResult(sums, accumulation * world, bool(stopping()))
 
 
 class NonFiniteStepsError(RuntimeError):
@@ -155,9 +86,11 @@ def run_training(
     stop_request: StopRequest | None = None,
     evaluator: Evaluator | None = None,
     watchdog: StallWatchdog | None = None,
+    objective: Objective = TOKEN_LOSS,
 ) -> TrainingPosition:
     """Train from ``start`` to ``data.total_steps``; returns where training ended.
 
+    ``objective`` runs each optimizer step (the token loss of pretraining and SFT, or DPO's).
     ``data`` deals this rank's micro-batches, epoch after epoch; the loop is the one writer of the
     position (into each new epoch, one step on). ``checkpoints`` saves on its interval and where the loop ends;
     ``evaluator`` (if any) evaluates on its interval and where a finished run ends, before the save of
@@ -183,7 +116,8 @@ def run_training(
         position.begin_epoch(epoch)
         lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside the step
         skipped_before = engine.skipped_steps
-        result = train_step(engine, micro_batches, device, stop_request is not None and stop_request.requested)
+        result = objective.train_step(engine, micro_batches, device,
+                                      stop_request is not None and stop_request.requested)
         position.advance(settings.batch.global_batch, settings.seq_len)
         meter.count(result.target_count)
         logger.advance()
@@ -236,4 +170,5 @@ def step_metrics(engine, position, total_steps, settings, result, lr, tokens_per
         loss_scale=float(scaler) if scaler is not None else None,
         skipped_steps=int(engine.skipped_steps),
         eta_s=seconds_per_step * (total_steps - position.step),
+        extra=result.extra,
     )

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,6 +41,7 @@ class StepMetrics:
     loss_scale: float | None
     skipped_steps: int
     eta_s: float
+    extra: dict[str, float] = field(default_factory=dict)  # the stage's own figures (DPO's rewards, accuracy)
 
 
 class ThroughputMeter:
@@ -114,12 +115,14 @@ class MetricsLogger:
             return
         scale = f" scale {metrics.loss_scale:g}" if metrics.loss_scale is not None else ""
         skipped = f" skipped {metrics.skipped_steps}" if metrics.skipped_steps else ""
+        extra = "".join(f" {name} {value:.4f}" for name, value in metrics.extra.items())
         self.write_line(
-            f"epoch {metrics.epoch} step {metrics.step}/{metrics.total_steps} loss {metrics.loss:.4f} "
+            f"epoch {metrics.epoch} step {metrics.step}/{metrics.total_steps} loss {metrics.loss:.4f}{extra} "
             f"aux {metrics.aux_loss:.4f} lr {metrics.lr:.3e} grad_norm {metrics.grad_norm:.3f}{scale}{skipped} "
             f"tokens/s {metrics.tokens_per_s:,.0f} mfu {metrics.mfu:.1%} eta {format_seconds(metrics.eta_s)}"
         )
         record = asdict(metrics)
+        record.update(record.pop("extra"))
         record["time"] = time.time()
         append_json_lines(self.path, [record])
         numbers = {k: v for k, v in record.items() if v is not None and k not in ("step", "total_steps", "time")}
@@ -129,9 +132,11 @@ class MetricsLogger:
         """Report one evaluation (``EvalResult``) at ``position``: a line, a ``metrics.jsonl`` row, wandb, monitors."""
         if not self.enabled:
             return
-        self.write_line(f"step {position.step}: val_loss {result.val_loss:.4f} val_ppl {result.val_ppl:.2f} "
+        ppl = f" val_ppl {result.val_ppl:.2f}" if result.perplexity else ""
+        extra = "".join(f" {name} {value:.4f}" for name, value in result.extra.items())
+        self.write_line(f"step {position.step}: val_loss {result.val_loss:.4f}{ppl}{extra} "
                         f"over {result.eval_tokens:,} eval tokens")
-        numbers = {"val_loss": result.val_loss, "val_ppl": result.val_ppl, "eval_tokens": result.eval_tokens}
+        numbers = result.figures()
         append_json_lines(self.path, [{"step": position.step, **numbers, "tokens_seen": position.tokens_seen,
                                        "time": time.time()}])
         self.publish("Eval", numbers, position.step)

@@ -5,6 +5,7 @@ from minimind.training.config import CPU_DEMO, RunConfig
 from minimind.training.distributed.rank_print import print0
 from minimind.training.distributed.world import LaunchedWorld
 from minimind.training.run.inputs import RunInputs
+from minimind.training.stages import STAGES
 
 
 def announce(config: RunConfig, inputs: RunInputs, world: LaunchedWorld, fit_note: str | None) -> None:
@@ -14,11 +15,12 @@ def announce(config: RunConfig, inputs: RunInputs, world: LaunchedWorld, fit_not
     for note in inputs.host_notes:
         print0(note)
     if inputs.demo:
-        print0(
-            f"CPU-only machine: short demonstration run ({', '.join(f'--{k} {v}' for k, v in CPU_DEMO.items())}); "
-            "pass --hidden_size 512 --num_hidden_layers 8 --max_seq_len 340 --batch_size 32 "
-            "--accumulation_steps 8 --learning_rate 5e-4 for MiniMind's full run"
-        )
+        stage = STAGES[config.stage.name]
+        demo = {**CPU_DEMO, **stage.cpu_demo}
+        full = ("--hidden_size 512 --num_hidden_layers 8 --max_seq_len 340 --batch_size 32 --accumulation_steps 8 "
+                "--learning_rate 5e-4" if stage.name == "pretrain" else "--hidden_size 512 --num_hidden_layers 8")
+        print0(f"CPU-only machine: short demonstration run ({', '.join(f'--{k} {v}' for k, v in demo.items())}); "
+               f"pass {full} for MiniMind's full run")
     if fit_note is not None:
         print0(fit_note)
     batch, ds_config = inputs.batch, inputs.ds_config

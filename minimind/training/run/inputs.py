@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from minimind.checkpoint.locate import CheckpointLocation
 from minimind.data import TokenCacheLocation
+from minimind.data.chat_data import ChatSamples
 from minimind.data.pipeline import DataSettings
 from minimind.model import MiniMindConfig
 from minimind.tokenizer.loader import tokenizer_fingerprint
@@ -37,19 +38,24 @@ class RunInputs:
     precision_timed: bool = False  # the precision was chosen by timing this rank's processor
     eval_cache_location: TokenCacheLocation | None = None  # of --eval_data_path
     sample_prompts: tuple[str, ...] = ()  # continued at each evaluation (none: no samples)
+    stage: str = "pretrain"  # minimind.training.stages.STAGES
+    content_digest: str | None = None  # a fine-tuning stage's data file (pretraining's are its token caches')
+    reference: dict | None = None  # DPO's reference weights: {"path", "blake2b"}
+    chat: ChatSamples | None = None  # a fine-tuning stage's samples, read and checked with the other inputs
 
     def identity(self) -> RunIdentity:
         """What a checkpoint of this run records, and a resumed checkpoint must share."""
         digests = [location.key_inputs["source"]["blake2b"] for location in self.cache_locations]
-        digest = None  # the bundled corpus
+        digest = self.content_digest  # None: the bundled corpus
         if digests:  # one file keeps its own digest, as checkpoints from before several files recorded it
             digest = digests[0] if len(digests) == 1 else hashlib.blake2b("".join(digests).encode()).hexdigest()
         mixture = None
         if self.data.is_mixture:
             mixture = {"sources": [[source.name, source.weight] for source in self.data.sources],
                        "exhaust": self.data.mixture_exhaust, "seed": self.data.seed}
-        return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer),
-                           data_identity(self.data.description(), digest, self.data.packing, self.data.max_seq_len,
-                                         self.data.eval_fraction, mixture, self.data.text_field,
-                                         self.data.padded_rows))
+        data = data_identity(self.data.description(), digest, self.data.packing, self.data.max_seq_len,
+                             self.data.eval_fraction, mixture, self.data.text_field, self.data.padded_rows)
+        if self.stage != "pretrain":
+            data = {**data, "stage": self.stage}
+        return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer), data, self.reference)
 

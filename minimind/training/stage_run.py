@@ -1,8 +1,11 @@
-"""Builds the pieces of a pretraining run from its config and runs it.
+"""Builds the pieces of a training run (pretraining, SFT or DPO) from its config and runs it.
 
 Order matters: every check that can fail on user input (flags, DeepSpeed JSON, save
 folder, tokenizer, data file) runs before the process group, the token cache or the
 model exist, so bad input costs a second and one line, never a DeepSpeed traceback.
+A fine-tuning stage differs only in its samples (conversations or preference pairs, read
+and checked before the process group) and its objective (``loop.objective``); DPO adds
+its frozen reference model.
 """
 
 from dataclasses import replace
@@ -15,11 +18,13 @@ from deepspeed.accelerator import get_accelerator
 from torch.utils.data import Dataset
 
 from minimind.data import (
-    PackedWindows,
+    DataSource,
     RepeatedSamples,
     check_fills_one_global_batch,
 )
+from minimind.data.chat_data import CHAT_DATA, load_chat_samples
 from minimind.data.pipeline import cache_location, load_samples, training_data
+from minimind.data.token_cache import source_identity
 from minimind.errors import ConfigError
 from minimind.model import MiniMindConfig
 from minimind.model.precision import precision_of
@@ -37,6 +42,8 @@ from minimind.training.evaluation.samples import read_sample_prompts
 from minimind.training.hardware.offload_build import check_host_optimizer_build
 from minimind.training.hardware.peak_flops import peak_flops, tf32_enabled
 from minimind.training.loop.evaluation_schedule import Evaluator
+from minimind.training.loop.objective import TOKEN_LOSS, Objective
+from minimind.training.loop.preference_objective import PreferenceLoss
 from minimind.training.loop.steps import LoopSettings, run_training
 from minimind.training.loop.stop_request import StopRequest
 from minimind.training.metrics.logger import MetricsLogger, check_wandb_installed, model_flops_per_token
@@ -50,22 +57,27 @@ from minimind.training.run.checkpoint_contents import RunRecord, ScheduleRecord,
 from minimind.training.run.engine import build_engine, model_dtype
 from minimind.training.run.evaluation_plan import announce_evaluation, eval_settings
 from minimind.training.run.inputs import RunInputs
+from minimind.training.run.reference_model import reference_engine
 from minimind.training.run.resume import agree_on_resume, check_resume_alone, resume_state
 from minimind.training.run.settings_file import run_settings, write_run_settings
 from minimind.training.run.start_weights import check_from_weight
 from minimind.training.run_dir.checks import check_shared, check_writable
 from minimind.training.run_dir.files import METRICS_FILE
 from minimind.training.run_dir.owner import claim_save_dir, refuse_fresh_run_over_checkpoints
+from minimind.training.stages import STAGES
 from minimind_kernels.dispatch import KernelUnavailableError, resolve_impl
 
 
-def pretrain(config: RunConfig) -> TrainingPosition:
+def run_stage(config: RunConfig) -> TrainingPosition:
     """Run the whole job ``config`` describes; returns where training stopped."""
     inputs = check_inputs(config)
-    # The token cache is built before the process group exists: the ranks that need it wait on
-    # a file lock, never in a collective that a long tokenization would outlast.
-    samples, eval_windows = load_samples(inputs.data, inputs.tokenizer, inputs.cache_locations,
-                                         inputs.eval_cache_location, local_rank(), print0)
+    if inputs.chat is not None:  # a fine-tuning stage's samples, read by check_inputs
+        samples, eval_windows = inputs.chat.train, inputs.chat.validation
+    else:
+        # The token cache is built before the process group exists: the ranks that need it wait on
+        # a file lock, never in a collective that a long tokenization would outlast.
+        samples, eval_windows = load_samples(inputs.data, inputs.tokenizer, inputs.cache_locations,
+                                             inputs.eval_cache_location, local_rank(), print0)
     inputs, samples, fit_note = fit_samples(inputs, samples)
     announce(config, inputs, launched_world(), fit_note)
     announce_evaluation(config, inputs, eval_windows)
@@ -83,14 +95,14 @@ def pretrain(config: RunConfig) -> TrainingPosition:
     return position
 
 
-def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
-          eval_windows: PackedWindows | None) -> TrainingPosition:
-    """Build the data, the engine, the logger and the evaluator, resume if asked, and run the loop; returns
-    where it stopped."""
+def train(config: RunConfig, inputs: RunInputs, samples: Dataset, eval_windows: Dataset | None) -> TrainingPosition:
+    """Build the data, the engine (and DPO's reference), the logger and the evaluator, resume if asked, and run
+    the loop; returns where it stopped."""
     data = training_data(samples, inputs.data, inputs.batch.micro_batch, inputs.batch.accumulation,
                          dist.get_world_size(), dist.get_rank(), config.schedule.epochs, config.schedule.max_steps,
-                         pin_memory=not inputs.cpu_only, log=print0)
+                         pin_memory=not inputs.cpu_only, log=print0, kind=STAGES[config.stage.name].data)
     engine, n_params = build_engine(config, inputs, data.total_steps)
+    objective = stage_objective(config, inputs)
     device = accelerator_device()
     checkpoints = checkpoint_manager(config, inputs, engine)
     position, wandb_run_id = resume_state(config.checkpoint, checkpoints, inputs, data)
@@ -108,17 +120,18 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
         flops_per_token=model_flops_per_token(inputs.model_config, n_params, config.data.max_seq_len),
         peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config), tf32=tf32_enabled())
         * inputs.batch.data_parallel,
-        seq_len=config.data.max_seq_len,
+        seq_len=config.data.max_seq_len * (2 if config.stage.name == "dpo" else 1),  # DPO: both answers
     )
     rank, world = participants()
-    evaluator = Evaluator(engine, eval_settings(config, inputs, engine, eval_windows, device), logger, rank, world)
+    evaluator = Evaluator(engine, eval_settings(config, inputs, engine, eval_windows, device, objective), logger,
+                          rank, world)
 
     # a stuck collective ends this rank with the status-5 line before NCCL's watchdog aborts it
     stall_limit_s = STALL_FRACTION * config.distributed.collective_timeout
     watchdog = StallWatchdog(rank, stall_limit_s).start() if world > 1 else None
     try:
         position = run_training(engine, data, position, settings, logger, checkpoints, device,
-                                StopRequest().install(), evaluator, watchdog)
+                                StopRequest().install(), evaluator, watchdog, objective)
     finally:
         if watchdog is not None:
             watchdog.close()
@@ -132,8 +145,16 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset,
     return position
 
 
+def stage_objective(config: RunConfig, inputs: RunInputs) -> Objective:
+    """What the run's steps optimise: the token loss, or DPO's against its reference model (built here)."""
+    if config.stage.name != "dpo":
+        return TOKEN_LOSS
+    return PreferenceLoss(reference_engine(config, inputs), config.stage.beta)
+
+
 def check_inputs(config: RunConfig) -> RunInputs:
-    """Every check that can fail on user input, in one place, before the process group exists."""
+    """Every check that can fail on user input, in one place, before the process group exists (a fine-tuning
+    stage's data is read and checked here whole)."""
     accelerator = get_accelerator()
     ds_config, batch = resolve_ds_config(
         config.host.deepspeed_config,
@@ -152,7 +173,13 @@ def check_inputs(config: RunConfig) -> RunInputs:
     tokenizer = load_tokenizer(config.model.tokenizer_path)
     model_config = MiniMindConfig(**config.model.config_kwargs, vocab_size=max(len(tokenizer), 6400))
     check_from_weight(config, model_config)
-    data = config.data
+    kind = STAGES[config.stage.name].data
+    data, chat = config.data, None
+    if kind in CHAT_DATA:
+        chat = load_chat_samples(kind, data, tokenizer, print0)
+        for line in chat.lines:
+            print0(line)
+        data = replace(data, sources=(DataSource(str(chat.path), (chat.path,), None),))
     if data.max_seq_len > model_config.max_position_embeddings:
         raise ConfigError(f"--max_seq_len {data.max_seq_len} exceeds the model's max_position_embeddings "
                           f"{model_config.max_position_embeddings}")
@@ -160,21 +187,40 @@ def check_inputs(config: RunConfig) -> RunInputs:
     check_kernels_run_on(config.model.kernels, device)
     if config.logging.use_wandb:
         check_wandb_installed()
-    cache_locations = tuple(cache_location(path, tokenizer, data) for path in data.data_paths)
+    cache_locations = () if chat else tuple(cache_location(path, tokenizer, data) for path in data.data_paths)
     eval_cache_location = (cache_location(Path(data.eval_data_path), tokenizer, data)
-                           if data.eval_data_path else None)
+                           if data.eval_data_path and not chat else None)
     prompts = config.evaluation.sample_prompts
-    sample_prompts = tuple(read_sample_prompts(prompts, tokenizer, model_config.max_position_embeddings)
-                           if prompts else ())
+    sample_prompts = tuple(read_sample_prompts(prompts, tokenizer, model_config.max_position_embeddings,
+                                               chat=chat is not None) if prompts else ())
     ep_size = resolve_expert_parallel(ds_config, config.model.ep_size, model_config, world_size(),
                                       config.host.deepspeed_config)
+    reference = check_reference(config, ep_size)
     host_notes = config.host.notes + moe_dispatch_notes(model_config, ep_size, device, precision_of(ds_config))
     inputs = RunInputs(config.host.cpu_only, config.demo, ds_config, batch, save_dir, tokenizer, model_config, data,
                        cache_locations, resume_request(config.checkpoint, save_dir), ep_size,
                        fit_batch_to_corpus=not data.data_paths and (config.demo or not config.batch.chosen),
                        host_notes=host_notes, precision_timed=config.host.precision_timed,
-                       eval_cache_location=eval_cache_location, sample_prompts=sample_prompts)
+                       eval_cache_location=eval_cache_location, sample_prompts=sample_prompts,
+                       stage=config.stage.name, content_digest=chat.content_digest if chat else None,
+                       reference=reference, chat=chat)
     return check_resume_alone(config.checkpoint, inputs)
+
+
+def check_reference(config: RunConfig, ep_size: int | None) -> dict | None:
+    """DPO's reference weights, ``{"path", "blake2b"}`` (None in other stages): ``--from_weight`` is required (its
+    fit to the model is ``check_from_weight``'s), and AutoEP is refused (the reference has no expert-parallel
+    engine of its own yet)."""
+    if config.stage.name != "dpo":
+        return None
+    path = config.from_weight_path()
+    if path is None:
+        raise ConfigError("--from_weight none: DPO needs the weights of the model it aligns (MiniMind: full_sft), "
+                          "which are also its frozen reference")
+    if ep_size is not None:
+        raise ConfigError("dpo_ds.py: expert parallelism (AutoEP, --ep_size or the JSON's expert_parallel) is not "
+                          "supported for DPO yet; run the MoE model without it")
+    return {"path": str(path), "blake2b": source_identity(path)["blake2b"]}
 
 
 def check_kernels_run_on(impl: str, device: torch.device) -> None:
