@@ -3,6 +3,10 @@
     python -m minimind.report out
     python -m minimind.report out --output out/report_2026-12-01
 
+A save folder shared by MiniMind's stages (``out`` after ``pretrain_ds.py``, ``sft_ds.py`` and ``dpo_ds.py``)
+holds each later stage's run in ``{save_dir}/{save_weight}/``: the report covers the folder's own run and each
+of those, and draws every stage's losses side by side in ``stages.png``.
+
 Reads what a run writes in SAVE_DIR: ``metrics.jsonl`` (training and validation rows; other
 code that reads a run's metrics, the benchmarks and the tests, reads them with ``read_metrics_file``),
 ``samples.jsonl`` and ``run_settings.json`` where present. Writes ``report.png`` (the curves:
@@ -42,6 +46,7 @@ from minimind.training.run_dir.files import (
 )
 
 FIGURE_INCHES = (12, 8)  # legible at README width
+STAGES_IMAGE = "stages.png"  # every stage's losses side by side, in a save folder shared by several
 FIGURE_DPI = 110
 RESUME_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 0.8}
 SKIPPED_STYLE = {"color": "tab:red", "marker": "|", "markersize": 12, "linestyle": "none"}
@@ -225,7 +230,9 @@ def draw_report(run: RunLog, path: Path) -> None:
     figure.suptitle(f"{run.save_dir.name or run.save_dir}: step {last['step']} of {last.get('total_steps', '?')}")
     skipped = skipped_step_marks(rows)
     aux_x, aux_y = finite_points(rows, "step", "aux_loss")
-    axes = [figure.add_subplot(2, 3, index + 1) for index in range(6 if any(aux_y) else 5)]
+    preferences = any("reward_margin" in row for row in rows)  # a DPO run
+    count = 5 + bool(any(aux_y)) + preferences
+    axes = [figure.add_subplot(2, 3 if count <= 6 else 4, index + 1) for index in range(count)]
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.set_xlabel("step")
@@ -262,12 +269,50 @@ def draw_report(run: RunLog, path: Path) -> None:
     mfu_axis.set_ylabel("MFU (%)", color="tab:orange")
     axes[4].set_title("throughput")
 
-    if len(axes) == 6:
+    if any(aux_y):
         draw_line(axes[5], aux_x, aux_y, color="tab:brown")
         axes[5].set_title("MoE aux loss")
+    if preferences:
+        draw_rewards(axes[-1], run)
     for axis in axes[2:]:
         mark_resumes(axis, run.training.resume_steps)
     figure.savefig(path)
+
+
+def draw_rewards(axis, run: RunLog) -> None:
+    """A DPO run's implicit rewards of the chosen and rejected answers and their margin against step, and the
+    share of pairs preferred rightly (training, and held out: markers) on a second axis."""
+    for key, color in (("reward_chosen", "tab:green"), ("reward_rejected", "tab:red"), ("reward_margin", "black")):
+        draw_line(axis, *finite_points(run.training.rows, "step", key), color=color, label=key.split("_")[1])
+    axis.set_ylabel("reward")
+    axis.legend(loc="upper left", fontsize="small")
+    accuracy = axis.twinx()
+    draw_line(accuracy, *finite_points(run.training.rows, "step", "reward_accuracy", scale=100.0), color="tab:orange",
+              alpha=0.5)
+    val_x, val_y = finite_points(run.validation.rows, "step", "val_reward_accuracy", scale=100.0)
+    if val_x:
+        accuracy.plot(val_x, val_y, "o-", color="tab:orange", markersize=4)
+    accuracy.set_ylabel("preference accuracy (%)", color="tab:orange")
+    axis.set_title("DPO rewards")
+
+
+def draw_stages(runs: list[RunLog], path: Path) -> None:
+    """Each stage's training and validation loss against its steps, side by side in one PNG at ``path``."""
+    figure = Figure(figsize=(4 * len(runs), 3.5), dpi=FIGURE_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    for index, run in enumerate(runs, start=1):
+        axis = figure.add_subplot(1, len(runs), index)
+        axis.grid(alpha=0.3)
+        axis.set_xlabel("step")
+        draw_losses(axis, run, "step", skipped_step_marks(run.training.rows))
+        axis.set_title(stage_name(run))
+    figure.savefig(path)
+
+
+def stage_name(run: RunLog) -> str:
+    """The run's stage as its settings record it (``pretrain`` in runs from before stages), and its folder."""
+    stage = (run.settings or {}).get("stage", "pretrain")
+    return f"{stage} ({run.save_dir.name or run.save_dir})"
 
 
 def draw_losses(axis, run: RunLog, x_key: str, skipped: list, resumes: list | None = None) -> None:
@@ -350,7 +395,11 @@ def format_loss(value) -> str:
 
 
 def format_validation(row: dict) -> str:
-    """``loss (perplexity p) at step s`` of one validation row."""
+    """``loss (perplexity p) at step s`` of one validation row (DPO's: ``loss (preference accuracy a)``)."""
+    if "val_reward_accuracy" in row:
+        accuracy = row["val_reward_accuracy"]
+        accuracy_text = f"{accuracy:.1%}" if is_number(accuracy) else "not logged"
+        return f"{format_loss(row.get('val_loss'))} (preference accuracy {accuracy_text}) at step {row['step']}"
     ppl = row.get("val_ppl")
     ppl_text = f"{ppl:,.2f}" if is_number(ppl) else "not logged"
     return f"{format_loss(row.get('val_loss'))} (perplexity {ppl_text}) at step {row['step']}"
@@ -422,23 +471,50 @@ def write_report(run: RunLog, output: Path) -> tuple[Path, Path]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """SAVE_DIR and ``--output``; a bad flag is a one-line ``ConfigError``."""
     parser = FlagParser(prog="python -m minimind.report", description=__doc__.splitlines()[0])
-    parser.add_argument("save_dir", type=Path, metavar="SAVE_DIR", help="the run's --save_dir (holding metrics.jsonl)")
+    parser.add_argument("save_dir", type=Path, metavar="SAVE_DIR",
+                        help="the run's --save_dir (holding metrics.jsonl, or later stages' folders that do)")
     parser.add_argument("--output", type=Path, default=None, metavar="DIR",
-                        help="folder for report.png and report.md (default: SAVE_DIR)")
+                        help="folder for report.png and report.md (default: SAVE_DIR); a later stage's go in a "
+                             "subfolder of it named as the stage's folder")
     return parser.parse_args(argv)
 
 
+def stage_folders(save_dir: Path) -> list[Path]:
+    """The runs a save folder holds: its own (a ``metrics.jsonl`` in it), then each later stage's folder
+    (``{save_dir}/{save_weight}/`` with a ``metrics.jsonl``), by name; ``ReportError`` when there is none."""
+    if not save_dir.is_dir():
+        raise ReportError(save_dir, None, "no such folder")
+    folders = [save_dir] if (save_dir / METRICS_FILE).is_file() else []
+    folders += sorted(path.parent for path in save_dir.glob(f"*/{METRICS_FILE}"))
+    if not folders:
+        read_metrics_file(save_dir)  # raises, naming the missing file
+    return folders
+
+
+def in_stage_order(save_dir: Path, runs: list[RunLog]) -> list[RunLog]:
+    """The save folder's own run first, then the later stages' in the order they started (``run_settings.json``),
+    those without settings last, by name."""
+    return sorted(runs, key=lambda run: (run.save_dir != save_dir, (run.settings or {}).get("started") or "~",
+                                         run.save_dir.name))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Write the report and print its two paths; bad input is one line on stderr and exit status 2."""
+    """Write the report of every run the folder holds and print their paths (and ``stages.png``'s, with several
+    stages); bad input is one line on stderr and exit status 2."""
     try:
         args = parse_args(argv)
-        run = load_run(args.save_dir)
-        image, markdown = write_report(run, args.output or args.save_dir)
+        output = args.output or args.save_dir
+        runs = in_stage_order(args.save_dir, [load_run(folder) for folder in stage_folders(args.save_dir)])
+        paths = [path for run in runs
+                 for path in write_report(run, output / run.save_dir.relative_to(args.save_dir))]
+        if len(runs) > 1:
+            paths.append(output / STAGES_IMAGE)
+            draw_stages(runs, paths[-1])
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_status
-    print(image)
-    print(markdown)
+    for path in paths:
+        print(path)
     return 0
 
 

@@ -242,3 +242,47 @@ def test_command_line_does_not_load_deepspeed(resumed_run):
                 if line.startswith("import time:")]
     assert "minimind.flags" in imported and "matplotlib.figure" in imported  # the listing is complete
     assert not [name for name in imported if name.split(".")[0] == "deepspeed"]
+
+
+def dpo_row(step: int, **fields) -> dict:
+    """A DPO training row: the loss near ln 2 and the rewards of both answers."""
+    margin = step / 100
+    return training_row(step, "A", loss=math.log(2) - margin / 4, reward_chosen=margin / 2,
+                        reward_rejected=-margin / 2, reward_margin=margin, reward_accuracy=0.5 + margin / 4) | fields
+
+
+def test_a_save_folder_of_three_stages_reports_each_and_draws_them_side_by_side(tmp_path, capsys):
+    """``out`` holds pretraining's run and, in ``full_sft/`` and ``dpo/``, the later stages': each gets its report in
+    its own folder, DPO's with its preference accuracy, and ``stages.png`` shows the three."""
+    write_jsonl(tmp_path / "metrics.jsonl", [training_row(step, "A") for step in range(1, 21)]
+                + [validation_row(20, "A", 3.0)])
+    (tmp_path / "full_sft").mkdir()
+    write_jsonl(tmp_path / "full_sft" / "metrics.jsonl", [training_row(step, "B") for step in range(1, 11)]
+                + [validation_row(10, "B", 2.5)])
+    (tmp_path / "full_sft" / "run_settings.json").write_text(json.dumps({"stage": "sft", "started": "2026-12-06T10:00:00+0000"}), encoding="utf-8")
+    (tmp_path / "dpo").mkdir()
+    write_jsonl(tmp_path / "dpo" / "metrics.jsonl", [dpo_row(step) for step in range(1, 11)]
+                + [{"step": 10, "val_loss": 0.66, "eval_tokens": 500, "val_reward_chosen": 0.1,
+                    "val_reward_rejected": -0.1, "val_reward_margin": 0.2, "val_reward_accuracy": 0.625}])
+    (tmp_path / "dpo" / "run_settings.json").write_text(json.dumps({"stage": "dpo", "started": "2026-12-06T11:00:00+0000"}), encoding="utf-8")
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    folders = [tmp_path, tmp_path / "full_sft", tmp_path / "dpo"]  # the order they started in
+    assert printed == [str(path) for folder in folders for path in (folder / "report.png", folder / "report.md")] \
+        + [str(tmp_path / "stages.png")]
+    for folder in folders:
+        check_png(folder / "report.png")
+    dpo = (tmp_path / "dpo" / "report.md").read_text(encoding="utf-8")
+    assert table_value(dpo, "final validation loss") == "0.6600 (preference accuracy 62.5%) at step 10"
+    assert table_value((tmp_path / "full_sft" / "report.md").read_text(encoding="utf-8"),
+                       "final validation loss").startswith("2.5000 (perplexity 12.18) at step 10")
+    assert imread(tmp_path / "stages.png").shape[:2] == (385, 1320)  # 3.5 x 12 inches at 110 dpi
+
+
+def test_a_folder_with_only_a_later_stage_reports_that_stage(tmp_path, capsys):
+    (tmp_path / "full_sft").mkdir()
+    write_jsonl(tmp_path / "full_sft" / "metrics.jsonl", [training_row(step, "A") for step in range(1, 6)])
+    assert main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "full_sft" / "report.png"),
+                                               str(tmp_path / "full_sft" / "report.md")]
+    assert not (tmp_path / "stages.png").exists()

@@ -1,7 +1,8 @@
-"""Direct preference optimization's loss, as MiniMind's ``train_dpo.py`` (e119db8) computes it.
+"""Direct preference optimization's loss, as MiniMind's ``train_dpo.py`` computes it in each version.
 
-A sequence's log-probability is the mean of its target tokens' log-probabilities over the loss mask (a mean,
-not a sum: MiniMind's issue 298), for the policy and for the frozen reference model. With the batch laid out
+A sequence's log-probability is its target tokens' log-probabilities over the loss mask, for the policy and for
+the frozen reference model: their mean in e119db8's trainer (the minimind2 family; MiniMind's issue 298), their
+sum in today's (minimind3), as the DPO paper has it. With the batch laid out
 as MiniMind lays it (the chosen rows, then the rejected rows, pair i at rows i and i + pairs), the loss is
 ``-logsigmoid(beta * ((pi_chosen - pi_rejected) - (ref_chosen - ref_rejected)))`` averaged over the pairs.
 """
@@ -33,21 +34,22 @@ def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch
     return picked * mask, mask.float()
 
 
-def sequence_log_probs(token_log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``token_log_probs`` (batch, seq) over ``mask`` (batch, seq) per row, as MiniMind averages (an empty
-    mask gives 0); returns (batch,)."""
-    lengths = mask.sum(dim=1).clamp_min(1e-8)
-    return (token_log_probs * mask).sum(dim=1) / lengths
+def sequence_log_probs(token_log_probs: torch.Tensor, mask: torch.Tensor, mean: bool = True) -> torch.Tensor:
+    """Mean (``mean``, e119db8's) or sum (today's) of ``token_log_probs`` (batch, seq) over ``mask`` (batch, seq)
+    per row (an empty mask gives 0); returns (batch,)."""
+    summed = (token_log_probs * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp_min(1e-8) if mean else summed
 
 
 def dpo_loss(policy_log_probs: torch.Tensor, reference_log_probs: torch.Tensor, mask: torch.Tensor,
-             beta: float) -> DPOLoss:
+             beta: float, mean: bool = True) -> DPOLoss:
     """MiniMind's DPO loss from per-token log-probabilities of the policy and the reference model and the loss
     mask, all (2 * pairs, seq) with the chosen rows first (``target_log_probs`` gives them); ``beta``:
-    MiniMind's ``--beta`` (0.1)."""
+    MiniMind's ``--beta`` (0.1 in e119db8, 0.15 today); ``mean``: a sequence's log-probability is its tokens'
+    mean (e119db8's), else their sum (today's)."""
     pairs = policy_log_probs.shape[0] // 2
-    policy = sequence_log_probs(policy_log_probs, mask)
-    reference = sequence_log_probs(reference_log_probs, mask)
+    policy = sequence_log_probs(policy_log_probs, mask, mean)
+    reference = sequence_log_probs(reference_log_probs, mask, mean)
     logits = (policy[:pairs] - policy[pairs:]) - (reference[:pairs] - reference[pairs:])
     pair_losses = -F.logsigmoid(beta * logits)
     rewards = (beta * (policy - reference)).detach()

@@ -146,10 +146,12 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset, eval_windows: 
 
 
 def stage_objective(config: RunConfig, inputs: RunInputs) -> Objective:
-    """What the run's steps optimise: the token loss, or DPO's against its reference model (built here)."""
+    """What the run's steps optimise: the token loss, or DPO's against its reference model (built here), with the
+    sequence log-probabilities of the family's trainer (minimind2: e119db8's means; minimind3: today's sums)."""
     if config.stage.name != "dpo":
         return TOKEN_LOSS
-    return PreferenceLoss(reference_engine(config, inputs), config.stage.beta)
+    return PreferenceLoss(reference_engine(config, inputs), config.stage.beta,
+                          mean_over_tokens=inputs.model_config.model_family == "minimind2")
 
 
 def check_inputs(config: RunConfig) -> RunInputs:

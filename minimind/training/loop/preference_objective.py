@@ -52,11 +52,13 @@ def reward_figures(figures: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 class PreferenceLoss:
-    """DPO against a frozen ``reference`` (an engine, or a module, called without gradients) with ``beta``."""
+    """DPO against a frozen ``reference`` (an engine, or a module, called without gradients) with ``beta``; a
+    sequence's log-probability is its tokens' mean (``mean_over_tokens``, e119db8's) or their sum (today's)."""
 
-    def __init__(self, reference, beta: float):
+    def __init__(self, reference, beta: float, mean_over_tokens: bool = True):
         self.reference = reference
         self.beta = beta
+        self.mean_over_tokens = mean_over_tokens
 
     def pair_losses(self, engine, batch: dict[str, torch.Tensor]) -> tuple[DPOLoss, torch.Tensor, torch.Tensor]:
         """The DPO loss of one micro-batch on the device, the policy's aux loss, and the pairs that hold targets
@@ -67,7 +69,7 @@ class PreferenceLoss:
             reference_log_probs, _ = target_log_probs(self.reference(input_ids=input_ids).logits, targets)
         output = engine(input_ids=input_ids)
         policy_log_probs, mask = target_log_probs(output.logits, targets)
-        result = dpo_loss(policy_log_probs, reference_log_probs, mask, self.beta)
+        result = dpo_loss(policy_log_probs, reference_log_probs, mask, self.beta, self.mean_over_tokens)
         real = mask[:len(result.pair_losses)].sum(dim=1) > 0
         return result, output.aux_loss, real
 

@@ -19,10 +19,11 @@ def run_settings(config: RunConfig, inputs: RunInputs, n_params: int, start: Tra
     """The command, the resolved batch and precision, the model and the data of this run (with the mixture's
     realised shares)."""
     batch, model_config, data = inputs.batch, inputs.model_config, config.data
-    evaluation = (f"{data.eval_fraction:g} of the documents held out" if data.eval_fraction
+    evaluation = (f"{data.eval_fraction:g} of the data held out" if data.eval_fraction
                   else data.eval_data_path)
     return {
         "command": [part for part in sys.argv if not part.startswith("--local_rank")],  # the launcher adds it
+        "stage": config.stage.name,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from_step": start.step if start.step else None,
         "total_steps": total_steps,
