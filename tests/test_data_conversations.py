@@ -1,7 +1,9 @@
-"""SFT samples: rows equal to e119db8's ``SFTDataset`` (fixture from upstream's own code), packed conversations
-that keep their rows' targets and attend only to themselves, and one-line errors for bad conversations."""
+"""SFT samples: rows equal to e119db8's ``SFTDataset`` and, for minimind3 rows, d65ef2c's (fixtures from upstream's
+own code), packed conversations that keep their rows' targets and attend only to themselves, and one-line errors
+for bad conversations."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,15 @@ from minimind.data.conversations import (
     read_conversations,
 )
 from minimind.data.jsonl_reader import DataError
+from minimind.data.minimind3_chat import EMPTY_THINK, SYSTEM_PROMPTS
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
-from minimind.tokenizer import load_tokenizer
+from minimind.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
-FIXTURE = json.loads((Path(__file__).resolve().parent / "upstream" / "sft_rows.json").read_text(encoding="utf-8"))
+UPSTREAM = Path(__file__).resolve().parent / "upstream"
+FIXTURE = json.loads((UPSTREAM / "sft_rows.json").read_text(encoding="utf-8"))
 MAX_SEQ_LEN = FIXTURE["sft_max_length"] - 1
+MINIMIND3 = json.loads((UPSTREAM / "sft_rows_minimind3.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +46,17 @@ def encoded(tokenizer, tmp_path_factory):
     return read_conversations(path, tokenizer, MAX_SEQ_LEN)
 
 
+@pytest.fixture(scope="module")
+def minimind3_file(tmp_path_factory):
+    return write_conversations(tmp_path_factory.mktemp("sft3") / "sft.jsonl", MINIMIND3["conversations"])
+
+
+@pytest.fixture(scope="module")
+def encoded_minimind3(tokenizer, minimind3_file):
+    return read_conversations(minimind3_file, tokenizer, MINIMIND3["sft_max_length"] - 1, "minimind3",
+                              seed=MINIMIND3["seeds"][0])
+
+
 def test_padded_rows_are_minimind_e119db8s(encoded):
     samples = PaddedConversations(encoded)
     assert len(samples) == len(FIXTURE["sft_rows"])
@@ -48,6 +64,45 @@ def test_padded_rows_are_minimind_e119db8s(encoded):
         expected = torch.where(torch.tensor(mask, dtype=torch.bool), torch.tensor(y), IGNORE_INDEX)
         assert samples[index]["input_ids"].tolist() == x
         assert torch.equal(samples[index]["targets"], expected)
+
+
+def test_minimind3_padded_rows_are_minimind_d65ef2cs(tokenizer, minimind3_file):
+    """For each seed, conversation i's row is d65ef2c's ``SFTDataset`` row read with Python's ``random`` in the
+    state of ``conversation_random(seed, i)``: the same random choices, the same text, ids and labels."""
+    for seed, rows in zip(MINIMIND3["seeds"], MINIMIND3["sft_rows"], strict=True):
+        samples = PaddedConversations(read_conversations(minimind3_file, tokenizer, MINIMIND3["sft_max_length"] - 1,
+                                                         "minimind3", seed=seed))
+        assert len(samples) == len(rows)
+        for index, (ids, labels) in enumerate(rows):
+            assert samples[index]["input_ids"].tolist() == ids[:-1]
+            assert samples[index]["targets"].tolist() == labels[1:]  # upstream's model shifts its labels
+
+
+def test_minimind3_fixture_makes_each_random_choice_both_ways(tokenizer):
+    """Some recorded rows have a random system prompt and some not; some keep their empty think blocks and some
+    lost them: the rows above checked both outcomes of both draws."""
+    texts = [tokenizer.decode(ids) for rows in MINIMIND3["sft_rows"] for ids, _ in rows]
+    with_system = {any(prompt in text for prompt in SYSTEM_PROMPTS) for text in texts}
+    with_empty_think = {EMPTY_THINK in text for text in texts}
+    assert with_system == with_empty_think == {True, False}
+
+
+def test_minimind3_rows_render_with_the_familys_template_not_the_tokenizers(tokenizer, minimind3_file, tmp_path,
+                                                                            encoded_minimind3):
+    """minimind3 rows use d65ef2c's template whatever the tokenizer carries, so a tokenizer without one will do."""
+    shutil.copytree(DEFAULT_TOKENIZER_DIR, tmp_path, dirs_exist_ok=True)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    bare = read_conversations(minimind3_file, load_tokenizer(tmp_path), MINIMIND3["sft_max_length"] - 1,
+                              "minimind3", seed=MINIMIND3["seeds"][0])
+    assert np.array_equal(bare.tokens, encoded_minimind3.tokens)
+    assert np.array_equal(bare.offsets, encoded_minimind3.offsets)
+
+
+def test_rows_of_an_unknown_family_are_refused(tokenizer, minimind3_file):
+    with pytest.raises(ValueError, match="rows must be one of minimind2, minimind3"):
+        read_conversations(minimind3_file, tokenizer, MAX_SEQ_LEN, "minimind4")
 
 
 def test_conversations_tokenized_in_chunks_are_the_same(encoded, tokenizer, tmp_path, monkeypatch):
@@ -63,11 +118,13 @@ def test_a_conversation_longer_than_the_window_is_cut_and_counted(encoded):
     assert encoded.num_cut == 1 and lengths.count(MAX_SEQ_LEN + 1) == 1
 
 
-def test_packed_conversations_keep_their_rows_targets(encoded):
+@pytest.mark.parametrize("rows", ["encoded", "encoded_minimind3"])
+def test_packed_conversations_keep_their_rows_targets(rows, request):
+    encoded = request.getfixturevalue(rows)
     padded, packed = PaddedConversations(encoded), PackedConversations(encoded)
     seen = []
     for window in packed:
-        assert all(window[key].shape == (MAX_SEQ_LEN,) for key in window)
+        assert all(window[key].shape == (encoded.max_length - 1,) for key in window)
         for segment in range(int(window["segment_ids"].max()) + 1):
             span = window["segment_ids"] == segment
             index = len(seen)
@@ -177,6 +234,23 @@ def test_bad_conversations_are_one_line_errors_naming_file_and_line(tokenizer, t
     with pytest.raises(DataError, match="no assistant|role|content|non-empty|first system|object|JSON") as info:
         read_conversations(path, tokenizer, MAX_SEQ_LEN)
     assert str(info.value).startswith(f"{path}:3: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("turn, message", [
+    ({"role": "system", "content": "x", "functions": []}, '"functions", the minimind2 rows\' tools'),
+    ({"role": "user", "content": "x", "tools": "[]"}, '"tools" belongs to a system turn, not a user one'),
+    ({"role": "system", "content": "x", "tools": "[{"}, '"tools" is not a list or the JSON text of one'),
+    ({"role": "system", "content": "x", "tools": {"name": "f"}}, '"tools" is not a list or the JSON text of one'),
+    ({"role": "assistant", "content": "x", "tool_calls": '{"name": "f"}'}, '"tool_calls" is not a list'),
+    ({"role": "assistant", "content": "x", "reasoning_content": 5}, '"reasoning_content" is not a string'),
+])
+def test_bad_minimind3_fields_are_one_line_errors(tokenizer, tmp_path, turn, message):
+    path = write_conversations(tmp_path / "sft.jsonl", [MINIMIND3["conversations"][0],
+                                                        [turn, {"role": "assistant", "content": "y"}]])
+    with pytest.raises(DataError) as info:
+        read_conversations(path, tokenizer, MAX_SEQ_LEN, "minimind3")
+    assert str(info.value).startswith(f"{path}:2: \"conversations\" turn 1") and message in str(info.value)
     assert "\n" not in str(info.value)
 
 

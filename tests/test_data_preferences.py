@@ -1,5 +1,5 @@
-"""DPO samples: rows equal to e119db8's ``DPODataset`` (fixture from upstream's own code), and one-line errors for
-pairs whose prompts differ and for bad conversations."""
+"""DPO samples: rows equal to e119db8's ``DPODataset`` and, for minimind3 rows, d65ef2c's (fixtures from upstream's
+own code), and one-line errors for pairs whose prompts differ and for bad conversations."""
 
 import json
 from pathlib import Path
@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from minimind.data.jsonl_reader import DataError
-from minimind.data.preferences import PreferencePairs
+from minimind.data.minimind3_chat import EMPTY_THINK
+from minimind.data.preferences import SIDES, PreferencePairs
 from minimind.model.loss import IGNORE_INDEX
 from minimind.tokenizer import load_tokenizer
 
-FIXTURE = json.loads((Path(__file__).resolve().parent / "upstream" / "sft_rows.json").read_text(encoding="utf-8"))
+UPSTREAM = Path(__file__).resolve().parent / "upstream"
+FIXTURE = json.loads((UPSTREAM / "sft_rows.json").read_text(encoding="utf-8"))
 MAX_SEQ_LEN = FIXTURE["dpo_max_length"] - 1
+MINIMIND3 = json.loads((UPSTREAM / "sft_rows_minimind3.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +29,47 @@ def write_pairs(path: Path, pairs: list[dict]) -> Path:
     return path
 
 
-def test_rows_are_minimind_e119db8s(tokenizer, tmp_path):
-    pairs = PreferencePairs(write_pairs(tmp_path / "dpo.jsonl", FIXTURE["pairs"]), tokenizer, MAX_SEQ_LEN)
-    assert len(pairs) == len(FIXTURE["dpo_rows"])
-    for index, row in enumerate(FIXTURE["dpo_rows"]):
-        for side in ("chosen", "rejected"):
+def assert_upstream_rows(pairs: PreferencePairs, rows: list[dict]) -> None:
+    """``pairs`` are upstream's ``DPODataset`` ``rows``: ``x_*``, and ``y_*`` where ``mask_*`` is set."""
+    assert len(pairs) == len(rows)
+    for index, row in enumerate(rows):
+        for side in SIDES:
             mask = torch.tensor(row[f"mask_{side}"], dtype=torch.bool)
             assert pairs[index][f"{side}_input_ids"].tolist() == row[f"x_{side}"]
             assert torch.equal(pairs[index][f"{side}_targets"], torch.where(mask, torch.tensor(row[f"y_{side}"]),
                                                                             IGNORE_INDEX))
+
+
+def test_rows_are_minimind_e119db8s(tokenizer, tmp_path):
+    pairs = PreferencePairs(write_pairs(tmp_path / "dpo.jsonl", FIXTURE["pairs"]), tokenizer, MAX_SEQ_LEN)
+    assert_upstream_rows(pairs, FIXTURE["dpo_rows"])
     assert pairs.num_cut == 1  # the long rejected answer
+
+
+def test_minimind3_rows_are_minimind_d65ef2cs(tokenizer, tmp_path):
+    """For each seed, pair i's rows are d65ef2c's ``DPODataset`` rows read with Python's ``random`` in the state
+    of ``conversation_random(seed, i)``; among them, sides of one pair that kept and lost their empty think
+    blocks (each side draws for itself)."""
+    path = write_pairs(tmp_path / "dpo.jsonl", MINIMIND3["pairs"])
+    for seed, rows in zip(MINIMIND3["seeds"], MINIMIND3["dpo_rows"], strict=True):
+        assert_upstream_rows(PreferencePairs(path, tokenizer, MINIMIND3["dpo_max_length"] - 1, "minimind3",
+                                             seed=seed), rows)
+    kept = {tuple(EMPTY_THINK in tokenizer.decode(row[f"x_{side}"]) for side in SIDES)
+            for rows in MINIMIND3["dpo_rows"] for row in rows}
+    assert {(True, False), (False, True)} <= kept
+
+
+def test_minimind3_tool_calls_may_be_json_text(tokenizer, tmp_path):
+    """Upstream's ``DPODataset`` cannot render ``tool_calls`` given as JSON text; here they are its list's rows."""
+    call = [{"name": "get_weather", "arguments": {"city": "Rome"}}]
+    prompt = [{"role": "user", "content": "Weather in Rome?"}]
+    rows = {}
+    for form in (call, json.dumps(call)):
+        pair = {"chosen": [*prompt, {"role": "assistant", "content": "", "tool_calls": form}],
+                "rejected": [*prompt, {"role": "assistant", "content": "No idea."}]}
+        rows[type(form)] = PreferencePairs(write_pairs(tmp_path / "dpo.jsonl", [pair]), tokenizer, 64, "minimind3")[0]
+    assert all(torch.equal(rows[list][key], rows[str][key]) for key in rows[list])
+    assert "<tool_call>" in tokenizer.decode(rows[str]["chosen_input_ids"])
 
 
 CHOSEN = [{"role": "user", "content": "Is the sky blue?"}, {"role": "assistant", "content": "Yes."}]

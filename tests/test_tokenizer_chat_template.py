@@ -1,5 +1,5 @@
 """The shipped tokenizer's chat template: MiniMind's ChatML (e119db8), rendered by transformers, and adding it
-left the tokenizer's fingerprint (which resumes compare) as it was."""
+left the tokenizer's fingerprint (which resumes compare) as it was; and the minimind3 family's (d65ef2c)."""
 
 import json
 import shutil
@@ -11,6 +11,7 @@ from minimind.tokenizer import (
     DEFAULT_TOKENIZER_DIR,
     TokenizerLayoutError,
     load_tokenizer,
+    minimind3_chat_template,
     require_chat_template,
     tokenizer_fingerprint,
 )
@@ -50,6 +51,23 @@ def test_template_is_upstreams_at_e119db8():
     upstream = json.loads((REPO_ROOT / "tests" / "upstream" / "sft_rows.json").read_text(encoding="utf-8"))
     assert upstream["commit"] == "e119db8"
     assert json.loads(CONFIG.read_text())["chat_template"] == upstream["chat_template"]
+
+
+def test_minimind3_template_is_upstreams_at_d65ef2c():
+    """The same template text as MiniMind's ``model/tokenizer_config.json`` at d65ef2c (recorded in the fixture by
+    ``tests/upstream/make_sft_rows.py``)."""
+    upstream = json.loads((REPO_ROOT / "tests" / "upstream" / "sft_rows_minimind3.json").read_text(encoding="utf-8"))
+    assert upstream["commit"] == "d65ef2c"
+    assert minimind3_chat_template() == upstream["chat_template"]
+
+
+def test_minimind3_template_renders_think_blocks_and_no_default_system(shipped):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4", "reasoning_content": "Two and two."}]
+    assert shipped.apply_chat_template(messages, tokenize=False, chat_template=minimind3_chat_template()) == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nhello<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\nTwo and two.\n</think>\n\n4<|im_end|>\n")
 
 
 def test_fingerprint_leaves_the_chat_template_out(shipped, tmp_path):

@@ -1,14 +1,16 @@
-"""Supervised fine-tuning data: chat conversations rendered with the tokenizer's chat template, as samples.
+"""Supervised fine-tuning data: chat conversations rendered with a chat template, as samples.
 
 The input is MiniMind's: JSON Lines, one ``{"conversations": [{"role": ..., "content": ...}, ...]}`` per line
-(plain, ``.gz`` or ``.zst``), roles ``system``, ``user``, ``assistant`` and ``tool``; a first ``system`` turn may
-carry ``functions``, rendered as the template's tools. Each conversation becomes the row of MiniMind's
-``SFTDataset`` (e119db8) with ``max_length = max_seq_len + 1``: the rendered text's token ids cut to
-max_length and padded, and the loss mask of its ``generate_loss_mask`` (``assistant_loss_mask``). A row gives
-``input_ids = row[:-1]`` and ``targets = row[1:]`` where the mask is set, else ``IGNORE_INDEX``, as
-``PaddedDocuments`` does for pretraining. ``PaddedConversations`` serves one row per sample (``--packing 0``);
-``PackedConversations`` puts several conversations in one window, each attending only to itself
-(``block_causal_mask``). Bad input is a :class:`DataError` naming the file and line.
+(plain, ``.gz`` or ``.zst``), roles ``system``, ``user``, ``assistant`` and ``tool``. Each conversation becomes the
+row of the ``SFTDataset`` of the model family's MiniMind with ``max_length = max_seq_len + 1`` (``rows``):
+``minimind2`` (e119db8, the default) renders with the tokenizer's chat template, a first ``system`` turn's
+``functions`` as its tools; ``minimind3`` (d65ef2c) as ``minimind.data.minimind3_chat`` says. The rendered text's
+token ids are cut to max_length and padded, with the loss mask of the family's ``generate_loss_mask`` or
+``generate_labels`` (``assistant_loss_mask``). A row gives ``input_ids = row[:-1]`` and ``targets = row[1:]``
+where the mask is set, else ``IGNORE_INDEX``, as ``PaddedDocuments`` does for pretraining.
+``PaddedConversations`` serves one row per sample (``--packing 0``); ``PackedConversations`` puts several
+conversations in one window, each attending only to itself (``block_causal_mask``). Bad input is a
+:class:`DataError` naming the file and line.
 """
 
 import itertools
@@ -22,6 +24,8 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 from minimind.data.jsonl_reader import MAX_LINE_BYTES, DataError, decompressed, parse_object, read_line
+from minimind.data.minimind3_chat import check_turn_fields, conversation_random, sft_text
+from minimind.data.windows import PADDED_ROWS
 from minimind.model.loss import IGNORE_INDEX
 from minimind.tokenizer import PAD_ID, require_chat_template
 
@@ -49,9 +53,10 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
                 yield number, record
 
 
-def checked_messages(record: dict, field: str, path: str | Path, line: int) -> list[dict]:
+def checked_messages(record: dict, field: str, path: str | Path, line: int, rows: str = "minimind2") -> list[dict]:
     """``record[field]`` as a conversation: a list of turns with a known role and string content, at least one
-    of them the assistant's, and ``functions`` (a list) only on a first system turn; else a DataError."""
+    of them the assistant's, and ``functions`` (a list) only on a first system turn, or for minimind3 ``rows``
+    none but its own tool and reasoning fields (``check_turn_fields``); else a DataError."""
     messages = record.get(field)
     if not isinstance(messages, list) or not messages:
         raise DataError(path, line, f'expected "{field}": a non-empty list of turns')
@@ -68,7 +73,18 @@ def checked_messages(record: dict, field: str, path: str | Path, line: int) -> l
             raise DataError(path, line, f'"{field}" turn {number}: "functions" must be a list on a first system turn')
     if not any(turn["role"] == "assistant" for turn in messages):
         raise DataError(path, line, f'"{field}" has no assistant turn, so nothing to learn')
+    if rows == "minimind3":
+        check_turn_fields(messages, field, path, line)
     return messages
+
+
+def check_rows(rows: str, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Raise ValueError for ``rows`` not in PADDED_ROWS; minimind2 rows render with the tokenizer's chat template,
+    so it must have one (``require_chat_template``); minimind3 rows render with their family's."""
+    if rows not in PADDED_ROWS:
+        raise ValueError(f"rows must be one of {', '.join(PADDED_ROWS)}, got {rows!r}")
+    if rows == "minimind2":
+        require_chat_template(tokenizer)
 
 
 def render_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict], *, with_functions: bool) -> str:
@@ -79,25 +95,34 @@ def render_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, tools=tools)
 
 
+# Per family: what follows ``<|im_start|>assistant`` and ``<|im_end|>`` in the markers, and how many tokens the
+# loss mask lies past them (e119db8 leaves the newline out of the markers and moves the mask on by one instead).
+MARKER_SUFFIX_AND_SHIFT = {"minimind2": ("", 1), "minimind3": ("\n", 0)}
+
+
 @dataclass(frozen=True)
 class AssistantMarkers:
-    """The token ids that open (``<|im_start|>assistant``) and close (``<|im_end|>``) an assistant turn."""
+    """The token ids that open (``<|im_start|>assistant``) and close (``<|im_end|>``) an assistant turn, and the
+    shift of the loss mask past them."""
 
     start: list[int]
     end: list[int]
+    shift: int
 
     @classmethod
-    def of(cls, tokenizer: PreTrainedTokenizerFast) -> "AssistantMarkers":
-        """The markers as MiniMind's datasets tokenize them (e119db8)."""
-        return cls(tokenizer(f"{tokenizer.bos_token}assistant", add_special_tokens=False).input_ids,
-                   tokenizer(tokenizer.eos_token, add_special_tokens=False).input_ids)
+    def of(cls, tokenizer: PreTrainedTokenizerFast, rows: str = "minimind2") -> "AssistantMarkers":
+        """The markers as the datasets of ``rows``' MiniMind tokenize them: e119db8's, or d65ef2c's with a newline
+        after each and no shift."""
+        suffix, shift = MARKER_SUFFIX_AND_SHIFT[rows]
+        return cls(tokenizer(f"{tokenizer.bos_token}assistant{suffix}", add_special_tokens=False).input_ids,
+                   tokenizer(f"{tokenizer.eos_token}{suffix}", add_special_tokens=False).input_ids, shift)
 
 
 def assistant_loss_mask(ids: list[int], markers: AssistantMarkers, max_length: int) -> list[int]:
-    """MiniMind's ``generate_loss_mask`` (e119db8) over a row of ``ids``: 1 from the second token after each
-    ``<|im_start|>assistant`` through the token after its ``<|im_end|>`` (or to the row's end when the turn is
-    not closed), never at or past ``max_length``; 0 elsewhere."""
-    start_ids, end_ids = markers.start, markers.end
+    """MiniMind's ``generate_loss_mask`` (e119db8; d65ef2c's ``generate_labels`` with ``shift`` 0) over a row of
+    ``ids``: 1 from ``shift`` tokens after each opening marker through ``shift`` tokens after its closing marker
+    (or to the row's end when the turn is not closed), never at or past ``max_length``; 0 elsewhere."""
+    start_ids, end_ids, shift = markers.start, markers.end, markers.shift
     mask = [0] * len(ids)
     i = 0
     while i < len(ids):
@@ -107,7 +132,7 @@ def assistant_loss_mask(ids: list[int], markers: AssistantMarkers, max_length: i
         start = end = i + len(start_ids)
         while end < len(ids) and ids[end:end + len(end_ids)] != end_ids:
             end += 1
-        for j in range(start + 1, min(end + len(end_ids) + 1, max_length)):
+        for j in range(start + shift, min(end + len(end_ids) + shift, max_length)):
             mask[j] = 1
         i = end + len(end_ids) if end < len(ids) else len(ids)
     return mask
@@ -140,9 +165,11 @@ class EncodedConversations:
     cut: np.ndarray  # (num_conversations,) bool
 
     @classmethod
-    def of(cls, texts: Iterable[str], tokenizer: PreTrainedTokenizerFast, max_length: int) -> "EncodedConversations":
-        """Tokenize rendered ``texts`` as MiniMind does (``tokenizer(text).input_ids``) and cut each to max_length;
-        the texts are read and tokenized ``ENCODE_CHUNK`` at a time, so only the kept ids stay in memory."""
+    def of(cls, texts: Iterable[str], tokenizer: PreTrainedTokenizerFast, max_length: int,
+           rows: str = "minimind2") -> "EncodedConversations":
+        """Tokenize rendered ``texts`` as MiniMind does (``tokenizer(text).input_ids``) and cut each to max_length,
+        with the assistant markers of ``rows``; the texts are read and tokenized ``ENCODE_CHUNK`` at a time, so
+        only the kept ids stay in memory."""
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 (max_seq_len at least 1), got {max_length}")
         parts, lengths, cut = [], [], []
@@ -155,7 +182,7 @@ class EncodedConversations:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-        return cls(tokens, offsets, max_length, AssistantMarkers.of(tokenizer), np.array(cut, dtype=bool))
+        return cls(tokens, offsets, max_length, AssistantMarkers.of(tokenizer, rows), np.array(cut, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -183,22 +210,28 @@ class EncodedConversations:
         return EncodedConversations(tokens, offsets, self.max_length, self.markers, self.cut[indices])
 
 
-def read_conversations(path: str | Path, tokenizer: PreTrainedTokenizerFast, max_seq_len: int) -> EncodedConversations:
+def read_conversations(path: str | Path, tokenizer: PreTrainedTokenizerFast, max_seq_len: int,
+                       rows: str = "minimind2", *, seed: int = 0) -> EncodedConversations:
     """Read, check, render and tokenize an SFT file's conversations for windows of ``max_seq_len`` model tokens
-    (MiniMind's max_length = max_seq_len + 1). The tokenizer must have a chat template."""
-    require_chat_template(tokenizer)
-    texts = (render_conversation(tokenizer, checked_messages(record, "conversations", path, line), with_functions=True)
-             for line, record in jsonl_records(path))
-    conversations = EncodedConversations.of(texts, tokenizer, max_seq_len + 1)
+    (MiniMind's max_length = max_seq_len + 1), as the ``SFTDataset`` of ``rows``' MiniMind (PADDED_ROWS) does:
+    minimind2 with the tokenizer's chat template, which it must have; minimind3 as ``minimind3_chat.sft_text``,
+    conversation i drawing its random choices from ``conversation_random(seed, i)``."""
+    check_rows(rows, tokenizer)
+    messages = (checked_messages(record, "conversations", path, line, rows) for line, record in jsonl_records(path))
+    if rows == "minimind3":
+        texts = (sft_text(tokenizer, turns, conversation_random(seed, index)) for index, turns in enumerate(messages))
+    else:
+        texts = (render_conversation(tokenizer, turns, with_functions=True) for turns in messages)
+    conversations = EncodedConversations.of(texts, tokenizer, max_seq_len + 1, rows)
     if not len(conversations):
         raise DataError(path, None, "no conversations")
     return conversations
 
 
 class PaddedConversations(Dataset):
-    """One conversation per sample (``--packing 0``), exactly e119db8's ``SFTDataset`` row with max_length =
-    max_seq_len + 1: ``{"input_ids": (max_seq_len,), "targets": (max_seq_len,)}``, targets masked to the
-    assistant's tokens (``assistant_loss_mask``)."""
+    """One conversation per sample (``--packing 0``), exactly the ``SFTDataset`` row of the conversations' MiniMind
+    (e119db8 or d65ef2c) with max_length = max_seq_len + 1: ``{"input_ids": (max_seq_len,), "targets":
+    (max_seq_len,)}``, targets masked to the assistant's tokens (``assistant_loss_mask``)."""
 
     def __init__(self, conversations: EncodedConversations):
         self.conversations = conversations

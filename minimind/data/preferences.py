@@ -1,8 +1,9 @@
 """Preference pairs for DPO: a chosen and a rejected conversation that share their prompt.
 
 The input is MiniMind's: JSON Lines, one ``{"chosen": [turns], "rejected": [turns]}`` per line, turns as in
-``minimind.data.conversations``. Each side becomes the row of e119db8's ``DPODataset`` with ``max_length =
-max_seq_len + 1`` (rendered without tools, as it does; cut, padded, masked by ``assistant_loss_mask``). The prompt
+``minimind.data.conversations``. Each side becomes the row of the ``DPODataset`` of the model family's MiniMind
+(``rows``: e119db8's minimind2, the default, or d65ef2c's minimind3) with ``max_length = max_seq_len + 1``
+(rendered without tools, as both do; cut, padded, masked by ``assistant_loss_mask``). The prompt
 (the turns before the last assistant turn) must be the same on both sides, else the pair teaches nothing about
 the answer: a :class:`DataError` naming the file and line, as is any bad conversation.
 """
@@ -17,13 +18,14 @@ from transformers import PreTrainedTokenizerFast
 from minimind.data.conversations import (
     EncodedConversations,
     blank_row,
+    check_rows,
     checked_messages,
     jsonl_records,
     masked_targets,
     render_conversation,
 )
 from minimind.data.jsonl_reader import DataError
-from minimind.tokenizer import require_chat_template
+from minimind.data.minimind3_chat import conversation_random, dpo_text
 
 SIDES = ("chosen", "rejected")
 
@@ -36,21 +38,31 @@ def prompt_turns(messages: list[dict]) -> list[dict]:
 
 class PreferencePairs(Dataset):
     """A DPO file's pairs as samples ``{"chosen_input_ids", "chosen_targets", "rejected_input_ids",
-    "rejected_targets"}``, each (max_seq_len,) int64: exactly e119db8's ``DPODataset`` rows (``x_*``, and ``y_*``
-    where ``mask_*`` is set, else IGNORE_INDEX). ``num_cut`` counts the sides longer than a row."""
+    "rejected_targets"}``, each (max_seq_len,) int64: exactly the ``DPODataset`` rows (``x_*``, and ``y_*`` where
+    ``mask_*`` is set, else IGNORE_INDEX) of ``rows``' MiniMind (``PADDED_ROWS``): minimind2 (e119db8) with the
+    tokenizer's chat template, which it must have; minimind3 (d65ef2c) as ``minimind3_chat.dpo_text``, pair i
+    drawing its random choices from ``conversation_random(seed, i)``. ``num_cut`` counts the sides longer than a
+    row."""
 
-    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerFast, max_seq_len: int):
-        require_chat_template(tokenizer)
+    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerFast, max_seq_len: int,
+                 rows: str = "minimind2", *, seed: int = 0):
+        check_rows(rows, tokenizer)
         texts = {side: [] for side in SIDES}
-        for line, record in jsonl_records(path):
-            pair = {side: checked_messages(record, side, path, line) for side in SIDES}
+        for index, (line, record) in enumerate(jsonl_records(path)):
+            pair = {side: checked_messages(record, side, path, line, rows) for side in SIDES}
             if prompt_turns(pair["chosen"]) != prompt_turns(pair["rejected"]):
                 raise DataError(path, line, "chosen and rejected differ before their last assistant turn")
-            for side in SIDES:
-                texts[side].append(render_conversation(tokenizer, pair[side], with_functions=False))
+            if rows == "minimind3":
+                draws = conversation_random(seed, index)
+                for side in SIDES:  # chosen first, as upstream draws
+                    texts[side].append(dpo_text(tokenizer, pair[side], draws))
+            else:
+                for side in SIDES:
+                    texts[side].append(render_conversation(tokenizer, pair[side], with_functions=False))
         if not texts["chosen"]:
             raise DataError(path, None, "no preference pairs")
-        self.sides = {side: EncodedConversations.of(texts[side], tokenizer, max_seq_len + 1) for side in SIDES}
+        self.sides = {side: EncodedConversations.of(texts[side], tokenizer, max_seq_len + 1, rows)
+                      for side in SIDES}
 
     @property
     def num_cut(self) -> int:

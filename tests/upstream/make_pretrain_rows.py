@@ -3,8 +3,9 @@
 Upstream's ``dataset/lm_dataset.py`` is read at each commit the project follows (e119db8 for minimind2,
 d65ef2c for minimind3) from a git clone or mirror of ``jingyaogong/minimind`` into a temporary module, with
 a stand-in for the ``datasets`` package whose ``load_dataset('json', ...)`` reads the JSON Lines file as a
-list of rows (all ``PretrainDataset`` uses of it). Its ``PretrainDataset`` then cuts ``TEXTS`` with the
-project's shipped tokenizer at ``MAX_LENGTH``, and every row it returns is saved with the texts.
+list of rows (all ``PretrainDataset`` uses of it; the ``features`` d65ef2c's ``SFTDataset`` passes are applied
+by ``cast_turns``). Its ``PretrainDataset`` then cuts ``TEXTS`` with the project's shipped tokenizer at
+``MAX_LENGTH``, and every row it returns is saved with the texts.
 ``tests/test_data_windows.py`` checks ``--packing 0``'s rows against them. Regenerate with::
 
     python -m tests.upstream.make_pretrain_rows --repo /path/to/minimind.git
@@ -35,16 +36,34 @@ TEXTS = [
 ]
 
 
+def cast_turns(row: dict, features: dict) -> dict:
+    """``row`` as ``datasets`` casts it to ``features`` whose columns are lists of turns with string fields
+    (``{"conversations": [{"role": "string", ...}]}``, d65ef2c's ``SFTDataset``): every turn has each field, None
+    where it had none; a field the features lack, or a value that is not a string, fails as the cast fails."""
+    cast = {}
+    for column, (fields,) in features.items():
+        cast[column] = []
+        for turn in row[column]:
+            if set(turn) - set(fields) or any(not isinstance(value, str | None) for value in turn.values()):
+                raise TypeError(f"Couldn't cast {turn} to {fields}")
+            cast[column].append({name: turn.get(name) for name in fields})
+    return cast
+
+
 def datasets_stand_in() -> types.ModuleType:
-    """A ``datasets`` module whose ``load_dataset('json', data_files=path, split='train')`` is the file's rows."""
+    """A ``datasets`` module whose ``load_dataset('json', data_files=path, split='train', features=None)`` is the
+    file's rows, cast to the ``features`` (built with its ``Features`` and ``Value``) when given."""
     module = types.ModuleType("datasets")
 
-    def load_dataset(kind: str, data_files: str, split: str, **_) -> list[dict]:
+    def load_dataset(kind: str, data_files: str, split: str, features: dict | None = None) -> list[dict]:
         assert kind == "json" and split == "train"
-        return [json.loads(line) for line in Path(data_files).read_text(encoding="utf-8").splitlines()]
+        rows = [json.loads(line) for line in Path(data_files).read_text(encoding="utf-8").splitlines()]
+        return rows if features is None else [cast_turns(row, features) for row in rows]
 
     module.load_dataset = load_dataset
-    module.Features = module.Sequence = module.Value = lambda *args, **kwargs: None
+    module.Features = dict
+    module.Value = str  # Value("string") stands for the field's type by its name
+    module.Sequence = lambda *args, **kwargs: None
     return module
 
 
