@@ -59,6 +59,7 @@ from minimind.model.generation import (
 )
 from minimind.model.precision import PRECISION_DTYPES
 from minimind.model.pth_weights import WeightsMismatchError, load_minimind_pth
+from minimind.tokenizer.chat_templates import family_chat_template
 from minimind.tokenizer.loader import load_tokenizer, require_chat_template, tokenizer_fingerprint
 
 # A bare .pth's architecture and sizes; MiniMindConfig's defaults otherwise.
@@ -211,10 +212,13 @@ class Decoder:
 
 class ChatSession:
     """A conversation with a fine-tuned model: its turns so far (a system turn first when given), rendered by
-    the tokenizer's chat template, and trimmed to leave ``max_new_tokens`` of the model's context free."""
+    its family's chat template (minimind2: the tokenizer's; minimind3: MiniMind's today), and trimmed to leave
+    ``max_new_tokens`` of the model's context free."""
 
     def __init__(self, loaded: LoadedModel, system: str | None, max_new_tokens: int):
-        require_chat_template(loaded.tokenizer)
+        self.template = family_chat_template(loaded.model.config.model_family)
+        if self.template is None:
+            require_chat_template(loaded.tokenizer)
         self.tokenizer = loaded.tokenizer
         self.config = loaded.model.config
         self.max_new_tokens = max_new_tokens
@@ -226,7 +230,8 @@ class ChatSession:
         A turn that does not fit on its own is refused in one line, the conversation left as it was."""
         turns = [*self.messages, {"role": "user", "content": text}]
         max_positions = self.config.max_position_embeddings
-        messages, prompt = chat_history_that_fits(self.tokenizer, turns, max_positions, self.max_new_tokens)
+        messages, prompt = chat_history_that_fits(self.tokenizer, turns, max_positions, self.max_new_tokens,
+                                                  self.template)
         require_known_ids(prompt, self.config)
         if len(prompt) >= max_positions:
             raise GenerationInputError(f"the turn takes {len(prompt)} tokens in the chat template, and the model's "

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import dpo_ds
 import sft_ds
@@ -249,3 +251,33 @@ def test_a_from_weight_of_another_shape_is_refused_naming_the_flag(tmp_path):
                              entry=sft_ds.main, check=False)
     assert result.returncode == 2
     assert "error: --from_weight pretrain:" in result.stderr
+
+
+def test_the_minimind3_family_fine_tunes_and_aligns_in_its_own_chat_template(tmp_path, launch_env_vars):
+    """Upstream-made minimind3 weights (``tests/upstream/start``) as ``pretrain_32.pth``: SFT on d65ef2c's rows (its
+    chat template: think blocks, no default system turn), its samples asked in that template, then DPO from the
+    SFT weights with today's summed sequence log-probabilities, starting at ln 2."""
+    start = Path(__file__).parent / "upstream" / "start"
+    record = json.loads((start / "minimind3.json").read_text(encoding="utf-8"))
+    state = load_file(start / "minimind3.safetensors")
+    copy, source = record["tied"]
+    save_dir = tmp_path / "out"
+    save_dir.mkdir()
+    torch.save({**state, copy: state[source]}, save_dir / "pretrain_32.pth")
+    family = ["--model_family", "minimind3", "--hidden_size", "32", "--num_hidden_layers", "1", "--deepspeed_config",
+              str(FP32_CONFIG), "--log_interval", "1", "--max_seq_len", "48", "--max_steps", "3",
+              "--learning_rate", "3e-3", "--eval_fraction", "0.2", "--sample_prompts", "default", "--sample_tokens",
+              "3", "--save_dir", str(save_dir)]
+    sft = main_in_process([*family, "--batch_size", "4", "--data_path", str(write_conversations(tmp_path / "sft.jsonl",
+                                                                                                  40))],
+                          env=launch_env_vars, entry=sft_ds.main)
+    assert "weights: " in sft.stdout and (save_dir / "full_sft_32.pth").is_file()
+    assert len(read_metrics(save_dir / "full_sft")) == 3 and len(read_samples(save_dir / "full_sft")) == 3
+    dpo = main_in_process([*family, "--batch_size", "2", "--learning_rate", "3e-4", "--data_path",
+                           str(write_pairs(tmp_path / "dpo.jsonl", 20))], env=launch_env_vars, entry=dpo_ds.main)
+    assert "reference model: " in dpo.stdout
+    records = read_metrics(save_dir / "dpo")
+    assert records[0]["loss"] == pytest.approx(math.log(2), rel=1e-6) and records[1]["reward_margin"] != 0
+    settings = json.loads((save_dir / "dpo" / "run_settings.json").read_text())
+    assert settings["stage"] == "dpo" and settings["model"]["model_family"] == "minimind3"
+

@@ -1,5 +1,6 @@
 """The DPO loss equals e119db8's ``dpo_loss`` on the same inputs, in fp32, bit for bit (fixture from upstream's
-own ``train_dpo.py``), and its rewards are the implicit ones."""
+own ``train_dpo.py``), and today's (d65ef2c: sequences summed, not averaged) with ``mean=False``; its rewards
+are the implicit ones."""
 
 from pathlib import Path
 
@@ -27,6 +28,13 @@ def test_loss_is_minimind_e119db8s_exactly():
     policy, reference, mask = project_inputs()
     assert FIXTURE["mask"][-1].sum() == 0  # a row with no target token, as MiniMind's clamp allows
     assert torch.equal(dpo_loss(policy, reference, mask, BETA).loss, FIXTURE["loss"])
+
+
+def test_loss_with_summed_sequences_is_minimind_d65ef2cs():
+    policy, reference, mask = project_inputs()
+    torch.testing.assert_close(dpo_loss(policy, reference, mask, BETA, mean=False).loss, FIXTURE["loss_minimind3"],
+                               rtol=1e-6, atol=0)
+    assert not torch.allclose(FIXTURE["loss_minimind3"], FIXTURE["loss"])  # the two versions differ here
 
 
 def test_sequence_log_probs_are_means_over_the_mask():

@@ -251,6 +251,11 @@ def dpo_row(step: int, **fields) -> dict:
                         reward_rejected=-margin / 2, reward_margin=margin, reward_accuracy=0.5 + margin / 4) | fields
 
 
+def write_settings(folder: Path, stage: str, started: str) -> None:
+    """A later stage's ``run_settings.json``: its stage and start time."""
+    (folder / "run_settings.json").write_text(json.dumps({"stage": stage, "started": started}), encoding="utf-8")
+
+
 def test_a_save_folder_of_three_stages_reports_each_and_draws_them_side_by_side(tmp_path, capsys):
     """``out`` holds pretraining's run and, in ``full_sft/`` and ``dpo/``, the later stages': each gets its report in
     its own folder, DPO's with its preference accuracy, and ``stages.png`` shows the three."""
@@ -259,12 +264,12 @@ def test_a_save_folder_of_three_stages_reports_each_and_draws_them_side_by_side(
     (tmp_path / "full_sft").mkdir()
     write_jsonl(tmp_path / "full_sft" / "metrics.jsonl", [training_row(step, "B") for step in range(1, 11)]
                 + [validation_row(10, "B", 2.5)])
-    (tmp_path / "full_sft" / "run_settings.json").write_text(json.dumps({"stage": "sft", "started": "2026-12-06T10:00:00+0000"}), encoding="utf-8")
+    write_settings(tmp_path / "full_sft", "sft", "2026-12-06T10:00:00+0000")
     (tmp_path / "dpo").mkdir()
     write_jsonl(tmp_path / "dpo" / "metrics.jsonl", [dpo_row(step) for step in range(1, 11)]
                 + [{"step": 10, "val_loss": 0.66, "eval_tokens": 500, "val_reward_chosen": 0.1,
                     "val_reward_rejected": -0.1, "val_reward_margin": 0.2, "val_reward_accuracy": 0.625}])
-    (tmp_path / "dpo" / "run_settings.json").write_text(json.dumps({"stage": "dpo", "started": "2026-12-06T11:00:00+0000"}), encoding="utf-8")
+    write_settings(tmp_path / "dpo", "dpo", "2026-12-06T11:00:00+0000")
     assert main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out.splitlines()
     folders = [tmp_path, tmp_path / "full_sft", tmp_path / "dpo"]  # the order they started in

@@ -60,7 +60,7 @@ def load_chat_samples(kind: str, settings: DataSettings, tokenizer: PreTrainedTo
     ``eval_fraction`` of the file's records held out (the same ones on any number of ranks), or
     ``eval_data_path``'s file, or none."""
     path = chat_data_path(kind, settings, log)
-    records = read_records(kind, path, tokenizer, settings.max_seq_len)
+    records = read_records(kind, path, tokenizer, settings)
     lines = [describe(kind, path, records, settings.max_seq_len)]
     held_out = None
     if settings.eval_fraction:
@@ -71,7 +71,7 @@ def load_chat_samples(kind: str, settings: DataSettings, tokenizer: PreTrainedTo
         records, held_out = records.subset(split.train), records.subset(split.held_out)
         lines.append(f"validation: {len(held_out)} {noun(kind)} held out ({settings.eval_fraction:g} of the file)")
     elif settings.eval_data_path:
-        held_out = read_records(kind, Path(settings.eval_data_path), tokenizer, settings.max_seq_len)
+        held_out = read_records(kind, Path(settings.eval_data_path), tokenizer, settings)
         lines.append(f"validation: {describe(kind, Path(settings.eval_data_path), held_out, settings.max_seq_len)}")
     train = samples_of(records, settings.packing)
     validation = samples_of(held_out, settings.packing) if held_out is not None else None
@@ -82,11 +82,13 @@ def load_chat_samples(kind: str, settings: DataSettings, tokenizer: PreTrainedTo
 
 
 def read_records(kind: str, path: Path, tokenizer: PreTrainedTokenizerFast,
-                 max_seq_len: int) -> EncodedConversations | PreferencePairs:
-    """A file's conversations or preference pairs, checked and tokenized (rows of ``max_seq_len + 1`` tokens)."""
+                 settings: DataSettings) -> EncodedConversations | PreferencePairs:
+    """A file's conversations or preference pairs, checked and tokenized into rows of ``max_seq_len + 1`` tokens
+    as the family's MiniMind makes them (``settings.padded_rows``; minimind3's random choices seeded by the
+    run's seed, the same on every rank)."""
     if kind == "conversations":
-        return read_conversations(path, tokenizer, max_seq_len)
-    return PreferencePairs(path, tokenizer, max_seq_len)
+        return read_conversations(path, tokenizer, settings.max_seq_len, settings.padded_rows, seed=settings.seed)
+    return PreferencePairs(path, tokenizer, settings.max_seq_len, settings.padded_rows, seed=settings.seed)
 
 
 def samples_of(records: EncodedConversations | PreferencePairs, packing: bool) -> Dataset:

@@ -18,26 +18,27 @@ def prompt_token_ids(tokenizer, text: str) -> list[int]:
     return [tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)]
 
 
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """The token ids of ``messages`` (``{"role", "content"}`` turns) rendered by the tokenizer's chat template
-    with the assistant's turn opened (``add_generation_prompt=True``), the text then tokenized as MiniMind's
-    eval script does. A tokenizer without a chat template raises (check with ``require_chat_template``)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_prompt_ids(tokenizer, messages: list[dict], template: str | None = None) -> list[int]:
+    """The token ids of ``messages`` (``{"role", "content"}`` turns) rendered by ``template`` (None: the
+    tokenizer's chat template) with the assistant's turn opened (``add_generation_prompt=True``), the text then
+    tokenized as MiniMind's eval script does. A tokenizer without a chat template raises where ``template`` is
+    None (check with ``require_chat_template``)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=template)
     return tokenizer(text).input_ids
 
 
-def chat_history_that_fits(tokenizer, messages: list[dict], max_positions: int,
-                           max_new_tokens: int) -> tuple[list[dict], list[int]]:
+def chat_history_that_fits(tokenizer, messages: list[dict], max_positions: int, max_new_tokens: int,
+                           template: str | None = None) -> tuple[list[dict], list[int]]:
     """The latest turns of ``messages`` whose ``chat_prompt_ids`` leave room for ``max_new_tokens`` within
     ``max_positions``, and those ids. Whole exchanges go, oldest first (each kept history starts at a user
     turn; a first system turn always stays), down to the last turn alone, which is kept even if it is too long
-    (the caller lowers the new tokens or refuses it)."""
+    (the caller lowers the new tokens or refuses it). ``template``: as ``chat_prompt_ids``'s."""
     system, turns = (messages[:1], messages[1:]) if messages and messages[0]["role"] == "system" else ([], messages)
-    prompt = chat_prompt_ids(tokenizer, system + turns)
+    prompt = chat_prompt_ids(tokenizer, system + turns, template)
     while len(turns) > 1 and len(prompt) + max_new_tokens > max_positions:
         next_user = next((i for i in range(1, len(turns)) if turns[i]["role"] == "user"), len(turns) - 1)
         turns = turns[next_user:]
-        prompt = chat_prompt_ids(tokenizer, system + turns)
+        prompt = chat_prompt_ids(tokenizer, system + turns, template)
     return system + turns, prompt
 
 

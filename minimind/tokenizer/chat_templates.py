@@ -14,6 +14,12 @@ from pathlib import Path
 CHAT_TEMPLATES_DIR = Path(__file__).resolve().parent / "chat_templates"
 
 
+def family_chat_template(family: str) -> str | None:
+    """The chat template a ``family`` model's conversations are rendered with: minimind3's own, or None for
+    minimind2 (the tokenizer's, which the shipped tokenizer holds)."""
+    return minimind3_chat_template() if family == "minimind3" else None
+
+
 @functools.cache
 def minimind3_chat_template() -> str:
     """The minimind3 family's chat template (MiniMind's at d65ef2c), as Jinja text."""

@@ -38,7 +38,7 @@ from minimind.training.distributed.stall_watchdog import STALL_FRACTION, StallWa
 from minimind.training.distributed.world import global_rank, launched_world, local_rank, world_size
 from minimind.training.ds_config.corpus_fit import fit_batch_to_corpus
 from minimind.training.ds_config.load import resolve_ds_config
-from minimind.training.evaluation.samples import read_sample_prompts
+from minimind.training.evaluation.samples import ChatStyle, read_sample_prompts
 from minimind.training.hardware.offload_build import check_host_optimizer_build
 from minimind.training.hardware.peak_flops import peak_flops, tf32_enabled
 from minimind.training.loop.evaluation_schedule import Evaluator
@@ -193,8 +193,9 @@ def check_inputs(config: RunConfig) -> RunInputs:
     eval_cache_location = (cache_location(Path(data.eval_data_path), tokenizer, data)
                            if data.eval_data_path and not chat else None)
     prompts = config.evaluation.sample_prompts
+    sample_chat = ChatStyle(model_config.model_family) if chat else None  # pretraining: continuations
     sample_prompts = tuple(read_sample_prompts(prompts, tokenizer, model_config.max_position_embeddings,
-                                               chat=chat is not None) if prompts else ())
+                                               sample_chat) if prompts else ())
     ep_size = resolve_expert_parallel(ds_config, config.model.ep_size, model_config, world_size(),
                                       config.host.deepspeed_config)
     reference = check_reference(config, ep_size)
@@ -205,7 +206,7 @@ def check_inputs(config: RunConfig) -> RunInputs:
                        host_notes=host_notes, precision_timed=config.host.precision_timed,
                        eval_cache_location=eval_cache_location, sample_prompts=sample_prompts,
                        stage=config.stage.name, content_digest=chat.content_digest if chat else None,
-                       reference=reference, chat=chat)
+                       reference=reference, chat=chat, sample_chat=sample_chat)
     return check_resume_alone(config.checkpoint, inputs)
 
 

@@ -13,6 +13,8 @@ and ``MINIMIND3_PAIRS``, which use its own fields, with the shipped tokenizer ca
 its own tokenizer does, and as the project renders minimind3 rows). Upstream draws its random choices from
 Python's global ``random``: before each row is read, that generator is put in the state of the project's
 ``conversation_random(seed, index)``, for each of ``SEEDS``, so the rows show both outcomes of every choice.
+Its ``train_dpo.py``'s ``dpo_loss``, which sums each sequence's token log-probabilities where e119db8's takes
+their mean, on the same seeded logits (``loss_minimind3``).
 
 ``tests/test_data_conversations.py``, ``tests/test_data_preferences.py`` and ``tests/test_preference_loss.py``
 check the project against them. Regenerate with::
@@ -185,6 +187,11 @@ def main() -> None:
                  for name in ("policy", "reference")}
     tensors["loss"] = upstream["dpo_loss"](log_probs["reference"], log_probs["policy"], tensors["mask"], beta=BETA)
     tensors["beta"] = torch.tensor(BETA)
+    today = upstream_functions(repo, MINIMIND3_COMMIT, "trainer/train_dpo.py", ("logits_to_log_probs", "dpo_loss"))
+    today_log_probs = {name: today["logits_to_log_probs"](tensors[f"{name}_logits"], tensors["y"])
+                       for name in ("policy", "reference")}  # d65ef2c sums each sequence's tokens
+    tensors["loss_minimind3"] = today["dpo_loss"](today_log_probs["reference"], today_log_probs["policy"],
+                                                  tensors["mask"], beta=BETA)
     save_file(tensors, str(LOSS_FIXTURE))
     record_minimind3_rows(repo)
     for path in (ROWS_FIXTURE, MINIMIND3_ROWS_FIXTURE, LOSS_FIXTURE):

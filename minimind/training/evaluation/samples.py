@@ -6,6 +6,7 @@ AutoEP run collectives inside the forward); rank 0 records the text. The decode 
 ``minimind.model.generation``'s, the one ``python -m minimind.generate`` uses.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,23 +16,32 @@ from minimind.data.default_conversations import CHAT_PROMPTS
 from minimind.data.default_corpus import SAMPLE_PROMPTS
 from minimind.errors import ConfigError
 from minimind.model.generation import chat_prompt_ids, generate_tokens, prompt_token_ids
+from minimind.tokenizer.chat_templates import family_chat_template
 
 
-def sample_prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str, chat: bool) -> list[int]:
-    """A prompt's token ids: a document's start, or (``chat``) a user turn and the assistant's opening."""
-    if chat:
-        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+@dataclass(frozen=True)
+class ChatStyle:
+    """Samples of a fine-tuned model: questions as user turns in its ``family``'s chat template."""
+
+    family: str  # minimind2 | minimind3
+
+
+def sample_prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str, chat: ChatStyle | None) -> list[int]:
+    """A prompt's token ids: a document's start, or (``chat``) a user turn and the assistant's opening in the
+    chat template of the style's model family."""
+    if chat is not None:
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}], family_chat_template(chat.family))
     return prompt_token_ids(tokenizer, prompt)
 
 
 def read_sample_prompts(spec: str, tokenizer: PreTrainedTokenizerFast, max_positions: int,
-                        chat: bool = False) -> list[str]:
+                        chat: ChatStyle | None = None) -> list[str]:
     """``--sample_prompts``: ``default`` (openings in the bundled corpus's style; ``chat``: questions in the
     bundled conversations' style), ``none``, or a file of one prompt a line (blank lines and repeats skipped). A
     missing, unreadable or empty file, or a prompt of ``max_positions`` tokens or more (no room to continue it),
     is a one-line ``ConfigError``."""
     if spec in ("default", "none"):
-        return list(CHAT_PROMPTS if chat else SAMPLE_PROMPTS) if spec == "default" else []
+        return list(CHAT_PROMPTS if chat is not None else SAMPLE_PROMPTS) if spec == "default" else []
     path = Path(spec)
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -53,7 +63,7 @@ class SampleGenerator:
     the answers to them as user turns, through the chat template."""
 
     def __init__(self, engine, tokenizer: PreTrainedTokenizerFast, prompts: list[str], max_new_tokens: int,
-                 device: torch.device, chat: bool = False):
+                 device: torch.device, chat: ChatStyle | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.prompts = [(prompt, sample_prompt_ids(tokenizer, prompt, chat)) for prompt in prompts]

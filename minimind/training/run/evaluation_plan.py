@@ -18,7 +18,7 @@ def eval_settings(config: RunConfig, inputs: RunInputs, engine, eval_windows: Da
     """What each evaluation runs: the eval samples measured by ``objective``, and the sample prompts (either may
     be absent; a fine-tuning stage's prompts go through the chat template)."""
     samples = (SampleGenerator(engine, inputs.tokenizer, list(inputs.sample_prompts), config.evaluation.sample_tokens,
-                               device, chat=inputs.chat is not None) if inputs.sample_prompts else None)
+                               device, inputs.sample_chat) if inputs.sample_prompts else None)
     return EvalSettings(windows=eval_windows, samples=samples, interval=config.evaluation.interval,
                         micro_batch=inputs.batch.micro_batch, max_batches=config.evaluation.max_batches, device=device,
                         objective=objective)

@@ -15,6 +15,7 @@ from minimind.tokenizer.loader import tokenizer_fingerprint
 from minimind.training.checkpoints.identity import RunIdentity, data_identity
 from minimind.training.checkpoints.resume_choice import ResumeRequest
 from minimind.training.ds_config.load import BatchPlan
+from minimind.training.evaluation.samples import ChatStyle
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunInputs:
     content_digest: str | None = None  # a fine-tuning stage's data file (pretraining's are its token caches')
     reference: dict | None = None  # DPO's reference weights: {"path", "blake2b"}
     chat: ChatSamples | None = None  # a fine-tuning stage's samples, read and checked with the other inputs
+    sample_chat: ChatStyle | None = None  # a fine-tuning stage's sample prompts are user turns in this style
 
     def identity(self) -> RunIdentity:
         """What a checkpoint of this run records, and a resumed checkpoint must share."""
@@ -55,7 +57,7 @@ class RunInputs:
                        "exhaust": self.data.mixture_exhaust, "seed": self.data.seed}
         data = data_identity(self.data.description(), digest, self.data.packing, self.data.max_seq_len,
                              self.data.eval_fraction, mixture, self.data.text_field, self.data.padded_rows)
-        if self.stage != "pretrain":
-            data = {**data, "stage": self.stage}
+        if self.stage != "pretrain":  # a fine-tuning stage's rows are its family's, packed or not
+            data = {**data, "stage": self.stage, "rows": self.data.padded_rows}
         return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer), data, self.reference)
 
