@@ -69,7 +69,9 @@ def test_sets_are_minimind_formats_with_matching_questions(tmp_path):
     for pair in pairs:
         assert pair["chosen"][0] == pair["rejected"][0] and pair["chosen"][0]["content"] not in asked
         name = pair["chosen"][0]["content"][len("What does `"):-len("` do?")]
-        assert pair["chosen"][1]["content"] == answers[name] != pair["rejected"][1]["content"]
+        chosen, rejected = pair["chosen"][1]["content"], pair["rejected"][1]["content"]
+        assert chosen == answers[name] != rejected
+        assert sorted(rejected.split()) == sorted(chosen.split())  # the same words, scrambled
     again = tmp_path / "again"
     build_sets([package], again / "sft.jsonl", again / "dpo.jsonl", conversations=5, pairs=3)
     assert (again / "sft.jsonl").read_bytes() == sft.read_bytes()
@@ -78,7 +80,7 @@ def test_sets_are_minimind_formats_with_matching_questions(tmp_path):
 
 def test_too_few_names_is_one_line(tmp_path):
     package = write_package(tmp_path, 1)
-    with pytest.raises(ValueError, match="3 answered names under .*; 5 needed"):
+    with pytest.raises(ValueError, match="3 answered names under .*; 4 needed"):
         build_sets([package], tmp_path / "s.jsonl", tmp_path / "d.jsonl", conversations=2, pairs=2)
 
 

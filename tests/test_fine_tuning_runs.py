@@ -109,7 +109,8 @@ def test_sft_trains_on_packed_conversations_with_validation_and_chat_samples(sft
     assert [m["step"] for m in records] == list(range(1, STEPS + 1))
     assert records[-1]["loss"] < records[0]["loss"]
     evals = read_eval_rows(sft_two_ranks / "full_sft")
-    assert [row["step"] for row in evals] == [SAVE_AT, STEPS] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert [row["step"] for row in evals] == [0, SAVE_AT, STEPS]  # the starting weights too
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     samples = read_samples(sft_two_ranks / "full_sft")
     assert {row["prompt"] for row in samples} == {"What does `json.dumps` do?", "What does `torch.nn.Linear` do?",
                                                   "Who are you?"}
@@ -167,7 +168,8 @@ def test_dpo_starts_at_log_2_and_learns_the_preference(dpo_zero2):
     assert records[0]["reward_chosen"] == records[0]["reward_rejected"] == 0
     assert records[-1]["loss"] < math.log(2) and records[-1]["reward_margin"] > 0
     evals = read_eval_rows(dpo_zero2 / "dpo")
-    assert [row["step"] for row in evals] == [SAVE_AT, STEPS]
+    assert [row["step"] for row in evals] == [0, SAVE_AT, STEPS]
+    assert evals[0]["val_loss"] == pytest.approx(math.log(2), rel=1e-6) and evals[0]["val_reward_accuracy"] == 0
     assert evals[-1]["val_reward_accuracy"] > 0.5 and evals[-1]["val_loss"] < math.log(2)
     assert "val_ppl" not in evals[-1]
 
@@ -272,7 +274,8 @@ def test_the_minimind3_family_fine_tunes_and_aligns_in_its_own_chat_template(tmp
                                                                                                   40))],
                           env=launch_env_vars, entry=sft_ds.main)
     assert "weights: " in sft.stdout and (save_dir / "full_sft_32.pth").is_file()
-    assert len(read_metrics(save_dir / "full_sft")) == 3 and len(read_samples(save_dir / "full_sft")) == 3
+    assert len(read_metrics(save_dir / "full_sft")) == 3
+    assert [row["step"] for row in read_samples(save_dir / "full_sft")] == [0, 0, 0, 3, 3, 3]
     dpo = main_in_process([*family, "--batch_size", "2", "--learning_rate", "3e-4", "--data_path",
                            str(write_pairs(tmp_path / "dpo.jsonl", 20))], env=launch_env_vars, entry=dpo_ds.main)
     assert "reference model: " in dpo.stdout

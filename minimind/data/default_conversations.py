@@ -3,8 +3,10 @@ functions and classes whose docstrings make the default pretraining corpus, answ
 
 - Conversations (``{"conversations": [user, assistant]}``, MiniMind's SFT format): the user asks what a
   function or class does, by its qualified name; the assistant answers with the docstring's first paragraph.
-- Preference pairs (``{"chosen": [...], "rejected": [...]}``, MiniMind's DPO format): the same question, the
-  right answer chosen and another function's answer rejected (the next one in the set's seeded order).
+- Preference pairs (``{"chosen": [...], "rejected": [...]}``, MiniMind's DPO format): the same question about
+  other names, the answer chosen and the same answer with its words in a seeded shuffled order rejected: a
+  preference for fluent text over the same words scrambled, which a small model can learn and show on held-out
+  pairs.
 
 The texts come from the installed sources, read with ``ast`` (never imported), as the pretraining corpus's:
 the standard library's (PSF licence), torch's (BSD-3-Clause) and transformers' (Apache-2.0) docstrings. The
@@ -26,7 +28,7 @@ from minimind.data.build_lock import build_once
 from minimind.data.cache_root import cache_root
 from minimind.data.default_corpus import default_source_roots, environment_versions, python_files
 
-CONVERSATIONS_FORMAT = 1  # bump when the rules below change, so that cached sets are rebuilt
+CONVERSATIONS_FORMAT = 2  # bump when the rules below change, so that cached sets are rebuilt
 MIN_ANSWER_CHARS, MAX_ANSWER_CHARS = 40, 400
 SEED = 0
 QUESTION = "What does `{name}` do?"
@@ -86,19 +88,29 @@ def conversation(name: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": QUESTION.format(name=name)}, {"role": "assistant", "content": answer}]
 
 
+def scrambled(answer: str, seed: int) -> str:
+    """``answer``'s words in a seeded shuffled order, never the original order (an answer of one word, or of
+    one repeated word, gets an extra copy of its last word instead)."""
+    words = answer.split()
+    shuffled = list(words)
+    random.Random(seed).shuffle(shuffled)
+    if shuffled == words:
+        shuffled = [*words, words[-1]]
+    return " ".join(shuffled)
+
+
 def build_sets(source_roots: Sequence[str | Path], sft_path: Path, dpo_path: Path, *, conversations: int,
                pairs: int) -> tuple[int, int]:
     """Write ``conversations`` SFT conversations to ``sft_path`` and ``pairs`` preference pairs (about other
-    names) to ``dpo_path``, each atomically; returns how many of each were written. ``ValueError`` when the
-    sources hold fewer than both need plus one."""
-    found = answers(source_roots, conversations + pairs + 1)
-    if len(found) < conversations + pairs + 1:
+    names: the answer chosen, its words scrambled rejected) to ``dpo_path``, each atomically; returns how many of
+    each were written. ``ValueError`` when the sources hold fewer than both need."""
+    found = answers(source_roots, conversations + pairs)
+    if len(found) < conversations + pairs:
         raise ValueError(f"{len(found)} answered names under {', '.join(map(str, source_roots))}; "
-                         f"{conversations + pairs + 1} needed")
+                         f"{conversations + pairs} needed")
     sft = [{"conversations": conversation(name, answer)} for name, answer in found[:conversations]]
-    tail = found[conversations:]
-    dpo = [{"chosen": conversation(name, answer), "rejected": conversation(name, tail[index + 1][1])}
-           for index, (name, answer) in enumerate(tail[:pairs])]
+    dpo = [{"chosen": conversation(name, answer), "rejected": conversation(name, scrambled(answer, SEED + index))}
+           for index, (name, answer) in enumerate(found[conversations:])]
     write_jsonl(sft, sft_path)
     write_jsonl(dpo, dpo_path)
     return len(sft), len(dpo)

@@ -46,7 +46,7 @@ SFT = Stage(
                                "accumulation_steps": 1, "grad_clip": 1.0}),
     family_defaults=MappingProxyType({"minimind2": {"learning_rate": 1e-6, "max_seq_len": 340},
                                       "minimind3": {"learning_rate": 1e-5, "max_seq_len": 768}}),
-    cpu_demo=MappingProxyType({"learning_rate": 1e-3, "max_steps": 100, "eval_interval": 50, "save_interval": 50}),
+    cpu_demo=MappingProxyType({"learning_rate": 3e-3, "max_steps": 150, "eval_interval": 50, "save_interval": 50}),
 )
 DPO = Stage(
     name="dpo", script="dpo_ds.py",
@@ -56,7 +56,7 @@ DPO = Stage(
                                "epochs": 1, "batch_size": 4, "accumulation_steps": 1, "grad_clip": 1.0,
                                "learning_rate": 4e-8, "max_seq_len": 1024, "save_interval": 100}),
     family_defaults=MappingProxyType({"minimind2": {"beta": 0.1}, "minimind3": {"beta": 0.15}}),
-    cpu_demo=MappingProxyType({"learning_rate": 2e-5, "max_steps": 60, "batch_size": 4, "eval_interval": 30,
+    cpu_demo=MappingProxyType({"learning_rate": 1e-3, "max_steps": 60, "batch_size": 4, "eval_interval": 30,
                                "save_interval": 30, "log_interval": 10}),
     bundled_eval_fraction=0.05,
 )

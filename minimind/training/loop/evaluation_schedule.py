@@ -24,6 +24,7 @@ class EvalSettings:
     max_batches: int
     device: torch.device
     objective: EvalObjective = TOKEN_LOSS  # the stage's
+    at_start: bool = False  # evaluate the starting weights too (fine-tuning: the figures it starts from)
 
     @property
     def enabled(self) -> bool:
@@ -32,8 +33,8 @@ class EvalSettings:
 
 
 class Evaluator:
-    """Owns the evaluation policy: ``after_step`` evaluates on the interval, ``close`` where a finished run
-    ends, unless that step was already evaluated (also by the run a resume continues: the checkpoint
+    """Owns the evaluation policy: ``start`` evaluates the starting weights of a fresh run where asked (a
+    fine-tuning stage), ``after_step`` evaluates on the interval, ``close`` where a finished run ends, unless that step was already evaluated (also by the run a resume continues: the checkpoint
     records ``position.evaluated_step``). A run stopped by a signal or by non-finite steps is not evaluated
     at its end. Each evaluation logs the validation loss and writes the samples.
     """
@@ -43,6 +44,11 @@ class Evaluator:
         self.settings = settings
         self.logger = logger
         self.rank, self.world = rank, world
+
+    def start(self, position: TrainingPosition) -> None:
+        """Evaluate the weights a fresh run starts from (step 0) when the settings ask for it."""
+        if self.settings.at_start and position.step == 0:
+            self.evaluate(position)
 
     def after_step(self, position: TrainingPosition) -> None:
         """Evaluate when ``position.step`` is a multiple of the interval."""

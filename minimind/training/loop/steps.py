@@ -110,6 +110,9 @@ def run_training(
     meter = ThroughputMeter(position.step)
     guards = StopGuards(settings.max_nonfinite_steps)
     reason = StopReason.FINISHED
+    if evaluator is not None:
+        with meter.paused(), paused(watchdog):
+            evaluator.start(position)
     steps = data.optimizer_steps(position.epoch, position.sample_in_epoch)
     while position.step < total_steps and (step := next(steps, None)) is not None:
         epoch, micro_batches = step

@@ -21,7 +21,7 @@ def eval_settings(config: RunConfig, inputs: RunInputs, engine, eval_windows: Da
                                device, inputs.sample_chat) if inputs.sample_prompts else None)
     return EvalSettings(windows=eval_windows, samples=samples, interval=config.evaluation.interval,
                         micro_batch=inputs.batch.micro_batch, max_batches=config.evaluation.max_batches, device=device,
-                        objective=objective)
+                        objective=objective, at_start=inputs.chat is not None)
 
 
 def announce_evaluation(config: RunConfig, inputs: RunInputs, eval_windows: Dataset | None) -> None:
@@ -34,7 +34,8 @@ def announce_evaluation(config: RunConfig, inputs: RunInputs, eval_windows: Data
         targets = (f" ({eval_windows.num_label_tokens:,} target tokens)" if isinstance(eval_windows, PackedWindows)
                    else "")
         print0(f"evaluation: {len(eval_windows)} samples{targets} from {source}, {batches} micro-batches per rank "
-               f"every {config.evaluation.interval} steps and at the end")
+               f"{'before the first step, ' if inputs.chat is not None else ''}every {config.evaluation.interval} "
+               "steps and at the end")
     if inputs.sample_prompts:
         print0(f"samples: {len(inputs.sample_prompts)} prompts continued by {config.evaluation.sample_tokens} "
                f"tokens at each evaluation, into {inputs.save_dir / SAMPLES_FILE}")
