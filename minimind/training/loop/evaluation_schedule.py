@@ -34,8 +34,9 @@ class EvalSettings:
 
 class Evaluator:
     """Owns the evaluation policy: ``start`` evaluates the starting weights of a fresh run where asked (a
-    fine-tuning stage), ``after_step`` evaluates on the interval, ``close`` where a finished run ends, unless that step was already evaluated (also by the run a resume continues: the checkpoint
-    records ``position.evaluated_step``). A run stopped by a signal or by non-finite steps is not evaluated
+    fine-tuning stage), ``after_step`` evaluates on the interval, ``close`` where a finished run ends, unless
+    that step was already evaluated (also by the run a resume continues: the checkpoint records
+    ``position.evaluated_step``). A run stopped by a signal or by non-finite steps is not evaluated
     at its end. Each evaluation logs the validation loss and writes the samples.
     """
 
