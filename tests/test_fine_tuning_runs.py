@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import dpo_ds
 import sft_ds
 from tests.launcher import (
+    DS_CONFIGS,
     FP32_CONFIG,
     assert_losses_follow,
     config_with_updates,
@@ -148,8 +149,9 @@ def dpo_run(folder: Path, config: Path, launch_env_vars: dict) -> Path:
     folder.mkdir(exist_ok=True)
     data = write_pairs(folder / "dpo.jsonl", 60)
     save_dir = stage_dir(folder, RECORD["dpo"]["weights"]["reference"], "full_sft")
-    launch(2, [*DPO_RUN, "--deepspeed_config", str(config), "--data_path", str(data), "--save_dir", str(save_dir)],
-           script="dpo_ds.py", env=launch_env_vars)
+    result = launch(2, [*DPO_RUN, "--deepspeed_config", str(config), "--data_path", str(data), "--save_dir",
+                        str(save_dir)], script="dpo_ds.py", env=launch_env_vars)
+    (folder / "dpo.log").write_text(result.stdout)
     return save_dir
 
 
@@ -169,7 +171,8 @@ def test_dpo_starts_at_log_2_and_learns_the_preference(dpo_zero2):
     assert records[-1]["loss"] < math.log(2) and records[-1]["reward_margin"] > 0
     evals = read_eval_rows(dpo_zero2 / "dpo")
     assert [row["step"] for row in evals] == [0, SAVE_AT, STEPS]
-    assert evals[0]["val_loss"] == pytest.approx(math.log(2), rel=1e-6) and evals[0]["val_reward_accuracy"] == 0
+    assert evals[0]["val_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert evals[0]["val_reward_accuracy"] == 0.5  # every reward 0 at the start: ties, counted half
     assert evals[-1]["val_reward_accuracy"] > 0.5 and evals[-1]["val_loss"] < math.log(2)
     assert "val_ppl" not in evals[-1]
 
@@ -177,8 +180,8 @@ def test_dpo_starts_at_log_2_and_learns_the_preference(dpo_zero2):
 def test_zero3_dpo_matches_zero2_with_the_reference_partitioned(dpo_zero2, tmp_path, launch_env_vars):
     zero3 = config_with_updates("zero3_bf16.json", tmp_path / "zero3_fp32.json", {"bf16": {"enabled": False}})
     save_dir = dpo_run(tmp_path, zero3, launch_env_vars)
-    log = (save_dir / "dpo" / "run_settings.json").read_text()
-    assert json.loads(log)["zero_stage"] == 3
+    assert "frozen, partitioned over the ranks (ZeRO-3)" in (tmp_path / "dpo.log").read_text()
+    assert json.loads((save_dir / "dpo" / "run_settings.json").read_text())["zero_stage"] == 3
     assert_losses_follow(read_metrics(save_dir / "dpo"), read_metrics(dpo_zero2 / "dpo"), exact_steps=STEPS,
                          rel=1e-5)
 
@@ -283,4 +286,30 @@ def test_the_minimind3_family_fine_tunes_and_aligns_in_its_own_chat_template(tmp
     assert records[0]["loss"] == pytest.approx(math.log(2), rel=1e-6) and records[1]["reward_margin"] != 0
     settings = json.loads((save_dir / "dpo" / "run_settings.json").read_text())
     assert settings["stage"] == "dpo" and settings["model"]["model_family"] == "minimind3"
+
+
+def test_a_bf16_dpo_step_runs_its_reference_in_bf16(tmp_path, launch_env_vars):
+    """bf16 (the policy's BF16 optimizer, the reference a stage-0 bf16 copy): the first loss is ln 2 up to bf16's
+    rounding of two equal models' log-probabilities, and the step after it moves."""
+    save_dir = stage_dir(tmp_path, RECORD["dpo"]["weights"]["reference"], "full_sft")
+    result = main_in_process([*DPO_RUN, "--deepspeed_config", str(DS_CONFIGS / "zero2_bf16.json"), "--batch_size", "4",
+                              "--max_steps", "2", "--data_path", str(write_pairs(tmp_path / "dpo.jsonl", 20)),
+                              "--save_dir", str(save_dir)], env=launch_env_vars, entry=dpo_ds.main)
+    assert "precision bf16" in result.stdout and "frozen, one copy per rank" in result.stdout
+    records = read_metrics(save_dir / "dpo")
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the same bf16 model twice: equal rewards
+    assert records[1]["loss"] != records[0]["loss"] and math.isfinite(records[1]["loss"])
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--packing", "1"], "--packing 1: DPO's preference pairs are padded rows"),
+    (["--skip_bad_lines"], "--skip_bad_lines applies to pretraining's text files"),
+    (["--save_weight", "full_sft"], "--save_weight full_sft: DPO would overwrite its own reference weights"),
+])
+def test_flags_that_mean_nothing_or_harm_in_dpo_are_refused_in_one_line(tmp_path, flags, problem):
+    save_dir = stage_dir(tmp_path, RECORD["dpo"]["weights"]["reference"], "full_sft")
+    result = main_in_process([*DPO_RUN, "--data_path", str(write_pairs(tmp_path / "dpo.jsonl", 8)), "--save_dir",
+                              str(save_dir), *flags], entry=dpo_ds.main, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"dpo_ds.py: error: {problem}")
 

@@ -3,6 +3,7 @@ the policy and the frozen reference being upstream-made weights that differ (``t
 e119db8's figures and a plain recomputation."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,8 +11,12 @@ import torch
 from minimind.data.preferences import SIDES
 from minimind.model.preference_loss import dpo_loss, target_log_probs
 from minimind.tokenizer import load_tokenizer
+from minimind.training import stage_run
+from minimind.training.arguments import parse_args, run_config
 from minimind.training.evaluation.validation_loss import evaluate
 from minimind.training.loop.preference_objective import PreferenceLoss
+from minimind.training.run.reference_model import reference_ds_config
+from minimind.training.stages import DPO as DPO_STAGE
 from tests.plain_engine import PlainEngine
 from tests.test_stage_losses_upstream import RECORD, fixture_model, preference_batch
 
@@ -55,9 +60,9 @@ def fixture_rewards() -> dict[str, list[float]]:
 
 
 def preferred_share(rewards: dict[str, list[float]]) -> float:
-    """The share of pairs whose chosen answer has the higher reward."""
+    """The share of pairs whose chosen answer has the higher reward, a tie counting half."""
     chosen, rejected = rewards["chosen"], rewards["rejected"]
-    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
+    return sum((c > r) + 0.5 * (c == r) for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
 
 
 def plain_loss(policy, reference, batch) -> torch.Tensor:
@@ -104,3 +109,30 @@ def test_an_evaluation_counts_every_pair_once_and_no_blank_pair(models, tmp_path
     assert not result.perplexity and "val_ppl" not in result.figures()
     assert result.eval_tokens == sum(int((batch[f"{side}_targets"] != -100).sum()) for side in SIDES)
     assert result.extra["val_reward_accuracy"] == preferred_share(fixture_rewards())
+
+
+def test_the_reference_engine_keeps_zero3_and_nothing_of_training():
+    """The reference's DeepSpeed config: no optimizer, schedule, clipping, monitor or profiler; ZeRO-3 kept (its
+    parameters partitioned, offloaded where the policy's are) without the optimizer offload; any other stage 0;
+    the precision the policy's."""
+    policy = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
+              "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"}, "gradient_clipping": 1.0,
+              "tensorboard": {"enabled": True}, "wandb": {"enabled": True}, "flops_profiler": {"enabled": True}}
+    zero2 = reference_ds_config({**policy, "zero_optimization": {"stage": 2, "overlap_comm": True}})
+    assert zero2 == {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
+                     "zero_optimization": {"stage": 0}}
+    zero3 = reference_ds_config({**policy, "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"},
+                                                                 "offload_optimizer": {"device": "cpu"}}})
+    assert zero3["zero_optimization"] == {"stage": 3, "offload_param": {"device": "cpu"}}
+
+
+@pytest.mark.parametrize("family, mean, beta", [("minimind2", True, 0.1), ("minimind3", False, 0.15)])
+def test_dpo_takes_its_familys_sequence_log_probability_and_beta(monkeypatch, family, mean, beta):
+    """e119db8's trainer (minimind2) averages a sequence's token log-probabilities with beta 0.1; today's
+    (minimind3) sums them with beta 0.15."""
+    monkeypatch.setattr(stage_run, "reference_engine", lambda config, inputs: "reference")
+    config = run_config(parse_args(["--model_family", family], DPO_STAGE), cpu_only=False, stage=DPO_STAGE)
+    inputs = SimpleNamespace(model_config=SimpleNamespace(model_family=family))
+    objective = stage_run.stage_objective(config, inputs)
+    assert (objective.reference, objective.mean_over_tokens, objective.beta) == ("reference", mean, beta)
+

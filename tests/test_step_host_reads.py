@@ -14,6 +14,7 @@ from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.data import IGNORE_INDEX
 from minimind.model.loss import token_cross_entropy
 from minimind.training.loop import objective as loop
+from minimind.training.loop import preference_objective
 from tests.plain_engine import PlainEngine
 
 
@@ -63,6 +64,7 @@ def host_reads_refused(monkeypatch):
         return read
 
     monkeypatch.setattr(loop, "copy_to_host_later", counted_copy)
+    monkeypatch.setattr(preference_objective, "copy_to_host_later", counted_copy)
 
     class Allowed:
         def __enter__(self):
@@ -111,3 +113,58 @@ def test_the_check_catches_a_host_read(host_reads_refused):
     """The interception is real: ``item()`` inside the guarded region fails."""
     with pytest.raises(HostReadError):
         torch.ones(()).item()
+
+
+def preference_batches(count: int, pairs: int, seq: int, vocab: int) -> list[dict]:
+    """Seeded DPO micro-batches: both sides' ids and targets, some positions without a target."""
+    generator = torch.Generator().manual_seed(5)
+    batches = []
+    for _ in range(count):
+        batch = {}
+        for side in ("chosen", "rejected"):
+            batch[f"{side}_input_ids"] = torch.randint(0, vocab, (pairs, seq), generator=generator)
+            targets = torch.randint(0, vocab, (pairs, seq), generator=generator)
+            targets[:, : seq // 2] = IGNORE_INDEX  # the prompt's positions
+            batch[f"{side}_targets"] = targets
+        batches.append(batch)
+    return batches
+
+
+def test_a_dpo_step_reads_nothing_back_but_the_deferred_stop_vote(host_reads_refused):
+    """DPO's step too: the reference's forward, the policy's, the losses and rewards stay on the device; the stop
+    vote, reduced before the first forward, is the one deferred copy."""
+    allowed, deferred = host_reads_refused
+    with allowed():
+        torch.manual_seed(0)
+        config = MiniMindConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                vocab_size=97)
+        policy, reference = MiniMindForCausalLM(config), MiniMindForCausalLM(config).requires_grad_(False)
+        batches = preference_batches(2, 2, 9, 97)
+    objective = preference_objective.PreferenceLoss(reference, beta=0.1)
+    result = objective.train_step(PlainEngine(policy), batches, torch.device("cpu"), stop_requested=True)
+    assert deferred == [torch.Size([])]
+    with allowed():
+        assert result.stop and result.loss > 0
+
+
+
+def test_the_dpo_stop_vote_is_copied_before_the_first_forward(monkeypatch):
+    """The vote's copy to the host is queued before any forward, so the host never waits on the step's own work
+    to read it (a copy queued after the last backward would)."""
+    torch.manual_seed(0)
+    config = MiniMindConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                            vocab_size=97)
+    policy, reference = MiniMindForCausalLM(config), MiniMindForCausalLM(config).requires_grad_(False)
+    forwards, copied_after = [], []
+
+    class CountingEngine(PlainEngine):
+        def __call__(self, **inputs):
+            forwards.append(1)
+            return super().__call__(**inputs)
+
+    original = preference_objective.copy_to_host_later
+    monkeypatch.setattr(preference_objective, "copy_to_host_later",
+                        lambda tensor: copied_after.append(len(forwards)) or original(tensor))
+    preference_objective.PreferenceLoss(reference, beta=0.1).train_step(
+        CountingEngine(policy), preference_batches(2, 2, 9, 97), torch.device("cpu"))
+    assert copied_after == [0] and len(forwards) == 2

@@ -101,7 +101,10 @@ def build_parser(stage: Stage = PRETRAIN) -> argparse.ArgumentParser:
                            "--eval_data_path)")
     data.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the shipped one)")
     data.add_argument("--max_seq_len", type=number_at_least(2), default=None, help="tokens per sample (MiniMind: 340)")
-    data.add_argument("--packing", type=int, choices=(0, 1), default=1, help="1: pack documents; 0: pad each")
+    data.add_argument("--packing", type=int, choices=(0, 1), default=None,
+                      help="1 (the default): pack documents, or whole conversations each attending only to itself; "
+                           "0: one padded document or conversation per row, as MiniMind's datasets (DPO's pairs are "
+                           "always padded)")
     data.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSON lines, counted")
     data.add_argument("--num_workers", type=number_at_least(0), default=0,
                       help="DataLoader worker processes per rank (MiniMind: 8); samples are slices of a memory-mapped "
@@ -219,7 +222,7 @@ def run_config(args: argparse.Namespace, cpu_only: bool, stage: Stage = PRETRAIN
         flags["deepspeed_config"], line = cpu_ds_config(flags)
         notes += (line,)
     if flags["save_weight"] in (*RUN_FOLDERS, *RUN_RECORDS):
-        raise ConfigError(f"--save_weight {flags['save_weight']}: the pretraining run keeps its own records under "
+        raise ConfigError(f"--save_weight {flags['save_weight']}: a run keeps its own records under "
                           "that name in --save_dir; choose another prefix")
     sources = tuple(data_sources(flags["data_path"])) if flags["data_path"] else ()
     flags["mixture_exhaust"] = mixture_exhaust(flags["mixture_exhaust"], sources)
@@ -296,7 +299,25 @@ def resolved_flags(parsed: Mapping, cpu_only: bool, stage: Stage = PRETRAIN) -> 
         if flags.get(name) is None:
             flags[name] = value
     apply_evaluation_defaults(flags, stage.bundled_eval_fraction)
+    check_stage_data_flags(flags, stage)
     return flags, demo
+
+
+def check_stage_data_flags(flags: dict, stage: Stage) -> None:
+    """Resolve ``--packing`` (1, but DPO's pairs are padded) and refuse, in one line, the data flags that mean
+    nothing for the stage's data: pretraining's text-file flags for conversations and pairs, packing for pairs."""
+    if stage.data != "documents":
+        for flag, given in (("skip_bad_lines", flags["skip_bad_lines"]), ("text_field", flags["text_field"] != "text")):
+            if given:
+                raise ConfigError(f"--{flag} applies to pretraining's text files; {stage.script} reads "
+                                  f"{stage.data} (every bad line is refused, naming its file and line)")
+    if stage.data == "preferences":
+        if flags["packing"]:
+            raise ConfigError("--packing 1: DPO's preference pairs are padded rows, as MiniMind's DPODataset makes "
+                              "them; drop the flag")
+        flags["packing"] = 0
+    elif flags["packing"] is None:
+        flags["packing"] = 1
 
 
 def check_dtype_agrees(dtype: str, ds_config_path: str) -> None:

@@ -176,12 +176,8 @@ def check_inputs(config: RunConfig) -> RunInputs:
     model_config = MiniMindConfig(**config.model.config_kwargs, vocab_size=max(len(tokenizer), 6400))
     check_from_weight(config, model_config)
     kind = STAGES[config.stage.name].data
-    data, chat = config.data, None
-    if kind in CHAT_DATA:
-        chat = load_chat_samples(kind, data, tokenizer, print0)
-        for line in chat.lines:
-            print0(line)
-        data = replace(data, sources=(DataSource(str(chat.path), (chat.path,), None),))
+    fine_tuning = kind in CHAT_DATA
+    data = config.data
     if data.max_seq_len > model_config.max_position_embeddings:
         raise ConfigError(f"--max_seq_len {data.max_seq_len} exceeds the model's max_position_embeddings "
                           f"{model_config.max_position_embeddings}")
@@ -189,16 +185,22 @@ def check_inputs(config: RunConfig) -> RunInputs:
     check_kernels_run_on(config.model.kernels, device)
     if config.logging.use_wandb:
         check_wandb_installed()
-    cache_locations = () if chat else tuple(cache_location(path, tokenizer, data) for path in data.data_paths)
-    eval_cache_location = (cache_location(Path(data.eval_data_path), tokenizer, data)
-                           if data.eval_data_path and not chat else None)
     prompts = config.evaluation.sample_prompts
-    sample_chat = ChatStyle(model_config.model_family) if chat else None  # pretraining: continuations
+    sample_chat = ChatStyle(model_config.model_family) if fine_tuning else None  # pretraining: continuations
     sample_prompts = tuple(read_sample_prompts(prompts, tokenizer, model_config.max_position_embeddings,
                                                sample_chat) if prompts else ())
     ep_size = resolve_expert_parallel(ds_config, config.model.ep_size, model_config, world_size(),
                                       config.host.deepspeed_config)
     reference = check_reference(config, ep_size)
+    chat = None  # the heavy part last: a fine-tuning stage reads its whole file, pretraining checks its files
+    if fine_tuning:
+        chat = load_chat_samples(kind, data, tokenizer, print0)
+        for line in chat.lines:
+            print0(line)
+        data = replace(data, sources=(DataSource(str(chat.path), (chat.path,), None),))
+    cache_locations = () if chat else tuple(cache_location(path, tokenizer, data) for path in data.data_paths)
+    eval_cache_location = (cache_location(Path(data.eval_data_path), tokenizer, data)
+                           if data.eval_data_path and not chat else None)
     host_notes = config.host.notes + moe_dispatch_notes(model_config, ep_size, device, precision_of(ds_config))
     inputs = RunInputs(config.host.cpu_only, config.demo, ds_config, batch, save_dir, tokenizer, model_config, data,
                        cache_locations, resume_request(config.checkpoint, save_dir), ep_size,
@@ -220,6 +222,9 @@ def check_reference(config: RunConfig, ep_size: int | None) -> dict | None:
     if path is None:
         raise ConfigError("--from_weight none: DPO needs the weights of the model it aligns (MiniMind: full_sft), "
                           "which are also its frozen reference")
+    if path == config.weights_path():
+        raise ConfigError(f"--save_weight {config.checkpoint.save_weight}: DPO would overwrite its own reference "
+                          f"weights {path} (--from_weight); choose another --save_weight (MiniMind: dpo)")
     if ep_size is not None:
         raise ConfigError("dpo_ds.py: expert parallelism (AutoEP, --ep_size or the JSON's expert_parallel) is not "
                           "supported for DPO yet; run the MoE model without it")

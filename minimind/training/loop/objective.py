@@ -15,7 +15,7 @@ from minimind.data.model_inputs import model_inputs, to_device
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
 from minimind.training.distributed.collectives import all_reduce
 from minimind.training.distributed.world import world_size
-from minimind.training.evaluation.validation_loss import EvalResult
+from minimind.training.evaluation.validation_loss import EvalObjective, EvalResult
 from minimind.training.loop.host_copy import copy_to_host_later
 
 
@@ -86,18 +86,12 @@ def train_step(engine, micro_batches: list[dict], device: torch.device, stop_req
     return StepResult(sums, accumulation * world, bool(stopping()))
 
 
-class Objective(Protocol):
-    """A stage's loss: one optimizer step of the engine, and the figures of one evaluation micro-batch."""
+class Objective(EvalObjective, Protocol):
+    """A stage's loss: one optimizer step of the engine, and (``EvalObjective``) what an evaluation measures."""
 
     def train_step(self, engine, micro_batches: list[dict], device: torch.device,
                    stop_requested: bool = False) -> StepResult:
         """One optimizer step over this rank's ``micro_batches``; ``stop_requested`` rides on its first collective."""
-
-    def eval_sums(self, engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed figures (float64, on the device) of one evaluation micro-batch, already on the device."""
-
-    def eval_result(self, sums: list[float]) -> EvalResult:
-        """The evaluation's result from its ``eval_sums`` added over every batch and rank."""
 
 
 class TokenLoss:
@@ -105,7 +99,7 @@ class TokenLoss:
 
     def train_step(self, engine, micro_batches: list[dict], device: torch.device,
                    stop_requested: bool = False) -> StepResult:
-        """``train_step``."""
+        """One optimizer step of the token loss over this rank's ``micro_batches`` (``train_step``)."""
         return train_step(engine, micro_batches, device, stop_requested)
 
     def eval_sums(self, engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -18,6 +18,16 @@ from minimind.training.ds_config.load import BatchPlan
 from minimind.training.evaluation.samples import ChatStyle
 
 
+def chat_rows_identity(data: DataSettings, tokenizer: PreTrainedTokenizerFast) -> dict:
+    """What decides a fine-tuning stage's rows besides the file: the family's rows (packed or not), and the chat
+    template they are rendered with (minimind2: the tokenizer's, which its fingerprint leaves out) or the seed of
+    their random choices (minimind3)."""
+    if data.padded_rows == "minimind3":
+        return {"rows": data.padded_rows, "seed": data.seed}
+    template = hashlib.blake2b((tokenizer.chat_template or "").encode(), digest_size=8).hexdigest()
+    return {"rows": data.padded_rows, "chat_template": template}
+
+
 @dataclass
 class RunInputs:
     """Everything ``check_inputs`` resolved from the flags before any heavy work."""
@@ -57,7 +67,7 @@ class RunInputs:
                        "exhaust": self.data.mixture_exhaust, "seed": self.data.seed}
         data = data_identity(self.data.description(), digest, self.data.packing, self.data.max_seq_len,
                              self.data.eval_fraction, mixture, self.data.text_field, self.data.padded_rows)
-        if self.stage != "pretrain":  # a fine-tuning stage's rows are its family's, packed or not
-            data = {**data, "stage": self.stage, "rows": self.data.padded_rows}
+        if self.stage != "pretrain":
+            data = {**data, "stage": self.stage, **chat_rows_identity(self.data, self.tokenizer)}
         return RunIdentity(self.model_config.to_dict(), tokenizer_fingerprint(self.tokenizer), data, self.reference)
 

@@ -14,8 +14,10 @@ from minimind.training.config import RunConfig
 from minimind.training.distributed.rank_print import print0
 from minimind.training.run.inputs import RunInputs
 
-# What an engine that only runs forward passes has no use for.
-TRAINING_ONLY_KEYS = ("optimizer", "scheduler", "gradient_clipping")
+# What an engine that only runs forward passes has no use for: the optimizer and its schedule, and the monitors
+# and profiler, which the policy's engine already runs (a second one would log twice into the same place).
+TRAINING_ONLY_KEYS = ("optimizer", "scheduler", "gradient_clipping", "tensorboard", "wandb", "csv_monitor", "comet",
+                      "flops_profiler")
 
 
 def reference_ds_config(ds_config: dict) -> dict:
