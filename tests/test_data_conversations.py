@@ -14,13 +14,13 @@ from minimind.data import conversations
 from minimind.data.conversations import (
     PackedConversations,
     PaddedConversations,
-    block_causal_mask,
     read_conversations,
 )
 from minimind.data.jsonl_reader import DataError
 from minimind.data.minimind3_chat import EMPTY_THINK, SYSTEM_PROMPTS
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
+from minimind.model.packed_attention import block_causal_mask, packed_attention_mask, resolve_packed_attention
 from minimind.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
 UPSTREAM = Path(__file__).resolve().parent / "upstream"
@@ -169,15 +169,17 @@ def test_block_causal_mask():
     assert torch.equal(allowed[0, 0], expected)
 
 
-@pytest.mark.parametrize("config", [
-    {"model_family": "minimind2"},
-    {"model_family": "minimind2", "flash_attn": False},  # the eager attention
-    {"model_family": "minimind3", "use_moe": True},
-], ids=["minimind2-sdpa", "minimind2-eager", "minimind3-moe"])
-def test_each_packed_conversation_has_the_loss_it_has_alone(encoded, config):
-    """The model on a packed window (``packed_positions`` restarting per conversation, the block-diagonal mask):
-    each conversation's summed loss equals the model's own loss on its padded row alone; with the window's
-    plain positions and causal attention it does not."""
+@pytest.mark.parametrize("config, attention", [
+    ({"model_family": "minimind2"}, "mask"),
+    ({"model_family": "minimind2", "flash_attn": False}, "mask"),  # the eager attention
+    ({"model_family": "minimind3", "use_moe": True}, "mask"),
+    ({"model_family": "minimind2"}, "flex"),
+    ({"model_family": "minimind3", "use_moe": True}, "flex"),
+], ids=["minimind2-sdpa", "minimind2-eager", "minimind3-moe", "minimind2-flex", "minimind3-moe-flex"])
+def test_each_packed_conversation_has_the_loss_it_has_alone(encoded, config, attention):
+    """The model on a packed window (``packed_positions`` restarting per conversation, the block-diagonal mask
+    dense or FlexAttention's block mask): each conversation's summed loss equals the model's own loss on its
+    padded row alone; with the window's plain positions and causal attention it does not."""
     torch.manual_seed(0)
     model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                                num_key_value_heads=2, max_position_embeddings=512, **config)).eval()
@@ -186,7 +188,7 @@ def test_each_packed_conversation_has_the_loss_it_has_alone(encoded, config):
     assert window["segment_ids"].max() > 0
     inputs = {key: value[None] for key, value in window.items()}
     with torch.no_grad():
-        logits = model(inputs["input_ids"], attention_mask=block_causal_mask(inputs["segment_ids"]),
+        logits = model(inputs["input_ids"], attention_mask=packed_attention_mask(inputs["segment_ids"], attention),
                        packed_positions=inputs["position_ids"]).logits
         causal = model(inputs["input_ids"]).logits
         for segment in range(int(window["segment_ids"].max()) + 1):
@@ -265,3 +267,46 @@ def test_a_window_needs_a_position(tokenizer, tmp_path):
     path = write_conversations(tmp_path / "sft.jsonl", FIXTURE["conversations"][:1])
     with pytest.raises(ValueError, match="max_seq_len at least 1"):
         read_conversations(path, tokenizer, 0)
+
+
+def flex_and_mask_runs(encoded, device: torch.device, dtype: torch.dtype) -> dict:
+    """Two packed windows through FlexAttention's block mask and through the dense mask on ``device``: each way's
+    logits and, off the CPU (FlexAttention has no backward there), its parameter gradients."""
+    torch.manual_seed(1)
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, max_position_embeddings=512)).to(device, dtype)
+    packed = PackedConversations(encoded)
+    batch = {key: torch.stack([packed[0][key], packed[1][key]]).to(device) for key in packed[0]}
+    results = {}
+    for attention in ("mask", "flex"):
+        model.zero_grad()
+        with torch.set_grad_enabled(device.type != "cpu"):
+            logits = model(batch["input_ids"], attention_mask=packed_attention_mask(batch["segment_ids"], attention),
+                           packed_positions=batch["position_ids"]).logits
+        if device.type != "cpu":
+            token_cross_entropy(logits, batch["targets"], "sum").backward()
+        results[attention] = logits.detach().float(), {name: p.grad.float().clone() for name, p in
+                                                       model.named_parameters() if p.grad is not None}
+    return results
+
+
+def test_flex_attention_gives_the_masks_logits(encoded):
+    results = flex_and_mask_runs(encoded, torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(results["flex"][0], results["mask"][0], rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_flex_attention_gives_the_masks_logits_and_gradients_on_cuda(encoded, cuda_device, monkeypatch):
+    """The compiled FlexAttention kernel against SDPA with the dense mask, fp32 on the GPU (TF32 off)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    results = flex_and_mask_runs(encoded, cuda_device, torch.float32)
+    torch.testing.assert_close(results["flex"][0], results["mask"][0], rtol=1e-4, atol=1e-4)
+    assert results["mask"][1] and results["flex"][1].keys() == results["mask"][1].keys()
+    for name, grad in results["mask"][1].items():
+        torch.testing.assert_close(results["flex"][1][name], grad, rtol=1e-3, atol=1e-4)
+
+
+def test_auto_packed_attention_is_flex_on_cuda_only():
+    assert resolve_packed_attention("auto", torch.device("cuda")) == "flex"
+    assert resolve_packed_attention("auto", torch.device("cpu")) == "mask"
+    assert resolve_packed_attention("flex", torch.device("cpu")) == "flex"
+

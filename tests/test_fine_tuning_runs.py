@@ -313,3 +313,14 @@ def test_flags_that_mean_nothing_or_harm_in_dpo_are_refused_in_one_line(tmp_path
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"dpo_ds.py: error: {problem}")
 
+
+
+def test_flex_attention_is_refused_for_training_off_cuda(tmp_path):
+    save_dir = stage_dir(tmp_path, RECORD["sft"]["weights"], "pretrain")
+    result = main_in_process([*SFT_RUN, "--packed_attention", "flex", "--data_path",
+                              str(write_conversations(tmp_path / "sft.jsonl", 8)), "--save_dir", str(save_dir)],
+                             entry=sft_ds.main, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "sft_ds.py: error: --packed_attention flex: FlexAttention trains on CUDA only (it has no backward on cpu); "
+        "use mask, or auto")

@@ -9,7 +9,7 @@ token ids are cut to max_length and padded, with the loss mask of the family's `
 ``generate_labels`` (``assistant_loss_mask``). A row gives ``input_ids = row[:-1]`` and ``targets = row[1:]``
 where the mask is set, else ``IGNORE_INDEX``, as ``PaddedDocuments`` does for pretraining.
 ``PaddedConversations`` serves one row per sample (``--packing 0``); ``PackedConversations`` puts several
-conversations in one window, each attending only to itself (``block_causal_mask``). Bad input is a
+conversations in one window, each attending only to itself (``minimind.model.packed_attention``). Bad input is a
 :class:`DataError` naming the file and line.
 """
 
@@ -258,7 +258,7 @@ class PackedConversations(Dataset):
     padding has none). A window takes conversations while they fit; its rest is padding (``pad_id``, no
     targets). Samples: ``input_ids``, ``targets``, ``position_ids`` (0 at each conversation's first token) and
     ``segment_ids`` (the conversation's number in the window, -1 on padding, whose positions also count from
-    0), all (max_seq_len,) int64. ``block_causal_mask(segment_ids)`` keeps attention inside a conversation.
+    0), all (max_seq_len,) int64. ``minimind.model.packed_attention`` keeps attention inside a conversation.
     """
 
     def __init__(self, conversations: EncodedConversations):
@@ -309,11 +309,3 @@ def blank_row(length: int) -> dict[str, torch.Tensor]:
     """``input_ids`` of padding and ``targets`` of IGNORE_INDEX, (length,) int64 each."""
     return {"input_ids": torch.full((length,), PAD_ID, dtype=torch.long),
             "targets": torch.full((length,), IGNORE_INDEX, dtype=torch.long)}
-
-
-def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Boolean attention mask (True = may attend, SDPA's convention) of packed windows: query i attends key j when
-    j <= i and both lie in the same segment. ``segment_ids``: (batch, seq); returns (batch, 1, seq, seq)."""
-    seq = segment_ids.shape[-1]
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=segment_ids.device).tril()
-    return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]

@@ -3,17 +3,17 @@ and the block-diagonal attention that keep each conversation to itself."""
 
 import torch
 
-from minimind.data.conversations import block_causal_mask
+from minimind.model.packed_attention import packed_attention_mask
 
 
-def model_inputs(batch: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+def model_inputs(batch: dict[str, torch.Tensor], prefix: str = "", packed_attention: str = "auto") -> dict:
     """``engine(**model_inputs(batch))``'s arguments from a micro-batch already on the device: ``input_ids``, and
-    where the samples are packed (``segment_ids`` and ``position_ids``) the ``attention_mask`` and
-    ``packed_positions`` of ``MiniMindModel.forward``. ``prefix`` picks a preference pair's side
-    (``chosen_``)."""
+    where the samples are packed (``segment_ids`` and ``position_ids``) the ``attention_mask`` (built as
+    ``packed_attention`` says: ``minimind.model.packed_attention``) and ``packed_positions`` of
+    ``MiniMindModel.forward``. ``prefix`` picks a preference pair's side (``chosen_``)."""
     inputs = {"input_ids": batch[f"{prefix}input_ids"]}
     if f"{prefix}segment_ids" in batch:
-        inputs["attention_mask"] = block_causal_mask(batch[f"{prefix}segment_ids"])
+        inputs["attention_mask"] = packed_attention_mask(batch[f"{prefix}segment_ids"], packed_attention)
         inputs["packed_positions"] = batch[f"{prefix}position_ids"]
     return inputs
 

@@ -12,10 +12,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 
 from minimind.model.config import MiniMindConfig
+from minimind.model.packed_attention import flex_packed_attention
 
 # The folder kernels/ under the name the project installs it as: "kernels" is Hugging Face's package,
 # which transformers imports (kernels/functional.py). The export bundler rewrites kernel_ops calls.
@@ -84,9 +86,9 @@ class Attention(nn.Module):
         packed_positions: torch.Tensor | None = None,  # (batch, seq): each token's RoPE position
     ) -> torch.Tensor:
         """Attention of ``x`` over the cache and itself. Packed sequences pass ``packed_positions`` restarting at 0
-        for each sequence and a boolean ``attention_mask`` (batch, 1, seq, seq), True where a query may attend a
-        key (a block-diagonal causal mask, ``minimind.data.conversations.block_causal_mask``): then nothing
-        attends across sequences."""
+        for each sequence and an ``attention_mask`` of ``minimind.model.packed_attention``: a boolean (batch, 1,
+        seq, seq), True where a query may attend a key (a block-diagonal causal mask), or FlexAttention's
+        ``BlockMask`` of the same rule: then nothing attends across sequences."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
@@ -103,6 +105,9 @@ class Attention(nn.Module):
             k, v = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
         q = q.transpose(1, 2)  # (batch, heads, seq, head_dim)
+        if isinstance(attention_mask, BlockMask):
+            out = self._flex(q, k.transpose(1, 2), v.transpose(1, 2), attention_mask)
+            return self.resid_dropout(self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1)))
         if not self.use_sdpa:
             k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (batch, kv or all heads, past + seq, head_dim)
@@ -112,6 +117,12 @@ class Attention(nn.Module):
             out = self._eager(q, k, v, past, attention_mask)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
         return self.resid_dropout(self.o_proj(out))
+
+    def _flex(self, q, k, v, block_mask: BlockMask) -> torch.Tensor:
+        if self.training and self.dropout > 0:
+            raise ValueError("FlexAttention has no attention dropout: train a model with dropout on packed windows "
+                             "with --packed_attention mask")
+        return flex_packed_attention(q, k, v, block_mask)
 
     def _sdpa(self, q, k, v, past: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
         dropout = self.dropout if self.training else 0.0

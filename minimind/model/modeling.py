@@ -152,7 +152,8 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
 
         ``past_key_values`` is accepted as the older name of ``cache``. Packed sequences (several per row, none
         attending another) pass ``packed_positions`` (batch, seq), restarting at 0 for each sequence, and the
-        boolean ``attention_mask`` (batch, 1, seq, seq) of ``minimind.data.conversations.block_causal_mask``.
+        ``attention_mask`` of ``minimind.model.packed_attention.packed_attention_mask`` (a boolean (batch, 1, seq,
+        seq), or FlexAttention's ``BlockMask``).
         """
         cache = cache if cache is not None else past_key_values
         if use_cache and cache is None:

@@ -20,6 +20,7 @@ from minimind.data.pipeline import DataSettings
 from minimind.errors import ConfigError
 from minimind.flags import POSITIVE, SEED, FlagParser, number_at_least, weight_prefix
 from minimind.model.config import FAMILY_DEFAULTS, MODEL_FAMILIES, MiniMindConfig
+from minimind.model.packed_attention import PACKED_ATTENTION
 from minimind.model.precision import DTYPE_PRECISIONS, precision_of
 from minimind.model.presets import PRESETS, preset_config_kwargs
 from minimind.training.config import (
@@ -87,6 +88,10 @@ def build_parser(stage: Stage = PRETRAIN) -> argparse.ArgumentParser:
     model.add_argument("--ep_size", type=POSITIVE, default=None,
                        help="MoE expert-parallel size (DeepSpeed AutoEP); overrides the JSON's expert_parallel")
     model.add_argument("--kernels", choices=IMPLEMENTATIONS, default="auto", help="RMSNorm/RoPE implementation")
+    model.add_argument("--packed_attention", choices=PACKED_ATTENTION, default="auto",
+                       help="how packed conversations (SFT) keep to themselves: flex (FlexAttention's block mask, no "
+                            "(seq, seq) mask built; CUDA only, compiled), mask (a dense block-diagonal mask to SDPA); "
+                            "auto: flex on CUDA, mask elsewhere")
     model.add_argument("--use_compile", "--compile", dest="compile", type=int, choices=(0, 1), default=0,
                        help="1: torch.compile the model through DeepSpeed's engine.compile() (with AutoEP: all but "
                             "the expert layers); slower on the project's CPU machine, unmeasured on GPUs")
@@ -232,6 +237,7 @@ def run_config(args: argparse.Namespace, cpu_only: bool, stage: Stage = PRETRAIN
             num_hidden_layers=flags["num_hidden_layers"],
             use_moe=bool(flags["use_moe"]), activation_checkpointing=flags["activation_checkpointing"],
             ep_size=flags["ep_size"], kernels=flags["kernels"], compile=bool(flags["compile"]),
+            packed_attention=flags["packed_attention"],
             tokenizer_path=flags["tokenizer_path"], config_kwargs=MappingProxyType(model_config_kwargs(flags))),
         data=DataSettings(
             sources=sources, max_seq_len=flags["max_seq_len"], packing=bool(flags["packing"]),

@@ -60,6 +60,7 @@ class ModelSection:
     activation_checkpointing: bool
     ep_size: int | None  # --ep_size: AutoEP's size over the JSON's
     kernels: str  # RMSNorm/RoPE implementation (minimind_kernels.dispatch.IMPLEMENTATIONS)
+    packed_attention: str  # how packed conversations attend (minimind.model.packed_attention.PACKED_ATTENTION)
     compile: bool
     tokenizer_path: str | None  # None: the shipped tokenizer
     config_kwargs: Mapping  # MiniMindConfig's arguments (the preset's, overridden by the size flags)

@@ -42,7 +42,7 @@ from minimind.training.evaluation.samples import ChatStyle, read_sample_prompts
 from minimind.training.hardware.offload_build import check_host_optimizer_build
 from minimind.training.hardware.peak_flops import peak_flops, tf32_enabled
 from minimind.training.loop.evaluation_schedule import Evaluator
-from minimind.training.loop.objective import TOKEN_LOSS, Objective
+from minimind.training.loop.objective import TOKEN_LOSS, Objective, TokenLoss
 from minimind.training.loop.preference_objective import PreferenceLoss
 from minimind.training.loop.steps import LoopSettings, run_training
 from minimind.training.loop.stop_request import StopRequest
@@ -148,6 +148,8 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset, eval_windows: 
 def stage_objective(config: RunConfig, inputs: RunInputs) -> Objective:
     """What the run's steps optimise: the token loss, or DPO's against its reference model (built here), with the
     sequence log-probabilities of the family's trainer (minimind2: e119db8's means; minimind3: today's sums)."""
+    if config.stage.name == "sft":
+        return TokenLoss(config.model.packed_attention)
     if config.stage.name != "dpo":
         return TOKEN_LOSS
     return PreferenceLoss(reference_engine(config, inputs), config.stage.beta,
@@ -183,6 +185,9 @@ def check_inputs(config: RunConfig) -> RunInputs:
                           f"{model_config.max_position_embeddings}")
     device = torch.device(accelerator.device_name(local_device_index()))
     check_kernels_run_on(config.model.kernels, device)
+    if config.model.packed_attention == "flex" and device.type != "cuda":
+        raise ConfigError(f"--packed_attention flex: FlexAttention trains on CUDA only (it has no backward on "
+                          f"{device.type}); use mask, or auto")
     if config.logging.use_wandb:
         check_wandb_installed()
     prompts = config.evaluation.sample_prompts

@@ -54,9 +54,11 @@ class StepResult:
         return float(self.sums[1]) / self.aux_terms
 
 
-def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False) -> StepResult:
+def train_step(engine, micro_batches: list[dict], device: torch.device, stop_requested: bool = False,
+               packed_attention: str = "auto") -> StepResult:
     """One optimizer step over this rank's ``micro_batches`` (each ``input_ids``/``targets`` (batch, seq), and
-    ``position_ids``/``segment_ids`` where samples are packed conversations).
+    ``position_ids``/``segment_ids`` where samples are packed conversations, which attend as ``packed_attention``
+    says).
 
     Nothing inside the step waits for the accelerator: token counts, losses and the stop vote
     stay on the device, in two all-reduces (counts before the first forward, losses after the
@@ -76,7 +78,7 @@ def train_step(engine, micro_batches: list[dict], device: torch.device, stop_req
     scale = (accumulation * world / counts[0].clamp(min=1.0)).float()
     loss_sum = aux_sum = torch.zeros((), dtype=torch.float64, device=device)
     for batch in batches:
-        output = engine(**model_inputs(batch))
+        output = engine(**model_inputs(batch, packed_attention=packed_attention))
         token_loss = token_cross_entropy(output.logits, batch["targets"], reduction="sum")
         engine.backward(token_loss * scale + output.aux_loss)
         engine.step()
@@ -95,16 +97,20 @@ class Objective(EvalObjective, Protocol):
 
 
 class TokenLoss:
-    """Pretraining's and SFT's objective: mean cross-entropy over every target token (``train_step``)."""
+    """Pretraining's and SFT's objective: mean cross-entropy over every target token (``train_step``); packed
+    conversations attend as ``packed_attention`` says (``minimind.model.packed_attention``)."""
+
+    def __init__(self, packed_attention: str = "auto"):
+        self.packed_attention = packed_attention
 
     def train_step(self, engine, micro_batches: list[dict], device: torch.device,
                    stop_requested: bool = False) -> StepResult:
         """One optimizer step of the token loss over this rank's ``micro_batches`` (``train_step``)."""
-        return train_step(engine, micro_batches, device, stop_requested)
+        return train_step(engine, micro_batches, device, stop_requested, self.packed_attention)
 
     def eval_sums(self, engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(summed token loss, target tokens)."""
-        logits = engine(**model_inputs(batch)).logits
+        logits = engine(**model_inputs(batch, packed_attention=self.packed_attention)).logits
         targets = batch["targets"]
         return torch.stack([token_cross_entropy(logits, targets, reduction="sum").double(),
                             (targets != IGNORE_INDEX).sum().double()])
