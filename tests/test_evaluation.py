@@ -22,7 +22,7 @@ from minimind.data.pipeline import DataSettings, load_samples
 from minimind.errors import ConfigError
 from minimind.tokenizer.loader import load_tokenizer
 from minimind.training.evaluation.samples import read_sample_prompts
-from minimind.training.evaluation.validation_loss import eval_batch_count, evaluate, rank_window_indices
+from minimind.training.evaluation.validation_loss import eval_batch_count, evaluate, rank_sample_indices
 from minimind.training.loop.objective import TOKEN_LOSS
 from tests.plain_engine import PlainEngine
 from tests.test_data_windows import synthetic_cache
@@ -77,7 +77,7 @@ def test_padded_documents_serve_only_the_chosen_documents():
 def test_every_window_is_evaluated_once_by_ranks_running_equal_passes(num_windows, world, micro_batch):
     batches = eval_batch_count(num_windows, micro_batch, world, max_batches=0)
     seen = [index for rank in range(world) for batch in range(batches)
-            for index in rank_window_indices(batch, micro_batch, world, rank, num_windows) if index is not None]
+            for index in rank_sample_indices(batch, micro_batch, world, rank, num_windows) if index is not None]
     assert sorted(seen) == list(range(num_windows))
     assert eval_batch_count(num_windows, micro_batch, world, max_batches=1) == 1
 

@@ -66,7 +66,7 @@ def train(evaluate: bool, total_steps: int = 6, stop_after: int | None = None,
     evaluator = None
     if evaluate:
         samples = SampleGenerator(engine, tokenizer, PROMPTS, max_new_tokens=5, device=CPU)
-        eval_settings = EvalSettings(windows=windows, samples=samples, interval=2, micro_batch=3, max_batches=0,
+        eval_settings = EvalSettings(eval_set=windows, samples=samples, interval=2, micro_batch=3, max_batches=0,
                                      device=CPU)
         evaluator = Evaluator(engine, eval_settings, logger, rank=0, world=1)
     stop = StopAfter(engine, stop_after) if stop_after else None

@@ -119,17 +119,23 @@ def test_sft_trains_on_packed_conversations_with_validation_and_chat_samples(sft
     assert settings["from_weight"].endswith("pretrain_16.pth") and settings["weights"].endswith("full_sft_16.pth")
 
 
-def test_a_two_rank_sft_run_resumed_on_one_rank_continues_its_losses(sft_two_ranks, tmp_path, launch_env_vars):
-    """The step-3 checkpoint of two ranks, resumed by one rank holding the whole batch (a universal checkpoint,
-    converted on the way), trains steps 4-6 as the two ranks did."""
-    save_dir = tmp_path / "out"
-    shutil.copytree(sft_two_ranks, save_dir)
-    checkpoints = save_dir / "full_sft" / "checkpoints"
+def copy_at_save(run: Path, save_dir: Path, stage: str) -> Path:
+    """A copy of a run's save folder as it was at its step-``SAVE_AT`` save: the stage's later checkpoints and its
+    metrics gone. Returns ``save_dir``."""
+    shutil.copytree(run, save_dir)
+    checkpoints = save_dir / stage / "checkpoints"
     for tag in checkpoints.glob("step_*"):
         if tag.name != f"step_{SAVE_AT}":
             shutil.rmtree(tag)
     (checkpoints / "latest").write_text(f"step_{SAVE_AT}")
-    (save_dir / "full_sft" / "metrics.jsonl").unlink()
+    (save_dir / stage / "metrics.jsonl").unlink()
+    return save_dir
+
+
+def test_a_two_rank_sft_run_resumed_on_one_rank_continues_its_losses(sft_two_ranks, tmp_path, launch_env_vars):
+    """The step-3 checkpoint of two ranks, resumed by one rank holding the whole batch (a universal checkpoint,
+    converted on the way), trains steps 4-6 as the two ranks did."""
+    save_dir = copy_at_save(sft_two_ranks, tmp_path / "out", "full_sft")
     result = main_in_process([*SFT_RUN, "--batch_size", "4", "--data_path", str(sft_two_ranks.parent / "sft.jsonl"),
                               "--save_dir", str(save_dir), "--from_resume", "1"], env=launch_env_vars,
                              entry=sft_ds.main)
@@ -190,14 +196,7 @@ def test_a_dpo_resume_reloads_its_reference_and_continues_the_losses(dpo_zero2, 
     """From the step-3 checkpoint the policy has moved away from the reference: the resumed steps' losses (one rank,
     the whole batch) are the uninterrupted run's only if the reference is the recorded ``.pth`` again. Other
     weights under that name are refused in one line."""
-    save_dir = tmp_path / "out"
-    shutil.copytree(dpo_zero2, save_dir)
-    checkpoints = save_dir / "dpo" / "checkpoints"
-    for tag in checkpoints.glob("step_*"):
-        if tag.name != f"step_{SAVE_AT}":
-            shutil.rmtree(tag)
-    (checkpoints / "latest").write_text(f"step_{SAVE_AT}")
-    (save_dir / "dpo" / "metrics.jsonl").unlink()
+    save_dir = copy_at_save(dpo_zero2, tmp_path / "out", "dpo")
     args = [*DPO_RUN, "--batch_size", "4", "--data_path", str(dpo_zero2.parent / "dpo.jsonl"), "--save_dir",
             str(save_dir), "--from_resume", "1"]
     reference = save_dir / "full_sft_16.pth"
@@ -249,13 +248,17 @@ def test_a_pair_whose_prompts_differ_is_refused_naming_its_line(tmp_path):
     assert f"{data}:4: chosen and rejected differ before their last assistant turn" in result.stderr
 
 
-def test_a_from_weight_of_another_shape_is_refused_naming_the_flag(tmp_path):
+@pytest.mark.parametrize("flags, problem", [
+    (["--num_hidden_layers", "2"], "--from_weight pretrain: "),  # weights of another shape
+    (["--packed_attention", "flex"], "--packed_attention flex: FlexAttention trains on CUDA only (it has no backward "
+                                     "on cpu); use mask, or auto"),
+])
+def test_sft_flags_that_cannot_work_are_refused_in_one_line(tmp_path, flags, problem):
     save_dir = stage_dir(tmp_path, RECORD["sft"]["weights"], "pretrain")
-    result = main_in_process([*SFT_RUN, "--num_hidden_layers", "2", "--data_path",
-                              str(write_conversations(tmp_path / "sft.jsonl", 8)), "--save_dir", str(save_dir)],
-                             entry=sft_ds.main, check=False)
+    result = main_in_process([*SFT_RUN, *flags, "--data_path", str(write_conversations(tmp_path / "sft.jsonl", 8)),
+                              "--save_dir", str(save_dir)], entry=sft_ds.main, check=False)
     assert result.returncode == 2
-    assert "error: --from_weight pretrain:" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"sft_ds.py: error: {problem}")
 
 
 def test_the_minimind3_family_fine_tunes_and_aligns_in_its_own_chat_template(tmp_path, launch_env_vars):
@@ -312,15 +315,3 @@ def test_flags_that_mean_nothing_or_harm_in_dpo_are_refused_in_one_line(tmp_path
                               str(save_dir), *flags], entry=dpo_ds.main, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"dpo_ds.py: error: {problem}")
-
-
-
-def test_flex_attention_is_refused_for_training_off_cuda(tmp_path):
-    save_dir = stage_dir(tmp_path, RECORD["sft"]["weights"], "pretrain")
-    result = main_in_process([*SFT_RUN, "--packed_attention", "flex", "--data_path",
-                              str(write_conversations(tmp_path / "sft.jsonl", 8)), "--save_dir", str(save_dir)],
-                             entry=sft_ds.main, check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "sft_ds.py: error: --packed_attention flex: FlexAttention trains on CUDA only (it has no backward on cpu); "
-        "use mask, or auto")

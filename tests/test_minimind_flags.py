@@ -156,7 +156,7 @@ def test_stages_share_the_save_dir(tmp_path):
     (["--from_weight", "other"], "--from_weight other: {out}/other_64.pth: model.embed_tokens.weight has shape "
                                  "(6400, 32), the model expects (6400, 64)"),
     (["--save_weight", "../up"], "--save_weight: must be a file-name prefix"),
-    (["--save_weight", "checkpoints"], "--save_weight checkpoints: the pretraining run keeps its own records"),
+    (["--save_weight", "checkpoints"], "--save_weight checkpoints: a run keeps its own records"),
 ])
 def test_bad_stage_flags_are_one_line(flags, named, tmp_path, capsys):
     out = tmp_path / "out"

@@ -21,6 +21,7 @@ BUNDLED_MODULES = (
     "minimind.errors",
     "minimind.model.config",
     "minimind.model.rope",
+    "minimind.model.packed_attention",
     "minimind.model.layers",
     "minimind.model.moe",
     "minimind.model.loss",

@@ -13,8 +13,6 @@ Two ways to keep each sequence to itself, chosen by ``--packed_attention``:
 FlexAttention has no attention dropout: a model with ``dropout > 0`` training on packed windows takes ``mask``.
 """
 
-import functools
-
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
@@ -56,14 +54,12 @@ def packed_attention_mask(segment_ids: torch.Tensor, impl: str = "auto") -> torc
     return block_causal_mask(segment_ids)
 
 
-@functools.cache
-def compiled_flex_attention():
-    """``flex_attention`` compiled once per process (its fused kernel; eager FlexAttention materialises scores)."""
-    return torch.compile(flex_attention, dynamic=False)
+# FlexAttention's fused kernel, compiled at its first call (eager FlexAttention materialises the scores).
+COMPILED_FLEX_ATTENTION = torch.compile(flex_attention, dynamic=False)
 
 
 def flex_packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
     """Attention of ``q`` (batch, heads, seq, dim) over ``k``, ``v`` (batch, kv heads, seq, dim; grouped heads
     allowed) under ``block_mask``: compiled on CUDA, eager elsewhere."""
-    attend = compiled_flex_attention() if q.device.type == "cuda" else flex_attention
+    attend = COMPILED_FLEX_ATTENTION if q.device.type == "cuda" else flex_attention
     return attend(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1])

@@ -72,20 +72,20 @@ def run_stage(config: RunConfig) -> TrainingPosition:
     """Run the whole job ``config`` describes; returns where training stopped."""
     inputs = check_inputs(config)
     if inputs.chat is not None:  # a fine-tuning stage's samples, read by check_inputs
-        samples, eval_windows = inputs.chat.train, inputs.chat.validation
+        samples, eval_set = inputs.chat.train, inputs.chat.validation
     else:
         # The token cache is built before the process group exists: the ranks that need it wait on
         # a file lock, never in a collective that a long tokenization would outlast.
-        samples, eval_windows = load_samples(inputs.data, inputs.tokenizer, inputs.cache_locations,
+        samples, eval_set = load_samples(inputs.data, inputs.tokenizer, inputs.cache_locations,
                                              inputs.eval_cache_location, local_rank(), print0)
     inputs, samples, fit_note = fit_samples(inputs, samples)
     announce(config, inputs, launched_world(), fit_note)
-    announce_evaluation(config, inputs, eval_windows)
+    announce_evaluation(config, inputs, eval_set)
     start_process_group(config, inputs)
     inputs = follow_rank_zero_precision(inputs)
     save_dir_lock = claim_save_dir(inputs.save_dir, overwrite=config.checkpoint.overwrite)
     try:
-        position = train(config, agree_on_resume(config.checkpoint, inputs), samples, eval_windows)
+        position = train(config, agree_on_resume(config.checkpoint, inputs), samples, eval_set)
     finally:
         save_dir_lock.release()
     # Tear the process group down before exit: left to interpreter shutdown, gloo's threads
@@ -95,7 +95,7 @@ def run_stage(config: RunConfig) -> TrainingPosition:
     return position
 
 
-def train(config: RunConfig, inputs: RunInputs, samples: Dataset, eval_windows: Dataset | None) -> TrainingPosition:
+def train(config: RunConfig, inputs: RunInputs, samples: Dataset, eval_set: Dataset | None) -> TrainingPosition:
     """Build the data, the engine (and DPO's reference), the logger and the evaluator, resume if asked, and run
     the loop; returns where it stopped."""
     data = training_data(samples, inputs.data, inputs.batch.micro_batch, inputs.batch.accumulation,
@@ -123,7 +123,7 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset, eval_windows: 
         seq_len=config.data.max_seq_len * (2 if config.stage.name == "dpo" else 1),  # DPO: both answers
     )
     rank, world = participants()
-    evaluator = Evaluator(engine, eval_settings(config, inputs, engine, eval_windows, device, objective), logger,
+    evaluator = Evaluator(engine, eval_settings(config, inputs, engine, eval_set, device, objective), logger,
                           rank, world)
 
     # a stuck collective ends this rank with the status-5 line before NCCL's watchdog aborts it

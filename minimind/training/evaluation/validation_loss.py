@@ -50,16 +50,16 @@ class EvalObjective(Protocol):
         """The result from the sums over every batch and rank."""
 
 
-def eval_batch_count(num_windows: int, micro_batch: int, world: int, max_batches: int) -> int:
-    """Forward passes per rank: enough for every window, or ``max_batches`` when that is fewer (0: no cap)."""
-    needed = -(-num_windows // (micro_batch * world))
+def eval_batch_count(num_samples: int, micro_batch: int, world: int, max_batches: int) -> int:
+    """Forward passes per rank: enough for every sample, or ``max_batches`` when that is fewer (0: no cap)."""
+    needed = -(-num_samples // (micro_batch * world))
     return min(needed, max_batches) if max_batches else needed
 
 
-def rank_window_indices(batch: int, micro_batch: int, world: int, rank: int, num_windows: int) -> list[int | None]:
-    """The windows rank ``rank`` evaluates in eval batch ``batch``; ``None`` marks a padding row."""
+def rank_sample_indices(batch: int, micro_batch: int, world: int, rank: int, num_samples: int) -> list[int | None]:
+    """The samples rank ``rank`` evaluates in eval batch ``batch``; ``None`` marks a padding row."""
     first = (batch * world + rank) * micro_batch
-    return [index if index < num_windows else None for index in range(first, first + micro_batch)]
+    return [index if index < num_samples else None for index in range(first, first + micro_batch)]
 
 
 def stack_rows(samples: Dataset, indices: list[int | None]) -> dict[str, torch.Tensor]:
@@ -85,7 +85,7 @@ def evaluate(engine, samples: Dataset, objective: EvalObjective, *, micro_batch:
     try:
         with torch.random.fork_rng(devices=fork_devices, device_type=device.type):
             for batch in range(eval_batch_count(len(samples), micro_batch, world, max_batches)):
-                rows = stack_rows(samples, rank_window_indices(batch, micro_batch, world, rank, len(samples)))
+                rows = stack_rows(samples, rank_sample_indices(batch, micro_batch, world, rank, len(samples)))
                 sums = objective.eval_sums(engine, to_device(rows, device))
                 totals = sums if totals is None else totals + sums
     finally:

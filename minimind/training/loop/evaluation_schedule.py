@@ -14,10 +14,10 @@ from minimind.training.position import TrainingPosition
 
 @dataclass
 class EvalSettings:
-    """What an evaluation runs over: the eval samples (or None) with the objective that measures them, and the
+    """What an evaluation runs over: the eval set (or None) with the objective that measures it, and the
     sample prompts' generator (or None)."""
 
-    windows: Dataset | None  # PackedWindows, conversations or preference pairs
+    eval_set: Dataset | None  # PackedWindows, conversations or preference pairs, each with blank()
     samples: SampleGenerator | None
     interval: int
     micro_batch: int
@@ -29,7 +29,7 @@ class EvalSettings:
     @property
     def enabled(self) -> bool:
         """Whether there is anything to evaluate."""
-        return self.windows is not None or self.samples is not None
+        return self.eval_set is not None or self.samples is not None
 
 
 class Evaluator:
@@ -66,8 +66,8 @@ class Evaluator:
         settings = self.settings
         if not settings.enabled:
             return
-        if settings.windows is not None:
-            result = evaluate(self.engine, settings.windows, settings.objective, micro_batch=settings.micro_batch,
+        if settings.eval_set is not None:
+            result = evaluate(self.engine, settings.eval_set, settings.objective, micro_batch=settings.micro_batch,
                               max_batches=settings.max_batches, rank=self.rank, world=self.world,
                               device=settings.device)
             self.logger.log_eval(position, result)

@@ -13,27 +13,27 @@ from minimind.training.run.inputs import RunInputs
 from minimind.training.run_dir.files import SAMPLES_FILE
 
 
-def eval_settings(config: RunConfig, inputs: RunInputs, engine, eval_windows: Dataset | None,
+def eval_settings(config: RunConfig, inputs: RunInputs, engine, eval_set: Dataset | None,
                   device: torch.device, objective: EvalObjective) -> EvalSettings:
     """What each evaluation runs: the eval samples measured by ``objective``, and the sample prompts (either may
     be absent; a fine-tuning stage's prompts go through the chat template)."""
     samples = (SampleGenerator(engine, inputs.tokenizer, list(inputs.sample_prompts), config.evaluation.sample_tokens,
                                device, inputs.sample_chat) if inputs.sample_prompts else None)
-    return EvalSettings(windows=eval_windows, samples=samples, interval=config.evaluation.interval,
+    return EvalSettings(eval_set=eval_set, samples=samples, interval=config.evaluation.interval,
                         micro_batch=inputs.batch.micro_batch, max_batches=config.evaluation.max_batches, device=device,
                         objective=objective, at_start=inputs.chat is not None)
 
 
-def announce_evaluation(config: RunConfig, inputs: RunInputs, eval_windows: Dataset | None) -> None:
+def announce_evaluation(config: RunConfig, inputs: RunInputs, eval_set: Dataset | None) -> None:
     """Rank 0 states what each evaluation runs over, and how often."""
-    if eval_windows is not None:
+    if eval_set is not None:
         source = (f"{config.data.eval_fraction:g} of the data held out of training" if config.data.eval_fraction
                   else config.data.eval_data_path)
-        batches = eval_batch_count(len(eval_windows), inputs.batch.micro_batch, inputs.batch.data_parallel,
+        batches = eval_batch_count(len(eval_set), inputs.batch.micro_batch, inputs.batch.data_parallel,
                                    config.evaluation.max_batches)
-        targets = (f" ({eval_windows.num_label_tokens:,} target tokens)" if isinstance(eval_windows, PackedWindows)
+        targets = (f" ({eval_set.num_label_tokens:,} target tokens)" if isinstance(eval_set, PackedWindows)
                    else "")
-        print0(f"evaluation: {len(eval_windows)} samples{targets} from {source}, {batches} micro-batches per rank "
+        print0(f"evaluation: {len(eval_set)} samples{targets} from {source}, {batches} micro-batches per rank "
                f"{'before the first step, ' if inputs.chat is not None else ''}every {config.evaluation.interval} "
                "steps and at the end")
     if inputs.sample_prompts:
