@@ -15,6 +15,7 @@ from minimind.generate import load_hf_folder, load_model
 from minimind.generate import parse_args as parse_generate_args
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.generation import generate_tokens, prompt_token_ids
+from minimind.tokenizer.chat_templates import family_chat_template
 from minimind.tokenizer.loader import EOS_ID, load_tokenizer
 from tests.launcher import FP32_CONFIG, TINY_MODEL, main_in_process, write_corpus
 from tests.test_generate import decisive
@@ -80,6 +81,19 @@ def test_greedy_generation_of_a_minimind3_export_equals_ours(use_moe, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     theirs = loaded.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
     assert theirs[0, len(prompt):].tolist() == ours
+
+
+@pytest.mark.parametrize("family", ["minimind2", "minimind3"])
+def test_an_exports_tokenizer_renders_conversations_in_its_familys_chat_template(family, tmp_path):
+    """transformers' own ``apply_chat_template`` on the export renders a conversation as the model's family was
+    fine-tuned on it: the shipped tokenizer's template (e119db8's) for minimind2, today's MiniMind template
+    (think blocks, no default system turn) for minimind3."""
+    model = MiniMindForCausalLM(MiniMindConfig(**{**SMALL, "model_family": family}))
+    folder = export_hf(model, tmp_path / "hf", torch.float32, None).path
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    expected = load_tokenizer().apply_chat_template(turns, tokenize=False, chat_template=family_chat_template(family))
+    assert AutoTokenizer.from_pretrained(folder).apply_chat_template(turns, tokenize=False) == expected
+    assert ("<think>" in expected) == (family == "minimind3")
 
 
 def test_minimind2_moe_and_inexact_yarn_keep_the_custom_code(tmp_path):

@@ -34,6 +34,7 @@ from minimind.errors import first_line
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.precision import PRECISION_DTYPES
 from minimind.model.pth_weights import minimind_weights_name, save_minimind_state, state_dict_mismatch
+from minimind.tokenizer.chat_templates import family_chat_template
 from minimind.tokenizer.loader import load_tokenizer, tokenizer_folder
 
 TIED_KEY, TIED_SOURCE = "lm_head.weight", "model.embed_tokens.weight"
@@ -139,7 +140,7 @@ def export_hf(model: MiniMindForCausalLM, destination: Path, dtype: torch.dtype,
     GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=0
     ).save_pretrained(destination)
-    export_tokenizer(tokenizer_path, destination)
+    export_tokenizer(tokenizer_path, destination, family_chat_template(config.model_family))
     return ExportedModel(destination, architecture)
 
 
@@ -158,8 +159,10 @@ def save_custom_code_model(model: MiniMindForCausalLM, destination: Path) -> Non
     (destination / MODULE_FILE).write_text(standalone_modeling_source(), encoding="utf-8")
 
 
-def export_tokenizer(tokenizer_path: str | None, destination: Path) -> None:
-    """Copy the run's tokenizer files (validated by ``load_tokenizer``) into ``destination``, padding on the left.
+def export_tokenizer(tokenizer_path: str | None, destination: Path, chat_template: str | None = None) -> None:
+    """Copy the run's tokenizer files (validated by ``load_tokenizer``) into ``destination``, padding on the left;
+    ``chat_template`` (the model family's, ``family_chat_template``; None: the tokenizer's own) becomes the
+    export's, so that ``apply_chat_template`` renders conversations as the model was fine-tuned on them.
 
     Copied, not re-saved: transformers' ``save_pretrained`` writes its load-time options
     (``is_local``, ``local_files_only``) into tokenizer_config.json. Left padding makes ``generate``
@@ -173,6 +176,9 @@ def export_tokenizer(tokenizer_path: str | None, destination: Path) -> None:
             shutil.copyfile(source / name, destination / name)
     config = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
     config["padding_side"] = "left"
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+        (destination / "chat_template.jinja").unlink(missing_ok=True)  # it would win over the config's
     (destination / "tokenizer_config.json").write_text(
         json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
