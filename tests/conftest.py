@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 from deepspeed.ops.triton_ops import _triton as deepspeed_triton  # noqa: E402
 from deepspeed.ops.triton_ops import swiglu_triton  # noqa: E402
 
+from minimind.tokenizer.loader import load_tokenizer  # noqa: E402
 from minimind_kernels.dispatch import triton_interpreted  # noqa: E402
 from tests import launcher  # noqa: E402
 from tests.launcher import REFERENCE_TRAINING, evaluation_flags, launch, write_corpus  # noqa: E402
@@ -77,6 +78,12 @@ def cuda_device() -> torch.device:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     return torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The shipped tokenizer, loaded once for the tests that read with it (none changes it)."""
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="session")

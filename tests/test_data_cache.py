@@ -16,11 +16,6 @@ from minimind.tokenizer.train import train_tokenizer
 TEXTS = ["The first document.", "第二个文档，中文。", "   ", "emoji 🚀 third", "fourth " * 50]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
 @pytest.fixture
 def corpus(tmp_path):
     path = tmp_path / "corpus.jsonl"

@@ -22,16 +22,9 @@ from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
 from minimind.model.packed_attention import block_causal_mask, packed_attention_mask, resolve_packed_attention
 from minimind.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
+from tests.upstream.recorded_rows import MINIMIND3_ROWS, SFT_ROWS
 
-UPSTREAM = Path(__file__).resolve().parent / "upstream"
-FIXTURE = json.loads((UPSTREAM / "sft_rows.json").read_text(encoding="utf-8"))
-MAX_SEQ_LEN = FIXTURE["sft_max_length"] - 1
-MINIMIND3 = json.loads((UPSTREAM / "sft_rows_minimind3.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
+MAX_SEQ_LEN = SFT_ROWS["sft_max_length"] - 1
 
 
 def write_conversations(path: Path, conversations: list) -> Path:
@@ -42,25 +35,25 @@ def write_conversations(path: Path, conversations: list) -> Path:
 
 @pytest.fixture(scope="module")
 def encoded(tokenizer, tmp_path_factory):
-    path = write_conversations(tmp_path_factory.mktemp("sft") / "sft.jsonl", FIXTURE["conversations"])
+    path = write_conversations(tmp_path_factory.mktemp("sft") / "sft.jsonl", SFT_ROWS["conversations"])
     return read_conversations(path, tokenizer, MAX_SEQ_LEN)
 
 
 @pytest.fixture(scope="module")
 def minimind3_file(tmp_path_factory):
-    return write_conversations(tmp_path_factory.mktemp("sft3") / "sft.jsonl", MINIMIND3["conversations"])
+    return write_conversations(tmp_path_factory.mktemp("sft3") / "sft.jsonl", MINIMIND3_ROWS["conversations"])
 
 
 @pytest.fixture(scope="module")
 def encoded_minimind3(tokenizer, minimind3_file):
-    return read_conversations(minimind3_file, tokenizer, MINIMIND3["sft_max_length"] - 1, "minimind3",
-                              seed=MINIMIND3["seeds"][0])
+    return read_conversations(minimind3_file, tokenizer, MINIMIND3_ROWS["sft_max_length"] - 1, "minimind3",
+                              seed=MINIMIND3_ROWS["seeds"][0])
 
 
 def test_padded_rows_are_minimind_e119db8s(encoded):
     samples = PaddedConversations(encoded)
-    assert len(samples) == len(FIXTURE["sft_rows"])
-    for index, (x, y, mask) in enumerate(FIXTURE["sft_rows"]):
+    assert len(samples) == len(SFT_ROWS["sft_rows"])
+    for index, (x, y, mask) in enumerate(SFT_ROWS["sft_rows"]):
         expected = torch.where(torch.tensor(mask, dtype=torch.bool), torch.tensor(y), IGNORE_INDEX)
         assert samples[index]["input_ids"].tolist() == x
         assert torch.equal(samples[index]["targets"], expected)
@@ -69,9 +62,10 @@ def test_padded_rows_are_minimind_e119db8s(encoded):
 def test_minimind3_padded_rows_are_minimind_d65ef2cs(tokenizer, minimind3_file):
     """For each seed, conversation i's row is d65ef2c's ``SFTDataset`` row read with Python's ``random`` in the
     state of ``conversation_random(seed, i)``: the same random choices, the same text, ids and labels."""
-    for seed, rows in zip(MINIMIND3["seeds"], MINIMIND3["sft_rows"], strict=True):
-        samples = PaddedConversations(read_conversations(minimind3_file, tokenizer, MINIMIND3["sft_max_length"] - 1,
-                                                         "minimind3", seed=seed))
+    for seed, rows in zip(MINIMIND3_ROWS["seeds"], MINIMIND3_ROWS["sft_rows"], strict=True):
+        max_seq_len = MINIMIND3_ROWS["sft_max_length"] - 1
+        samples = PaddedConversations(read_conversations(minimind3_file, tokenizer, max_seq_len, "minimind3",
+                                                         seed=seed))
         assert len(samples) == len(rows)
         for index, (ids, labels) in enumerate(rows):
             assert samples[index]["input_ids"].tolist() == ids[:-1]
@@ -81,7 +75,7 @@ def test_minimind3_padded_rows_are_minimind_d65ef2cs(tokenizer, minimind3_file):
 def test_minimind3_fixture_makes_each_random_choice_both_ways(tokenizer):
     """Some recorded rows have a random system prompt and some not; some keep their empty think blocks and some
     lost them: the rows above checked both outcomes of both draws."""
-    texts = [tokenizer.decode(ids) for rows in MINIMIND3["sft_rows"] for ids, _ in rows]
+    texts = [tokenizer.decode(ids) for rows in MINIMIND3_ROWS["sft_rows"] for ids, _ in rows]
     with_system = {any(prompt in text for prompt in SYSTEM_PROMPTS) for text in texts}
     with_empty_think = {EMPTY_THINK in text for text in texts}
     assert with_system == with_empty_think == {True, False}
@@ -94,8 +88,8 @@ def test_minimind3_rows_render_with_the_familys_template_not_the_tokenizers(toke
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     del config["chat_template"]
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    bare = read_conversations(minimind3_file, load_tokenizer(tmp_path), MINIMIND3["sft_max_length"] - 1,
-                              "minimind3", seed=MINIMIND3["seeds"][0])
+    bare = read_conversations(minimind3_file, load_tokenizer(tmp_path), MINIMIND3_ROWS["sft_max_length"] - 1,
+                              "minimind3", seed=MINIMIND3_ROWS["seeds"][0])
     assert np.array_equal(bare.tokens, encoded_minimind3.tokens)
     assert np.array_equal(bare.offsets, encoded_minimind3.offsets)
 
@@ -107,7 +101,7 @@ def test_rows_of_an_unknown_family_are_refused(tokenizer, minimind3_file):
 
 def test_conversations_tokenized_in_chunks_are_the_same(encoded, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(conversations, "ENCODE_CHUNK", 2)
-    chunked = read_conversations(write_conversations(tmp_path / "sft.jsonl", FIXTURE["conversations"]), tokenizer,
+    chunked = read_conversations(write_conversations(tmp_path / "sft.jsonl", SFT_ROWS["conversations"]), tokenizer,
                                  MAX_SEQ_LEN)
     assert np.array_equal(chunked.tokens, encoded.tokens) and np.array_equal(chunked.offsets, encoded.offsets)
     assert chunked.num_cut == encoded.num_cut
@@ -230,7 +224,7 @@ def test_one_sequence_packed_is_the_plain_forward(encoded):
     ("{not json", "not valid JSON"),
 ])
 def test_bad_conversations_are_one_line_errors_naming_file_and_line(tokenizer, tmp_path, line, message):
-    good = json.dumps({"conversations": FIXTURE["conversations"][0]})
+    good = json.dumps({"conversations": SFT_ROWS["conversations"][0]})
     path = tmp_path / "sft.jsonl"
     path.write_text(f"{good}\n\n{line}\n", encoding="utf-8")
     with pytest.raises(DataError, match="no assistant|role|content|non-empty|first system|object|JSON") as info:
@@ -248,7 +242,7 @@ def test_bad_conversations_are_one_line_errors_naming_file_and_line(tokenizer, t
     ({"role": "assistant", "content": "x", "reasoning_content": 5}, '"reasoning_content" is not a string'),
 ])
 def test_bad_minimind3_fields_are_one_line_errors(tokenizer, tmp_path, turn, message):
-    path = write_conversations(tmp_path / "sft.jsonl", [MINIMIND3["conversations"][0],
+    path = write_conversations(tmp_path / "sft.jsonl", [MINIMIND3_ROWS["conversations"][0],
                                                         [turn, {"role": "assistant", "content": "y"}]])
     with pytest.raises(DataError) as info:
         read_conversations(path, tokenizer, MAX_SEQ_LEN, "minimind3")
@@ -264,7 +258,7 @@ def test_an_empty_file_is_an_error(tokenizer, tmp_path):
 
 
 def test_a_window_needs_a_position(tokenizer, tmp_path):
-    path = write_conversations(tmp_path / "sft.jsonl", FIXTURE["conversations"][:1])
+    path = write_conversations(tmp_path / "sft.jsonl", SFT_ROWS["conversations"][:1])
     with pytest.raises(ValueError, match="max_seq_len at least 1"):
         read_conversations(path, tokenizer, 0)
 

@@ -30,7 +30,6 @@ from minimind.data import (
 )
 from minimind.data.token_parts import parts_folder
 from minimind.data.work_units import plan_units
-from minimind.tokenizer import load_tokenizer
 from minimind.training import arguments
 from minimind.training.arguments import parse_args, run_config
 from minimind.training.hardware import cpu as cpu_host
@@ -39,11 +38,6 @@ TEXTS = ["The first document.", "第二个文档，中文。", "", "   ", "emoji
          "ünïcödé ßpläït across a boundary", "a\nnewline inside", "最后"]
 # fork: the builds under test fork their workers anyway, and a forked helper needs no imports (spawn: ~5 s each)
 FORK = multiprocessing.get_context("fork")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
 
 
 def jsonl_bytes(texts, trailing_newline=True) -> bytes:

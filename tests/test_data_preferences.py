@@ -11,17 +11,9 @@ from minimind.data.jsonl_reader import DataError
 from minimind.data.minimind3_chat import EMPTY_THINK
 from minimind.data.preferences import SIDES, PreferencePairs
 from minimind.model.loss import IGNORE_INDEX
-from minimind.tokenizer import load_tokenizer
+from tests.upstream.recorded_rows import MINIMIND3_ROWS, SFT_ROWS
 
-UPSTREAM = Path(__file__).resolve().parent / "upstream"
-FIXTURE = json.loads((UPSTREAM / "sft_rows.json").read_text(encoding="utf-8"))
-MAX_SEQ_LEN = FIXTURE["dpo_max_length"] - 1
-MINIMIND3 = json.loads((UPSTREAM / "sft_rows_minimind3.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
+MAX_SEQ_LEN = SFT_ROWS["dpo_max_length"] - 1
 
 
 def write_pairs(path: Path, pairs: list[dict]) -> Path:
@@ -41,8 +33,8 @@ def assert_upstream_rows(pairs: PreferencePairs, rows: list[dict]) -> None:
 
 
 def test_rows_are_minimind_e119db8s(tokenizer, tmp_path):
-    pairs = PreferencePairs(write_pairs(tmp_path / "dpo.jsonl", FIXTURE["pairs"]), tokenizer, MAX_SEQ_LEN)
-    assert_upstream_rows(pairs, FIXTURE["dpo_rows"])
+    pairs = PreferencePairs(write_pairs(tmp_path / "dpo.jsonl", SFT_ROWS["pairs"]), tokenizer, MAX_SEQ_LEN)
+    assert_upstream_rows(pairs, SFT_ROWS["dpo_rows"])
     assert pairs.num_cut == 1  # the long rejected answer
 
 
@@ -50,12 +42,12 @@ def test_minimind3_rows_are_minimind_d65ef2cs(tokenizer, tmp_path):
     """For each seed, pair i's rows are d65ef2c's ``DPODataset`` rows read with Python's ``random`` in the state
     of ``conversation_random(seed, i)``; among them, sides of one pair that kept and lost their empty think
     blocks (each side draws for itself)."""
-    path = write_pairs(tmp_path / "dpo.jsonl", MINIMIND3["pairs"])
-    for seed, rows in zip(MINIMIND3["seeds"], MINIMIND3["dpo_rows"], strict=True):
-        assert_upstream_rows(PreferencePairs(path, tokenizer, MINIMIND3["dpo_max_length"] - 1, "minimind3",
+    path = write_pairs(tmp_path / "dpo.jsonl", MINIMIND3_ROWS["pairs"])
+    for seed, rows in zip(MINIMIND3_ROWS["seeds"], MINIMIND3_ROWS["dpo_rows"], strict=True):
+        assert_upstream_rows(PreferencePairs(path, tokenizer, MINIMIND3_ROWS["dpo_max_length"] - 1, "minimind3",
                                              seed=seed), rows)
     kept = {tuple(EMPTY_THINK in tokenizer.decode(row[f"x_{side}"]) for side in SIDES)
-            for rows in MINIMIND3["dpo_rows"] for row in rows}
+            for rows in MINIMIND3_ROWS["dpo_rows"] for row in rows}
     assert {(True, False), (False, True)} <= kept
 
 
@@ -85,7 +77,7 @@ CHOSEN = [{"role": "user", "content": "Is the sky blue?"}, {"role": "assistant",
     ({"chosen": CHOSEN}, 'expected "rejected"'),
 ])
 def test_bad_pairs_are_one_line_errors_naming_file_and_line(tokenizer, tmp_path, pair, message):
-    path = write_pairs(tmp_path / "dpo.jsonl", [FIXTURE["pairs"][0], pair])
+    path = write_pairs(tmp_path / "dpo.jsonl", [SFT_ROWS["pairs"][0], pair])
     with pytest.raises(DataError) as info:
         PreferencePairs(path, tokenizer, MAX_SEQ_LEN)
     assert str(info.value).startswith(f"{path}:2: ") and message in str(info.value)

@@ -21,10 +21,11 @@ from minimind.data import (
 from minimind.data.pipeline import DataSettings, load_samples
 from minimind.errors import ConfigError
 from minimind.tokenizer.loader import load_tokenizer
-from minimind.training.evaluation.samples import read_sample_prompts
+from minimind.training.evaluation.samples import ChatStyle, SampleGenerator, read_sample_prompts
 from minimind.training.evaluation.validation_loss import eval_batch_count, evaluate, rank_sample_indices
 from minimind.training.loop.objective import TOKEN_LOSS
 from tests.plain_engine import PlainEngine
+from tests.project_tree import REPO_ROOT
 from tests.test_data_windows import synthetic_cache
 
 
@@ -182,3 +183,25 @@ def test_sample_prompts_are_read_once_each_and_must_leave_room_to_continue(tmp_p
     with pytest.raises(ConfigError, match=rf"--sample_prompts {prompts}:2: the prompt is \d+ tokens, the model "
                                           "holds 32 positions"):
         read_sample_prompts(str(prompts), tokenizer, max_positions=32)
+
+
+@pytest.mark.parametrize("family, template_file", [
+    ("minimind2", "minimind/tokenizer/default/tokenizer_config.json"),
+    ("minimind3", "minimind/tokenizer/chat_templates/minimind3.jinja"),
+])
+def test_a_fine_tuning_stages_samples_ask_in_its_familys_chat_template(family, template_file, tokenizer):
+    """Chat samples put each prompt as a user turn with the assistant's turn opened, in the template of the
+    model's family read from its file here (the shipped tokenizer's config for minimind2, today's MiniMind
+    template for minimind3), and decode only what the model adds."""
+    path = REPO_ROOT / template_file
+    template = (json.loads(path.read_text(encoding="utf-8"))["chat_template"] if path.suffix == ".json"
+                else path.read_text(encoding="utf-8"))
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                               num_key_value_heads=2, model_family=family))
+    generator = SampleGenerator(PlainEngine(model), tokenizer, ["Who are you?"], 3, torch.device("cpu"),
+                                ChatStyle(family))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], tokenize=False,
+                                         add_generation_prompt=True, chat_template=template)
+    assert generator.prompts == [("Who are you?", tokenizer(text).input_ids)]
+    assert text.endswith("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if family == "minimind3" else ""))
+    assert [row["prompt"] for row in generator.generate()] == ["Who are you?"]

@@ -20,7 +20,6 @@ from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.model.loss import IGNORE_INDEX, token_cross_entropy
 from minimind.model.preference_loss import dpo_loss, sequence_log_probs, target_log_probs
 from minimind.model.pth_weights import load_minimind_pth
-from minimind.tokenizer import load_tokenizer
 
 STAGES = Path(__file__).resolve().parent / "upstream" / "stages"
 RECORD = json.loads((STAGES / "stage_losses.json").read_text(encoding="utf-8"))
@@ -73,11 +72,6 @@ def preference_batch(folder: Path, tokenizer: PreTrainedTokenizerFast) -> dict[s
 def upstream_targets(y: list[int], mask: list[int]) -> list[int]:
     """Upstream's Y where its loss mask is set, else IGNORE_INDEX: the project's ``targets``."""
     return [token if keep else IGNORE_INDEX for token, keep in zip(y, mask, strict=True)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
 
 
 def test_fixture_weights_load_as_upstream_made_them(tmp_path):

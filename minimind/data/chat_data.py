@@ -19,9 +19,7 @@ from minimind.data.conversations import (
     read_conversations,
 )
 from minimind.data.default_conversations import default_conversation_paths
-from minimind.data.held_out import split_documents
-from minimind.data.jsonl_reader import DataError
-from minimind.data.pipeline import DataSettings
+from minimind.data.pipeline import DataSettings, split_held_out
 from minimind.data.preferences import PreferencePairs
 from minimind.data.token_cache import source_identity
 from minimind.errors import ConfigError
@@ -64,10 +62,7 @@ def load_chat_samples(kind: str, settings: DataSettings, tokenizer: PreTrainedTo
     lines = [describe(kind, path, records, settings.max_seq_len)]
     held_out = None
     if settings.eval_fraction:
-        try:
-            split = split_documents(len(records), settings.eval_fraction)
-        except ValueError as error:
-            raise DataError("--eval_fraction", None, f"{path}: {error}") from None
+        split = split_held_out(len(records), settings.eval_fraction, str(path))
         records, held_out = records.subset(split.train), records.subset(split.held_out)
         lines.append(f"validation: {len(held_out)} {noun(kind)} held out ({settings.eval_fraction:g} of the file)")
     elif settings.eval_data_path:

@@ -200,6 +200,17 @@ class EncodedConversations:
         """MiniMind's padded row of conversation ``index`` and its loss mask (``padded_row``)."""
         return padded_row(self.ids(index), self.markers, self.max_length)
 
+    def packed_part(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Conversation ``index``'s n - 1 inputs and targets (IGNORE_INDEX off the loss mask): its padded row's
+        first n - 1 positions (n ids), without padding the row. The mask of the ids and a few pad tokens (as many
+        as a closing marker and the mask's shift reach past the ids) is the row's over the ids: padding matches
+        no marker."""
+        ids = self.ids(index).astype(np.int64)
+        reach = len(self.markers.end) + self.markers.shift
+        mask = assistant_loss_mask([*ids.tolist(), *[PAD_ID] * reach], self.markers, self.max_length)
+        targets = np.where(np.array(mask[1:len(ids)], dtype=bool), ids[1:], IGNORE_INDEX)
+        return ids[:-1], targets
+
     def subset(self, indices: np.ndarray) -> "EncodedConversations":
         """The conversations ``indices`` (in that order) as a set of their own."""
         lengths = np.diff(self.offsets)[indices]
@@ -288,11 +299,11 @@ class PackedConversations(Dataset):
         used = 0
         first, last = self.window_starts[index], self.window_starts[index + 1]
         for segment, conversation in enumerate(range(first, last)):
-            taken = len(self.conversations.ids(conversation)) - 1
-            row, mask = self.conversations.row(conversation)
+            inputs, targets = self.conversations.packed_part(conversation)
+            taken = len(inputs)
             span = slice(used, used + taken)
-            sample["input_ids"][span] = torch.tensor(row[:taken])
-            sample["targets"][span] = masked_targets(row, mask)[:taken]
+            sample["input_ids"][span] = torch.from_numpy(inputs)
+            sample["targets"][span] = torch.from_numpy(targets)
             sample["position_ids"][span] = torch.arange(taken)
             sample["segment_ids"][span] = segment
             used += taken

@@ -120,7 +120,7 @@ def train(config: RunConfig, inputs: RunInputs, samples: Dataset, eval_set: Data
         flops_per_token=model_flops_per_token(inputs.model_config, n_params, config.data.max_seq_len),
         peak_flops_total=peak_flops(device, model_dtype(inputs.ds_config), tf32=tf32_enabled())
         * inputs.batch.data_parallel,
-        seq_len=config.data.max_seq_len * (2 if config.stage.name == "dpo" else 1),  # DPO: both answers
+        seq_len=config.data.max_seq_len * STAGES[config.stage.name].rows_per_sample,
     )
     rank, world = participants()
     evaluator = Evaluator(engine, eval_settings(config, inputs, engine, eval_set, device, objective), logger,

@@ -24,6 +24,7 @@ class Stage:
     family_defaults: Mapping  # per model family: MiniMind's defaults that changed between its versions
     cpu_demo: Mapping = field(default_factory=dict)  # the CPU demonstration's values over pretraining's
     bundled_eval_fraction: float = 0.01  # the share of the bundled data held out for validation
+    rows_per_sample: int = 1  # sequences of max_seq_len tokens one sample trains on (DPO: the two answers)
 
     def flag_defaults(self, family: str) -> dict:
         """This stage's flag defaults for the model ``family`` (before MiniMind's shared ones)."""
@@ -59,5 +60,6 @@ DPO = Stage(
     cpu_demo=MappingProxyType({"learning_rate": 1e-3, "max_steps": 60, "batch_size": 4, "eval_interval": 30,
                                "save_interval": 30, "log_interval": 10}),
     bundled_eval_fraction=0.05,
+    rows_per_sample=2,
 )
 STAGES = {stage.name: stage for stage in (PRETRAIN, SFT, DPO)}

@@ -27,6 +27,7 @@ import json
 import random
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -135,16 +136,32 @@ def upstream_chat_template(repo: Path, commit: str) -> str:
     return json.loads(config)["chat_template"]
 
 
+def row_lists(row) -> list | dict:
+    """One row of upstream's datasets (a tuple of tensors, or a dict of them) as lists."""
+    return {key: tensor.tolist() for key, tensor in row.items()} if isinstance(row, dict) else \
+        [tensor.tolist() for tensor in row]
+
+
 def seeded_rows(dataset, seed: int) -> list:
     """Every row of upstream's ``dataset``, each read with Python's global ``random`` in the state of
     ``conversation_random(seed, index)``, as lists."""
     rows = []
     for index in range(len(dataset)):
         random.setstate(conversation_random(seed, index).getstate())
-        row = dataset[index]
-        rows.append({key: tensor.tolist() for key, tensor in row.items()} if isinstance(row, dict)
-                    else [tensor.tolist() for tensor in row])
+        rows.append(row_lists(dataset[index]))
     return rows
+
+
+def upstream_rows(repo: Path, commit: str, tokenizer, conversations: list, pairs: list,
+                  read: Callable[[object], list]) -> tuple[list, list]:
+    """``read``'s rows of upstream's ``SFTDataset`` over ``conversations`` and ``DPODataset`` over ``pairs`` at
+    ``commit`` (``SFT_MAX_LENGTH``, ``DPO_MAX_LENGTH``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        module = load_upstream(repo, commit, Path(folder), "dataset/lm_dataset.py")
+        sft = module.SFTDataset(write_jsonl(Path(folder) / "sft.jsonl", [{"conversations": c} for c in conversations]),
+                                tokenizer, max_length=SFT_MAX_LENGTH)
+        dpo = module.DPODataset(write_jsonl(Path(folder) / "dpo.jsonl", pairs), tokenizer, max_length=DPO_MAX_LENGTH)
+        return read(sft), read(dpo)
 
 
 def record_minimind3_rows(repo: Path) -> None:
@@ -156,13 +173,9 @@ def record_minimind3_rows(repo: Path) -> None:
     fixture = {"commit": MINIMIND3_COMMIT, "chat_template": tokenizer.chat_template, "seeds": SEEDS,
                "sft_max_length": SFT_MAX_LENGTH, "conversations": conversations,
                "dpo_max_length": DPO_MAX_LENGTH, "pairs": pairs}
-    with tempfile.TemporaryDirectory() as folder:
-        module = load_upstream(repo, MINIMIND3_COMMIT, Path(folder), "dataset/lm_dataset.py")
-        sft = module.SFTDataset(write_jsonl(Path(folder) / "sft.jsonl", [{"conversations": c} for c in conversations]),
-                                tokenizer, max_length=SFT_MAX_LENGTH)
-        dpo = module.DPODataset(write_jsonl(Path(folder) / "dpo.jsonl", pairs), tokenizer, max_length=DPO_MAX_LENGTH)
-        fixture["sft_rows"] = [seeded_rows(sft, seed) for seed in SEEDS]
-        fixture["dpo_rows"] = [seeded_rows(dpo, seed) for seed in SEEDS]
+    fixture["sft_rows"], fixture["dpo_rows"] = upstream_rows(
+        repo, MINIMIND3_COMMIT, tokenizer, conversations, pairs,
+        lambda dataset: [seeded_rows(dataset, seed) for seed in SEEDS])
     MINIMIND3_ROWS_FIXTURE.write_text(json.dumps(fixture, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -172,14 +185,9 @@ def main() -> None:
     fixture = {"commit": COMMIT, "chat_template": upstream_chat_template(repo, COMMIT),
                "sft_max_length": SFT_MAX_LENGTH, "conversations": CONVERSATIONS,
                "dpo_max_length": DPO_MAX_LENGTH, "pairs": PAIRS}
-    with tempfile.TemporaryDirectory() as folder:
-        module = load_upstream(repo, COMMIT, Path(folder), "dataset/lm_dataset.py")
-        sft = module.SFTDataset(write_jsonl(Path(folder) / "sft.jsonl", [{"conversations": c} for c in CONVERSATIONS]),
-                                tokenizer, max_length=SFT_MAX_LENGTH)
-        fixture["sft_rows"] = [[tensor.tolist() for tensor in sft[index]] for index in range(len(sft))]
-        dpo = module.DPODataset(write_jsonl(Path(folder) / "dpo.jsonl", PAIRS), tokenizer, max_length=DPO_MAX_LENGTH)
-        fixture["dpo_rows"] = [{key: tensor.tolist() for key, tensor in dpo[index].items()}
-                               for index in range(len(dpo))]
+    fixture["sft_rows"], fixture["dpo_rows"] = upstream_rows(
+        repo, COMMIT, tokenizer, CONVERSATIONS, PAIRS,
+        lambda dataset: [row_lists(dataset[index]) for index in range(len(dataset))])
     ROWS_FIXTURE.write_text(json.dumps(fixture, ensure_ascii=False) + "\n", encoding="utf-8")
     upstream = upstream_functions(repo, COMMIT, "trainer/train_dpo.py", ("logits_to_log_probs", "dpo_loss"))
     tensors = dpo_loss_inputs()
